@@ -1,0 +1,736 @@
+/*
+ * mod_certgate: the httpd adapter. It reads directives, takes the client
+ * certificate from mod_ssl's connection, asks the core (src/) for a decision
+ * and turns it into a response. No decision logic lives here.
+ */
+#include <string.h>
+#include <openssl/ssl.h>
+
+#include "httpd.h"
+#include "http_config.h"
+#include "http_core.h"
+#include "http_log.h"
+#include "http_protocol.h"
+#include "http_request.h"
+#include "mod_core.h"
+#include "apr_optional.h"
+#include "apr_optional_hooks.h"
+#include "apr_strings.h"
+#include "apr_thread_mutex.h"
+#include "mod_ssl.h"
+
+#include "cg_decide.h"
+#include "cg_store.h"
+#include "cg_tls.h"
+
+/*
+ * mod_ssl implements these optional hooks, but Debian's apache2-dev does not
+ * ship mod_ssl_openssl.h that declares them. We declare the two hook types
+ * with mod_ssl's signatures; the hooks are looked up by name at runtime.
+ * pre_handshake hands us the SSL* so we never parse a certificate per request;
+ * init_server lets us install the ticket callback once per SSL_CTX at startup.
+ */
+typedef int ssl_HOOK_pre_handshake_t(conn_rec *c, SSL *ssl, int is_proxy);
+typedef int ssl_HOOK_init_server_t(server_rec *s, apr_pool_t *p, int is_proxy, SSL_CTX *ctx);
+
+module AP_MODULE_DECLARE_DATA certgate_module;
+
+
+
+#define UNSET (-1)
+#define DEFAULT_TIMEOUT_MS 200
+#define CG_DEFAULT_PREFIX "certgate:"
+#define DEFAULT_MAX_IDLE 16
+#define NOTE_DECISION "certgate-decision"
+
+/* Headers we set for the upstream; incoming copies are always removed. */
+static const char *const forward_headers[] = {
+    "CertGate-App-Id", "CertGate-Cert-Id", "CertGate-Fingerprint",
+    "CertGate-Expire-In", "Client-Cert", "Client-Cert-Chain", NULL
+};
+static const char *const export_vars[] = {
+    "CERTGATE_APP_ID", "CERTGATE_CERT_ID", "CERTGATE_FINGERPRINT",
+    "CERTGATE_EXPIRE_IN", "CERTGATE_REASON", NULL
+};
+
+typedef struct {
+    const char *host;
+    int port;
+    const char *socket;
+    const char *user;
+    const char *password;
+    int db;
+    int timeout_ms;
+    const char *prefix;
+    int on_store_error_allow;
+    int max_idle;
+    int own_store;          /* set when this vhost names its own store settings */
+    cg_store_t *store;      /* per child, created in child_init */
+} cg_srv_t;
+
+typedef enum { APP_FROM_UNSET = 0, APP_FROM_NONE, APP_FROM_HEADER, APP_FROM_ENV } app_from_t;
+
+typedef struct {
+    int enabled;
+    app_from_t app_from;
+    const char *app_name;
+    int forward_headers;
+} cg_dir_t;
+
+/* Per TLS connection. HTTP/2 streams share the master's, hence the lock. */
+typedef struct {
+    SSL *ssl;
+    apr_thread_mutex_t *lock;
+    X509 *seen_leaf;        /* a new leaf (renegotiation) invalidates peer */
+    int peer_ready;
+    int peer_error;
+    cg_peer_t peer;
+    const char *client_cert;        /* RFC 9440 values, built on first use */
+    const char *client_cert_chain;
+} cg_conn_t;
+
+static int gate_configured;     /* some location says CertGate On */
+
+/* ---------------------------------------------------------------- config */
+
+static void *create_srv(apr_pool_t *p, server_rec *s)
+{
+    cg_srv_t *c = apr_pcalloc(p, sizeof(*c));
+    (void)s;
+    c->port = UNSET;
+    c->db = UNSET;
+    c->timeout_ms = UNSET;
+    c->on_store_error_allow = UNSET;
+    c->max_idle = UNSET;
+    return c;
+}
+
+static void *merge_srv(apr_pool_t *p, void *basev, void *addv)
+{
+    cg_srv_t *base = basev, *add = addv, *c = apr_pcalloc(p, sizeof(*c));
+    c->own_store = add->own_store;
+    c->host = add->own_store ? add->host : base->host;
+    c->port = add->own_store ? add->port : base->port;
+    c->socket = add->own_store ? add->socket : base->socket;
+    c->user = add->user ? add->user : base->user;
+    c->password = add->password ? add->password : base->password;
+    c->db = add->db != UNSET ? add->db : base->db;
+    c->timeout_ms = add->timeout_ms != UNSET ? add->timeout_ms : base->timeout_ms;
+    c->prefix = add->prefix ? add->prefix : base->prefix;
+    c->on_store_error_allow = add->on_store_error_allow != UNSET
+        ? add->on_store_error_allow : base->on_store_error_allow;
+    c->max_idle = add->max_idle != UNSET ? add->max_idle : base->max_idle;
+    return c;
+}
+
+static void *create_dir(apr_pool_t *p, char *dir)
+{
+    cg_dir_t *c = apr_pcalloc(p, sizeof(*c));
+    (void)dir;
+    c->enabled = UNSET;
+    c->app_from = APP_FROM_UNSET;
+    c->forward_headers = UNSET;
+    return c;
+}
+
+static void *merge_dir(apr_pool_t *p, void *basev, void *addv)
+{
+    cg_dir_t *base = basev, *add = addv, *c = apr_pcalloc(p, sizeof(*c));
+    c->enabled = add->enabled != UNSET ? add->enabled : base->enabled;
+    if (add->app_from != APP_FROM_UNSET) {
+        c->app_from = add->app_from;
+        c->app_name = add->app_name;
+    } else {
+        c->app_from = base->app_from;
+        c->app_name = base->app_name;
+    }
+    c->forward_headers = add->forward_headers != UNSET ? add->forward_headers
+                                                       : base->forward_headers;
+    return c;
+}
+
+static cg_srv_t *srv_conf(server_rec *s)
+{
+    return ap_get_module_config(s->module_config, &certgate_module);
+}
+
+/* Effective values: an UNSET field takes its documented default. */
+static void store_cfg(const cg_srv_t *c, cg_store_cfg_t *out)
+{
+    memset(out, 0, sizeof(*out));
+    out->socket = c->socket;
+    out->host = c->host ? c->host : "127.0.0.1";
+    out->port = c->port != UNSET ? c->port : 6379;
+    out->user = c->user;
+    out->password = c->password;
+    out->db = c->db != UNSET ? c->db : 0;
+    out->prefix = c->prefix ? c->prefix : CG_DEFAULT_PREFIX;
+    out->timeout_ms = c->timeout_ms != UNSET ? c->timeout_ms : DEFAULT_TIMEOUT_MS;
+    out->max_idle = c->max_idle != UNSET ? c->max_idle : DEFAULT_MAX_IDLE;
+}
+
+static const char *set_redis(cmd_parms *cmd, void *d, const char *arg)
+{
+    cg_srv_t *c = srv_conf(cmd->server);
+    (void)d;
+    c->own_store = 1;
+    if (strncmp(arg, "unix:", 5) == 0) {
+        if (arg[5] != '/')
+            return "CertGateRedis: unix: needs an absolute socket path, e.g. unix:/run/redis/redis.sock";
+        c->socket = arg + 5;
+        c->host = NULL;
+        return NULL;
+    }
+    const char *colon = strrchr(arg, ':');
+    if (colon == NULL || colon == arg || colon[1] == '\0')
+        return "CertGateRedis: expected host:port or unix:/path";
+    char *end = NULL;
+    long port = strtol(colon + 1, &end, 10);
+    if (*end != '\0' || port < 1 || port > 65535)
+        return "CertGateRedis: the port must be a number from 1 to 65535";
+    c->host = apr_pstrmemdup(cmd->pool, arg, (apr_size_t)(colon - arg));
+    c->port = (int)port;
+    c->socket = NULL;
+    return NULL;
+}
+
+static const char *set_redis_auth(cmd_parms *cmd, void *d, const char *a1, const char *a2)
+{
+    cg_srv_t *c = srv_conf(cmd->server);
+    (void)d;
+    c->own_store = 1;
+    if (a2 == NULL) {
+        c->user = NULL;
+        c->password = a1;
+    } else {
+        c->user = a1;
+        c->password = a2;
+    }
+    if (c->password[0] == '\0')
+        return "CertGateRedisAuth: the password is empty";
+    return NULL;
+}
+
+static const char *parse_int(cmd_parms *cmd, const char *arg, long lo, long hi, int *out)
+{
+    char *end = NULL;
+    long v = strtol(arg, &end, 10);
+    if (arg[0] == '\0' || *end != '\0' || v < lo || v > hi)
+        return apr_psprintf(cmd->pool, "%s: expected a whole number from %ld to %ld, got '%s'",
+                            cmd->cmd->name, lo, hi, arg);
+    *out = (int)v;
+    return NULL;
+}
+
+static const char *set_redis_db(cmd_parms *cmd, void *d, const char *arg)
+{
+    cg_srv_t *c = srv_conf(cmd->server);
+    (void)d;
+    c->own_store = 1;
+    return parse_int(cmd, arg, 0, 15999, &c->db);
+}
+
+static const char *set_redis_timeout(cmd_parms *cmd, void *d, const char *arg)
+{
+    (void)d;
+    return parse_int(cmd, arg, 1, 60000, &srv_conf(cmd->server)->timeout_ms);
+}
+
+static const char *set_redis_max_idle(cmd_parms *cmd, void *d, const char *arg)
+{
+    (void)d;
+    return parse_int(cmd, arg, 0, 1024, &srv_conf(cmd->server)->max_idle);
+}
+
+static const char *set_prefix(cmd_parms *cmd, void *d, const char *arg)
+{
+    cg_srv_t *c = srv_conf(cmd->server);
+    (void)d;
+    c->own_store = 1;
+    c->prefix = arg;
+    if (strlen(arg) > CG_PREFIX_MAX)
+        return "CertGateKeyPrefix: at most 64 bytes";
+    for (const char *p = arg; *p; p++) {
+        if ((unsigned char)*p <= 0x20 || (unsigned char)*p >= 0x7f)
+            return "CertGateKeyPrefix: printable ASCII without spaces only";
+    }
+    return NULL;
+}
+
+static const char *set_on_store_error(cmd_parms *cmd, void *d, const char *arg)
+{
+    cg_srv_t *c = srv_conf(cmd->server);
+    (void)d;
+    if (strcasecmp(arg, "deny") == 0)
+        c->on_store_error_allow = 0;
+    else if (strcasecmp(arg, "allow") == 0)
+        c->on_store_error_allow = 1;
+    else
+        return "CertGateOnStoreError: expected deny or allow";
+    return NULL;
+}
+
+static const char *set_gate(cmd_parms *cmd, void *dv, int on)
+{
+    cg_dir_t *d = dv;
+    (void)cmd;
+    d->enabled = on;
+    if (on)
+        gate_configured = 1;
+    return NULL;
+}
+
+static const char *set_app_from(cmd_parms *cmd, void *dv, const char *kind, const char *name)
+{
+    cg_dir_t *d = dv;
+    (void)cmd;
+    if (strcasecmp(kind, "none") == 0 && name == NULL) {
+        d->app_from = APP_FROM_NONE;
+        d->app_name = NULL;
+        return NULL;
+    }
+    if (name == NULL || name[0] == '\0')
+        return "CertGateAppFrom: expected 'header NAME', 'env NAME' or 'none'";
+    if (strcasecmp(kind, "header") == 0)
+        d->app_from = APP_FROM_HEADER;
+    else if (strcasecmp(kind, "env") == 0)
+        d->app_from = APP_FROM_ENV;
+    else
+        return "CertGateAppFrom: expected 'header NAME', 'env NAME' or 'none'";
+    d->app_name = name;
+    return NULL;
+}
+
+static const char *set_forward_headers(cmd_parms *cmd, void *dv, int on)
+{
+    cg_dir_t *d = dv;
+    (void)cmd;
+    d->forward_headers = on;
+    return NULL;
+}
+
+static const command_rec cg_cmds[] = {
+    AP_INIT_FLAG("CertGate", set_gate, NULL, OR_AUTHCFG | RSRC_CONF,
+                 "On to check client certificates against Redis registrations here"),
+    AP_INIT_TAKE12("CertGateAppFrom", set_app_from, NULL, OR_AUTHCFG | RSRC_CONF,
+                   "Where the request names its app: 'header NAME', 'env NAME' or 'none'"),
+    AP_INIT_FLAG("CertGateForwardHeaders", set_forward_headers, NULL, OR_AUTHCFG | RSRC_CONF,
+                 "On to set CertGate-* and RFC 9440 Client-Cert request headers on allow"),
+    AP_INIT_TAKE1("CertGateRedis", set_redis, NULL, RSRC_CONF,
+                  "Redis address: host:port or unix:/path (default 127.0.0.1:6379)"),
+    AP_INIT_TAKE12("CertGateRedisAuth", set_redis_auth, NULL, RSRC_CONF,
+                   "Redis AUTH: 'password' or 'user password'"),
+    AP_INIT_TAKE1("CertGateRedisDB", set_redis_db, NULL, RSRC_CONF,
+                  "Redis database number (default 0)"),
+    AP_INIT_TAKE1("CertGateRedisTimeout", set_redis_timeout, NULL, RSRC_CONF,
+                  "Bound on one store lookup in milliseconds, connect included (default 200)"),
+    AP_INIT_TAKE1("CertGateRedisMaxIdle", set_redis_max_idle, NULL, RSRC_CONF,
+                  "Idle Redis connections kept per child process (default 16)"),
+    AP_INIT_TAKE1("CertGateKeyPrefix", set_prefix, NULL, RSRC_CONF,
+                  "Prefix of every Redis key (default certgate:)"),
+    AP_INIT_TAKE1("CertGateOnStoreError", set_on_store_error, NULL, RSRC_CONF,
+                  "deny (default): 503 when the store fails; allow: let requests pass, loudly"),
+    { NULL }
+};
+
+/* ---------------------------------------------------------------- hooks */
+
+static int cg_pre_handshake(conn_rec *c, SSL *ssl, int is_proxy)
+{
+    if (is_proxy)
+        return DECLINED;
+    cg_conn_t *cc = apr_pcalloc(c->pool, sizeof(*cc));
+    cc->ssl = ssl;
+    if (apr_thread_mutex_create(&cc->lock, APR_THREAD_MUTEX_DEFAULT, c->pool) != APR_SUCCESS) {
+        ap_log_cerror(APLOG_MARK, APLOG_ERR, 0, c,
+                      "CG03004: cannot create the connection lock; the gate will deny here");
+        cc->lock = NULL;
+    }
+    ap_set_module_config(c->conn_config, &certgate_module, cc);
+    return DECLINED;
+}
+
+static int cg_init_server(server_rec *s, apr_pool_t *p, int is_proxy, SSL_CTX *ctx)
+{
+    (void)p;
+    if (is_proxy || ctx == NULL)
+        return DECLINED;
+    if (cg_tls_install_ticket_cb(ctx) != 0)
+        ap_log_error(APLOG_MARK, APLOG_WARNING, 0, s,
+                     "CG04003: cannot install the session ticket callback; resumed sessions "
+                     "will be refused with chain_mismatch where a chain is registered");
+    return DECLINED;
+}
+
+static int cg_post_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *ptemp, server_rec *s)
+{
+    char err[256];
+    (void)pconf; (void)plog; (void)ptemp;
+
+    if (gate_configured && ap_find_linked_module("mod_ssl.c") == NULL) {
+        ap_log_error(APLOG_MARK, APLOG_EMERG, 0, s,
+                     "CG04002: CertGate On is configured but mod_ssl is not loaded; "
+                     "load ssl_module before mod_certgate");
+        return HTTP_INTERNAL_SERVER_ERROR;
+    }
+    for (server_rec *v = s; v != NULL; v = v->next) {
+        cg_store_cfg_t cfg;
+        cg_srv_t *sc = srv_conf(v);
+        store_cfg(sc, &cfg);
+        if (cg_store_cfg_check(&cfg, err, sizeof(err)) != 0) {
+            ap_log_error(APLOG_MARK, APLOG_EMERG, 0, v,
+                         "CG04001: invalid Redis settings for %s: %s", v->server_hostname, err);
+            return HTTP_INTERNAL_SERVER_ERROR;
+        }
+        if (gate_configured && sc->on_store_error_allow == 1)
+            ap_log_error(APLOG_MARK, APLOG_WARNING, 0, v,
+                         "CG05001: CertGateOnStoreError allow: requests pass unchecked "
+                         "while Redis fails");
+    }
+    return OK;
+}
+
+static apr_status_t store_cleanup(void *data)
+{
+    cg_store_free(data);
+    return APR_SUCCESS;
+}
+
+static void cg_child_init(apr_pool_t *p, server_rec *s)
+{
+    char err[256];
+    cg_store_t *main_store = NULL;
+
+    for (server_rec *v = s; v != NULL; v = v->next) {
+        cg_srv_t *sc = srv_conf(v);
+        if (v != s && !sc->own_store && main_store != NULL) {
+            sc->store = main_store;
+            continue;
+        }
+        cg_store_cfg_t cfg;
+        store_cfg(sc, &cfg);
+        /* No connection yet: each thread connects lazily on first lookup. */
+        sc->store = cg_store_new(&cfg, err, sizeof(err));
+        if (sc->store == NULL) {
+            ap_log_error(APLOG_MARK, APLOG_ERR, 0, v,
+                         "CG04004: cannot set up the Redis store: %s; gated requests get 503", err);
+            continue;
+        }
+        apr_pool_cleanup_register(p, sc->store, store_cleanup, apr_pool_cleanup_null);
+        if (v == s)
+            main_store = sc->store;
+    }
+}
+
+/* ---------------------------------------------------------------- request */
+
+static cg_conn_t *conn_state(conn_rec *c)
+{
+    conn_rec *m = c->master ? c->master : c;
+    return ap_get_module_config(m->conn_config, &certgate_module);
+}
+
+/* RFC 9440 byte sequence: ":base64:". */
+static const char *sf_binary(apr_pool_t *p, X509 *x)
+{
+    size_t cap = cg_x509_der_b64_size(x);
+    if (cap == 0)
+        return NULL;
+    char *buf = apr_palloc(p, cap + 2);
+    buf[0] = ':';
+    int n = cg_x509_der_b64(x, buf + 1, cap);
+    if (n < 0)
+        return NULL;
+    buf[n + 1] = ':';
+    buf[n + 2] = '\0';
+    return buf;
+}
+
+/* Called with cc->lock held; values live as long as the connection. */
+static void build_forward_values(conn_rec *m, cg_conn_t *cc)
+{
+    X509 *leaf = SSL_get0_peer_certificate(cc->ssl);
+    if (cc->client_cert != NULL || leaf == NULL)
+        return;
+    cc->client_cert = sf_binary(m->pool, leaf);
+    STACK_OF(X509) *sk = SSL_get_peer_cert_chain(cc->ssl);
+    int n = sk ? sk_X509_num(sk) : 0;
+    const char *chain = NULL;
+    for (int i = 0; i < n && i < CG_MAX_CHAIN; i++) {
+        const char *v = sf_binary(m->pool, sk_X509_value(sk, i));
+        if (v == NULL)
+            return;
+        chain = chain ? apr_pstrcat(m->pool, chain, ", ", v, NULL) : v;
+    }
+    cc->client_cert_chain = chain;
+}
+
+/* Read the peer once per connection (and again after a renegotiation). */
+static int load_peer(request_rec *r, cg_conn_t *cc, cg_peer_t *peer,
+                     const char **cert_hdr, const char **chain_hdr)
+{
+    conn_rec *m = r->connection->master ? r->connection->master : r->connection;
+    char err[128];
+    int rc = 0;
+
+    if (cc->lock == NULL)
+        return -1;
+    apr_thread_mutex_lock(cc->lock);
+    X509 *leaf = SSL_get0_peer_certificate(cc->ssl);
+    if (!cc->peer_ready || leaf != cc->seen_leaf) {
+        cc->seen_leaf = leaf;
+        cc->client_cert = cc->client_cert_chain = NULL;
+        cc->peer_error = cg_tls_peer(cc->ssl, &cc->peer, err, sizeof(err)) != 0;
+        if (cc->peer_error)
+            ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, "CG03001: reading the client certificate "
+                          "failed: %s", err);
+        cc->peer_ready = 1;
+    }
+    if (cc->peer_error) {
+        rc = -1;
+    } else {
+        *peer = cc->peer;
+        if (cert_hdr != NULL) {
+            build_forward_values(m, cc);
+            *cert_hdr = cc->client_cert;
+            *chain_hdr = cc->client_cert_chain;
+        }
+    }
+    apr_thread_mutex_unlock(cc->lock);
+    return rc;
+}
+
+static int accepts_json(request_rec *r)
+{
+    const char *a = apr_table_get(r->headers_in, "Accept");
+    return a != NULL && ap_strcasestr(a, "json") != NULL;
+}
+
+static int respond_deny(request_rec *r, cg_reason_t reason)
+{
+    int status = cg_reason_http_status(reason);
+    const char *name = cg_reason_name(reason);
+
+    apr_table_setn(r->subprocess_env, "CERTGATE_REASON", name);
+    apr_table_setn(r->err_headers_out, "CertGate-Reason", name);
+    apr_table_setn(r->err_headers_out, "Cache-Control", "no-store");
+    /* An operator's ErrorDocument wins; CERTGATE_REASON is there for it. */
+    if (ap_response_code_string(r, ap_index_of_response(status)) != NULL)
+        return status;
+
+    const char *error = status == 503 ? "service_unavailable" : "forbidden";
+    const char *body;
+    if (accepts_json(r)) {
+        ap_set_content_type(r, "application/json");
+        /* Names and messages are fixed ASCII without quotes: no escaping needed. */
+        body = apr_psprintf(r->pool, "{\"error\":\"%s\",\"reason\":\"%s\",\"message\":\"%s\"}\n",
+                            error, name, cg_reason_message(reason));
+    } else {
+        ap_set_content_type(r, "text/plain; charset=utf-8");
+        body = apr_psprintf(r->pool, "%d %s: %s (%s)\n", status,
+                            status == 503 ? "Service Unavailable" : "Forbidden",
+                            cg_reason_message(reason), name);
+    }
+    if (status == 503)
+        apr_table_setn(r->err_headers_out, "Retry-After", "1");
+    r->status = status;
+    ap_set_content_length(r, (apr_off_t)strlen(body));
+    if (!r->header_only)
+        ap_rputs(body, r);
+    return DONE;
+}
+
+static void export_allow(request_rec *r, const cg_dir_t *d, const cg_reg_t *reg,
+                         const char *fp_hex, int64_t now, const char *cert_hdr,
+                         const char *chain_hdr)
+{
+    const char *days = apr_psprintf(r->pool, "%" APR_INT64_T_FMT,
+                                    (apr_int64_t)cg_expire_in_days(reg, now));
+    const char *app = apr_pstrdup(r->pool, reg->app_id);
+    const char *id = apr_pstrdup(r->pool, reg->id);
+    const char *fp = apr_pstrdup(r->pool, fp_hex);
+
+    apr_table_setn(r->subprocess_env, "CERTGATE_APP_ID", app);
+    apr_table_setn(r->subprocess_env, "CERTGATE_CERT_ID", id);
+    apr_table_setn(r->subprocess_env, "CERTGATE_FINGERPRINT", fp);
+    apr_table_setn(r->subprocess_env, "CERTGATE_EXPIRE_IN", days);
+    apr_table_setn(r->subprocess_env, "CERTGATE_REASON", "allow");
+    if (d->forward_headers == 1) {
+        apr_table_setn(r->headers_in, "CertGate-App-Id", app);
+        apr_table_setn(r->headers_in, "CertGate-Cert-Id", id);
+        apr_table_setn(r->headers_in, "CertGate-Fingerprint", fp);
+        apr_table_setn(r->headers_in, "CertGate-Expire-In", days);
+        if (cert_hdr != NULL)
+            apr_table_setn(r->headers_in, "Client-Cert", cert_hdr);
+        if (chain_hdr != NULL)
+            apr_table_setn(r->headers_in, "Client-Cert-Chain", chain_hdr);
+    }
+}
+
+static void strip_incoming(request_rec *r)
+{
+    for (int i = 0; forward_headers[i] != NULL; i++)
+        apr_table_unset(r->headers_in, forward_headers[i]);
+    for (int i = 0; export_vars[i] != NULL; i++)
+        apr_table_unset(r->subprocess_env, export_vars[i]);
+}
+
+/* After an internal redirect or in a subrequest, repeat what the first request exported. */
+static void copy_exports(request_rec *r, request_rec *first)
+{
+    for (int i = 0; export_vars[i] != NULL; i++) {
+        const char *v = apr_table_get(first->subprocess_env, export_vars[i]);
+        if (v != NULL)
+            apr_table_setn(r->subprocess_env, export_vars[i], v);
+    }
+    for (int i = 0; forward_headers[i] != NULL; i++) {
+        const char *v = apr_table_get(first->headers_in, forward_headers[i]);
+        if (v != NULL)
+            apr_table_setn(r->headers_in, forward_headers[i], v);
+    }
+}
+
+static const char *request_app(request_rec *r, const cg_dir_t *d)
+{
+    if (d->app_from == APP_FROM_HEADER)
+        return apr_table_get(r->headers_in, d->app_name);
+    if (d->app_from == APP_FROM_ENV)
+        return apr_table_get(r->subprocess_env, d->app_name);
+    return NULL;
+}
+
+static int cg_fixups(request_rec *r)
+{
+    cg_dir_t *d = ap_get_module_config(r->per_dir_config, &certgate_module);
+    if (d == NULL || d->enabled != 1)
+        return DECLINED;
+
+    request_rec *first = r;
+    while (first->main != NULL)
+        first = first->main;
+    while (first->prev != NULL)
+        first = first->prev;
+    /* The first request's decision stands for its subrequests and redirects
+     * (an ErrorDocument for our 403 must not be gated again). An ungated first
+     * request does not exempt a gated redirect target: that is checked here. */
+    if (first != r) {
+        const char *note = apr_table_get(first->notes, NOTE_DECISION);
+        if (note != NULL) {
+            strip_incoming(r);
+            if (strcmp(note, "allow") == 0)
+                copy_exports(r, first);
+            return DECLINED;
+        }
+    }
+
+    strip_incoming(r);
+    cg_srv_t *sc = srv_conf(r->server);
+    cg_conn_t *cc = conn_state(r->connection);
+    int64_t now = (int64_t)apr_time_sec(r->request_time);
+    cg_peer_t peer;
+    const char *cert_hdr = NULL, *chain_hdr = NULL;
+    const char *app = NULL;
+    char fp_hex[CG_FP_HEX_LEN + 1] = "-";
+    cg_reg_t reg;
+    const cg_reg_t *regp = NULL;
+    cg_reason_t reason;
+
+    memset(&peer, 0, sizeof(peer));
+    if (cc == NULL) {
+        ap_log_rerror(APLOG_MARK, APLOG_DEBUG, 0, r,
+                      "CG03002: gated location reached without TLS from mod_ssl");
+    } else if (load_peer(r, cc, &peer,
+                         d->forward_headers == 1 ? &cert_hdr : NULL, &chain_hdr) != 0) {
+        /* Treat an unreadable certificate like a missing one: deny. */
+        memset(&peer, 0, sizeof(peer));
+    }
+    if (d->app_from == APP_FROM_HEADER || d->app_from == APP_FROM_ENV) {
+        app = request_app(r, d);
+        if (app == NULL)
+            app = "";   /* the request names no app: nothing can match */
+    }
+
+    if (peer.has_leaf) {
+        char err[160];
+        cg_fp_to_hex(&peer.leaf, fp_hex);
+        cg_store_rc_t rc = sc->store ? cg_store_lookup(sc->store, &peer.leaf, &reg, err, sizeof(err))
+                                     : CG_STORE_ERROR;
+        if (sc->store == NULL)
+            snprintf(err, sizeof(err), "store not set up (see CG04004)");
+        if (rc == CG_STORE_OK) {
+            regp = &reg;
+        } else if (rc == CG_STORE_ERROR || rc == CG_STORE_CORRUPT) {
+            if (sc->on_store_error_allow == 1) {
+                ap_log_rerror(APLOG_MARK, APLOG_CRIT, 0, r,
+                              "CG02002: FAIL-OPEN: store %s (%s); request allowed unchecked by "
+                              "CertGateOnStoreError allow; fingerprint=%s client=%s",
+                              rc == CG_STORE_CORRUPT ? "record corrupt" : "error", err,
+                              fp_hex, r->useragent_ip);
+                apr_table_setn(r->notes, NOTE_DECISION, "store_unavailable");
+                apr_table_setn(r->subprocess_env, "CERTGATE_REASON", "store_unavailable");
+                return DECLINED;
+            }
+            ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r,
+                          "CG%s: store %s: %s; reason=store_unavailable fingerprint=%s client=%s",
+                          rc == CG_STORE_CORRUPT ? "02003" : "02001",
+                          rc == CG_STORE_CORRUPT ? "record corrupt" : "unavailable", err,
+                          fp_hex, r->useragent_ip);
+            apr_table_setn(r->notes, NOTE_DECISION, "store_unavailable");
+            return respond_deny(r, CG_R_STORE_UNAVAILABLE);
+        }
+    }
+
+    cg_input_t in = {
+        .leaf = peer.has_leaf ? &peer.leaf : NULL,
+        .chain = peer.chain,
+        .chain_len = peer.chain_len,
+        .chain_known = peer.chain_known,
+        .verify_failed = peer.verify_failed,
+        .app = app,
+        .now = now,
+        .reg = regp,
+    };
+    reason = cg_decide(&in);
+    apr_table_setn(r->notes, NOTE_DECISION, cg_reason_name(reason));
+
+    if (reason == CG_ALLOW) {
+        export_allow(r, d, regp, fp_hex, now, cert_hdr, chain_hdr);
+        ap_log_rerror(APLOG_MARK, APLOG_DEBUG, 0, r, "CG01002: allow app=%s cert=%s "
+                      "fingerprint=%s client=%s", regp->app_id, regp->id, fp_hex, r->useragent_ip);
+        return DECLINED;
+    }
+    if (reason == CG_R_CHAIN_MISMATCH && !peer.chain_known)
+        ap_log_rerror(APLOG_MARK, APLOG_WARNING, 0, r, "CG03003: resumed TLS session carries no "
+                      "chain record; the client must do a full handshake");
+    ap_log_rerror(APLOG_MARK, APLOG_WARNING, 0, r,
+                  "CG01001: deny reason=%s fingerprint=%s app=%s cert=%s client=%s%s",
+                  cg_reason_name(reason), fp_hex,
+                  regp ? regp->app_id : (app && *app ? ap_escape_logitem(r->pool, app) : "-"),
+                  regp ? regp->id : "-", r->useragent_ip,
+                  peer.verify_failed ? " (TLS verification failed)" : "");
+    return respond_deny(r, reason);
+}
+
+static void register_hooks(apr_pool_t *p)
+{
+    static const char *const after_ssl[] = { "mod_ssl.c", NULL };
+    (void)p;
+    ap_hook_post_config(cg_post_config, after_ssl, NULL, APR_HOOK_MIDDLE);
+    ap_hook_child_init(cg_child_init, NULL, NULL, APR_HOOK_MIDDLE);
+    /* Fixups run for every request whatever Satisfy says, after authn/authz
+     * modules that may name the app, and before any handler or proxy. */
+    ap_hook_fixups(cg_fixups, NULL, NULL, APR_HOOK_REALLY_FIRST);
+    APR_OPTIONAL_HOOK(ssl, pre_handshake, cg_pre_handshake, NULL, NULL, APR_HOOK_MIDDLE);
+    APR_OPTIONAL_HOOK(ssl, init_server, cg_init_server, NULL, NULL, APR_HOOK_MIDDLE);
+}
+
+AP_DECLARE_MODULE(certgate) = {
+    STANDARD20_MODULE_STUFF,
+    create_dir,
+    merge_dir,
+    create_srv,
+    merge_srv,
+    cg_cmds,
+    register_hooks,
+    0
+};

@@ -1,0 +1,359 @@
+#include "cg_store.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <hiredis/hiredis.h>
+
+struct cg_store {
+    char *host, *socket, *user, *password, *prefix;
+    int port, db, timeout_ms, max_idle;
+    pthread_mutex_t lock;
+    redisContext **idle;     /* stack of idle, healthy connections */
+    int n_idle;
+};
+
+static char *dup_or_null(const char *s)
+{
+    if (s == NULL)
+        return NULL;
+    size_t n = strlen(s) + 1;
+    char *d = malloc(n);
+    if (d != NULL)
+        memcpy(d, s, n);
+    return d;
+}
+
+int cg_store_cfg_check(const cg_store_cfg_t *cfg, char *err, size_t errlen)
+{
+    const char *msg = NULL;
+    if (cfg->socket == NULL && (cfg->host == NULL || cfg->host[0] == '\0'))
+        msg = "no Redis host or socket";
+    else if (cfg->socket == NULL && (cfg->port < 1 || cfg->port > 65535))
+        msg = "Redis port must be 1..65535";
+    else if (cfg->db < 0 || cfg->db > 15999)
+        msg = "Redis db must be 0..15999";
+    else if (cfg->timeout_ms < 1 || cfg->timeout_ms > 60000)
+        msg = "Redis timeout must be 1..60000 ms";
+    else if (cfg->prefix == NULL || strlen(cfg->prefix) > CG_PREFIX_MAX)
+        msg = "key prefix must be at most 64 bytes";
+    else if (cfg->user != NULL && cfg->password == NULL)
+        msg = "a Redis ACL user needs a password";
+    else if (cfg->max_idle < 0 || cfg->max_idle > 1024)
+        msg = "idle connection count must be 0..1024";
+    if (msg != NULL) {
+        if (err != NULL && errlen > 0)
+            snprintf(err, errlen, "%s", msg);
+        return -1;
+    }
+    for (const char *p = cfg->prefix; *p; p++) {
+        if ((unsigned char)*p <= 0x20 || (unsigned char)*p >= 0x7f) {
+            if (err != NULL && errlen > 0)
+                snprintf(err, errlen, "key prefix must be printable ASCII without spaces");
+            return -1;
+        }
+    }
+    return 0;
+}
+
+cg_store_t *cg_store_new(const cg_store_cfg_t *cfg, char *err, size_t errlen)
+{
+    if (cg_store_cfg_check(cfg, err, errlen) != 0)
+        return NULL;
+    cg_store_t *st = calloc(1, sizeof(*st));
+    if (st == NULL)
+        goto nomem;
+    st->port = cfg->port;
+    st->db = cfg->db;
+    st->timeout_ms = cfg->timeout_ms;
+    st->max_idle = cfg->max_idle;
+    st->host = dup_or_null(cfg->host);
+    st->socket = dup_or_null(cfg->socket);
+    st->user = dup_or_null(cfg->user);
+    st->password = dup_or_null(cfg->password);
+    st->prefix = dup_or_null(cfg->prefix);
+    st->idle = calloc((size_t)(cfg->max_idle > 0 ? cfg->max_idle : 1), sizeof(redisContext *));
+    if ((cfg->host && !st->host) || (cfg->socket && !st->socket) ||
+        (cfg->user && !st->user) || (cfg->password && !st->password) ||
+        !st->prefix || !st->idle || pthread_mutex_init(&st->lock, NULL) != 0) {
+        free(st->host); free(st->socket); free(st->user);
+        free(st->password); free(st->prefix); free(st->idle); free(st);
+        goto nomem;
+    }
+    return st;
+nomem:
+    if (err != NULL && errlen > 0)
+        snprintf(err, errlen, "out of memory");
+    return NULL;
+}
+
+void cg_store_drop_idle(cg_store_t *st)
+{
+    if (st == NULL)
+        return;
+    pthread_mutex_lock(&st->lock);
+    for (int i = 0; i < st->n_idle; i++)
+        redisFree(st->idle[i]);
+    st->n_idle = 0;
+    pthread_mutex_unlock(&st->lock);
+}
+
+void cg_store_free(cg_store_t *st)
+{
+    if (st == NULL)
+        return;
+    cg_store_drop_idle(st);
+    pthread_mutex_destroy(&st->lock);
+    if (st->password != NULL)
+        memset(st->password, 0, strlen(st->password));
+    free(st->host); free(st->socket); free(st->user);
+    free(st->password); free(st->prefix); free(st->idle);
+    free(st);
+}
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Time left until the deadline as a timeval; 0 if it has passed. */
+static int remaining(int64_t deadline, struct timeval *tv)
+{
+    int64_t left = deadline - now_ms();
+    if (left <= 0)
+        return 0;
+    tv->tv_sec = (time_t)(left / 1000);
+    tv->tv_usec = (suseconds_t)((left % 1000) * 1000);
+    return 1;
+}
+
+static void set_err(char *err, size_t errlen, const char *what, const redisContext *c)
+{
+    if (err == NULL || errlen == 0)
+        return;
+    if (c != NULL && c->err)
+        snprintf(err, errlen, "%s: %s", what, c->errstr);
+    else
+        snprintf(err, errlen, "%s", what);
+}
+
+/* Redis answered with an error: WRONGTYPE means a key of ours holds the wrong kind. */
+static cg_store_rc_t error_reply(redisReply *r, const char *what, char *err, size_t errlen)
+{
+    /* Error text from Redis never holds our password. */
+    if (err != NULL && errlen > 0)
+        snprintf(err, errlen, "%s: %.*s", what, (int)(r->len > 200 ? 200 : r->len), r->str);
+    if (r->len >= 9 && memcmp(r->str, "WRONGTYPE", 9) == 0)
+        return CG_STORE_CORRUPT;
+    return CG_STORE_ERROR;
+}
+
+/* Run one command within the deadline. NULL: the context is broken (err says why). */
+static redisReply *command(redisContext *c, int64_t deadline, char *err, size_t errlen,
+                           const char *what, int argc, const char **argv, const size_t *lens)
+{
+    struct timeval tv;
+    if (!remaining(deadline, &tv)) {
+        set_err(err, errlen, "timeout", NULL);
+        return NULL;
+    }
+    if (redisSetTimeout(c, tv) != REDIS_OK) {
+        set_err(err, errlen, "setting timeout", c);
+        return NULL;
+    }
+    redisReply *r = redisCommandArgv(c, argc, argv, lens);
+    if (r == NULL) {
+        /* hiredis reports an SO_RCVTIMEO expiry as an I/O error with EAGAIN. */
+        if (c->err == REDIS_ERR_IO && (errno == EAGAIN || errno == EWOULDBLOCK) &&
+            err != NULL && errlen > 0)
+            snprintf(err, errlen, "%s: timeout", what);
+        else
+            set_err(err, errlen, what, c);
+    }
+    return r;
+}
+
+/* A command whose error reply is a failure too (AUTH, SELECT). 0 on success. */
+static int command_ok(redisContext *c, int64_t deadline, char *err, size_t errlen,
+                      const char *what, int argc, const char **argv, const size_t *lens)
+{
+    redisReply *r = command(c, deadline, err, errlen, what, argc, argv, lens);
+    if (r == NULL)
+        return -1;
+    int rc = 0;
+    if (r->type == REDIS_REPLY_ERROR) {
+        (void)error_reply(r, what, err, errlen);
+        rc = -1;
+    }
+    freeReplyObject(r);
+    return rc;
+}
+
+static redisContext *connect_new(cg_store_t *st, int64_t deadline, char *err, size_t errlen)
+{
+    struct timeval tv;
+    redisContext *c;
+
+    if (!remaining(deadline, &tv)) {
+        set_err(err, errlen, "timeout before connect", NULL);
+        return NULL;
+    }
+    if (st->socket != NULL)
+        c = redisConnectUnixWithTimeout(st->socket, tv);
+    else
+        c = redisConnectWithTimeout(st->host, st->port, tv);
+    if (c == NULL) {
+        set_err(err, errlen, "connect: out of memory", NULL);
+        return NULL;
+    }
+    if (c->err) {
+        set_err(err, errlen, "connect", c);
+        redisFree(c);
+        return NULL;
+    }
+    if (st->password != NULL) {
+        const char *argv[3] = { "AUTH", st->user ? st->user : st->password, st->password };
+        size_t lens[3] = { 4, strlen(argv[1]), strlen(st->password) };
+        if (command_ok(c, deadline, err, errlen, "AUTH", st->user ? 3 : 2, argv, lens) != 0) {
+            redisFree(c);
+            return NULL;
+        }
+    }
+    if (st->db > 0) {
+        char db[16];
+        int n = snprintf(db, sizeof(db), "%d", st->db);
+        const char *argv[2] = { "SELECT", db };
+        size_t lens[2] = { 6, (size_t)n };
+        if (command_ok(c, deadline, err, errlen, "SELECT", 2, argv, lens) != 0) {
+            redisFree(c);
+            return NULL;
+        }
+    }
+    return c;
+}
+
+static redisContext *acquire(cg_store_t *st, int64_t deadline, char *err, size_t errlen)
+{
+    redisContext *c = NULL;
+    pthread_mutex_lock(&st->lock);
+    if (st->n_idle > 0)
+        c = st->idle[--st->n_idle];
+    pthread_mutex_unlock(&st->lock);
+    return c != NULL ? c : connect_new(st, deadline, err, errlen);
+}
+
+/* A context that saw any error is never reused (hiredis state is undefined). */
+static void release(cg_store_t *st, redisContext *c, int healthy)
+{
+    if (healthy && !c->err) {
+        pthread_mutex_lock(&st->lock);
+        if (st->n_idle < st->max_idle) {
+            st->idle[st->n_idle++] = c;
+            c = NULL;
+        }
+        pthread_mutex_unlock(&st->lock);
+    }
+    if (c != NULL)
+        redisFree(c);
+}
+
+cg_store_rc_t cg_store_lookup(cg_store_t *st, const cg_fp_t *leaf, cg_reg_t *out,
+                              char *err, size_t errlen)
+{
+    int64_t deadline = now_ms() + st->timeout_ms;
+    char key[CG_PREFIX_MAX + 16 + CG_ID_MAX + CG_FP_HEX_LEN];
+    char hex[CG_FP_HEX_LEN + 1];
+    cg_store_rc_t rc = CG_STORE_ERROR;
+    redisReply *r = NULL;
+    int healthy = 0;
+
+    redisContext *c = acquire(st, deadline, err, errlen);
+    if (c == NULL)
+        return CG_STORE_ERROR;
+
+    cg_fp_to_hex(leaf, hex);
+    int klen = snprintf(key, sizeof(key), "%sfp:%s", st->prefix, hex);
+    const char *gargv[2] = { "GET", key };
+    size_t glens[2] = { 3, (size_t)klen };
+    r = command(c, deadline, err, errlen, "GET", 2, gargv, glens);
+    if (r == NULL)
+        goto done;
+    if (r->type == REDIS_REPLY_ERROR) {
+        rc = error_reply(r, "GET", err, errlen);
+        goto done;
+    }
+    healthy = 1;
+    if (r->type == REDIS_REPLY_NIL) {
+        rc = CG_STORE_NOTFOUND;
+        goto done;
+    }
+    if (r->type != REDIS_REPLY_STRING || !cg_id_valid(r->str, r->len)) {
+        snprintf(err, errlen, "fingerprint index holds no valid registration id");
+        rc = CG_STORE_CORRUPT;
+        goto done;
+    }
+    klen = snprintf(key, sizeof(key), "%sreg:%.*s", st->prefix, (int)r->len, r->str);
+    freeReplyObject(r);
+    healthy = 0;
+
+    const char *hargv[2] = { "HGETALL", key };
+    size_t hlens[2] = { 7, (size_t)klen };
+    r = command(c, deadline, err, errlen, "HGETALL", 2, hargv, hlens);
+    if (r == NULL)
+        goto done;
+    if (r->type == REDIS_REPLY_ERROR) {
+        rc = error_reply(r, "HGETALL", err, errlen);
+        goto done;
+    }
+    healthy = 1;
+    if (r->type != REDIS_REPLY_ARRAY || r->elements % 2 != 0) {
+        snprintf(err, errlen, "registration is not a hash");
+        rc = CG_STORE_CORRUPT;
+        goto done;
+    }
+    if (r->elements == 0) {
+        /* Index points at a record that is gone: treat as not registered. */
+        rc = CG_STORE_NOTFOUND;
+        goto done;
+    }
+    cg_field_t fields[64];
+    size_t nf = 0;
+    for (size_t i = 0; i + 1 < r->elements && nf < sizeof(fields) / sizeof(fields[0]); i += 2) {
+        redisReply *k = r->element[i], *v = r->element[i + 1];
+        if (k->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING) {
+            snprintf(err, errlen, "registration field is not a string");
+            rc = CG_STORE_CORRUPT;
+            goto done;
+        }
+        fields[nf].name = k->str;
+        fields[nf].name_len = k->len;
+        fields[nf].value = v->str;
+        fields[nf].value_len = v->len;
+        nf++;
+    }
+    if (r->elements / 2 > nf) {
+        snprintf(err, errlen, "registration has too many fields");
+        rc = CG_STORE_CORRUPT;
+        goto done;
+    }
+    if (cg_reg_decode(fields, nf, out, err, errlen) != 0) {
+        rc = CG_STORE_CORRUPT;
+        goto done;
+    }
+    if (!cg_fp_eq(&out->fingerprint, leaf)) {
+        snprintf(err, errlen, "index and record fingerprints differ");
+        rc = CG_STORE_CORRUPT;
+        goto done;
+    }
+    rc = CG_STORE_OK;
+done:
+    if (r != NULL)
+        freeReplyObject(r);
+    release(st, c, healthy);
+    return rc;
+}

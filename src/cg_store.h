@@ -1,0 +1,50 @@
+/* The Redis store of registrations (hiredis, blocking with deadlines). */
+#ifndef CG_STORE_H
+#define CG_STORE_H
+
+#include <stddef.h>
+#include "cg_fp.h"
+#include "cg_reg.h"
+
+#define CG_SCHEMA_VERSION "1"
+#define CG_PREFIX_MAX 64
+
+typedef struct {
+    const char *host;        /* TCP host, used when socket is NULL */
+    int port;
+    const char *socket;      /* unix socket path, or NULL */
+    const char *user;        /* ACL user, or NULL for the default user */
+    const char *password;    /* NULL: no AUTH */
+    int db;                  /* SELECT db when > 0 */
+    const char *prefix;      /* key prefix, e.g. "certgate:" */
+    int timeout_ms;          /* bound on one whole lookup, connect included */
+    int max_idle;            /* idle connections kept per process */
+} cg_store_cfg_t;
+
+typedef enum {
+    CG_STORE_OK = 0,
+    CG_STORE_NOTFOUND,       /* no registration for that fingerprint */
+    CG_STORE_ERROR,          /* unreachable, timeout, protocol or auth error */
+    CG_STORE_CORRUPT         /* a record that does not decode */
+} cg_store_rc_t;
+
+typedef struct cg_store cg_store_t;
+
+/* Copies everything from cfg. NULL on bad config (msg says why) or no memory. */
+cg_store_t *cg_store_new(const cg_store_cfg_t *cfg, char *err, size_t errlen);
+void cg_store_free(cg_store_t *st);
+
+/* Validate a config without connecting. 0 if fine, else -1 and err. */
+int cg_store_cfg_check(const cg_store_cfg_t *cfg, char *err, size_t errlen);
+
+/*
+ * Look up the registration of a leaf. Thread-safe. Bounded by timeout_ms.
+ * err gets a short description on ERROR/CORRUPT; it never holds the password.
+ */
+cg_store_rc_t cg_store_lookup(cg_store_t *st, const cg_fp_t *leaf, cg_reg_t *out,
+                              char *err, size_t errlen);
+
+/* Drop idle connections (after fork, or on shutdown). */
+void cg_store_drop_idle(cg_store_t *st);
+
+#endif

@@ -1,0 +1,63 @@
+"""Ways of talking to the gate: requests, curl (HTTP/2), raw ssl (resumption)."""
+import socket
+import ssl
+import subprocess
+
+import requests
+
+
+def files_for(stack, cert, **kw):
+    name = "c-" + cert.fingerprint[:12] + "".join("-%s%s" % (k, v) for k, v in sorted(kw.items())
+                                                 if k != "send_chain")
+    if "send_chain" in kw:
+        name += "-sc" + "".join(c.fingerprint[:4] for c in kw["send_chain"])
+    return stack.client_files(cert, name, **kw)
+
+
+def get(stack, path, cert=None, headers=None, timeout=10, **kw):
+    files = files_for(stack, cert, **kw) if cert is not None else None
+    return requests.get(stack.httpd.url(path), cert=files, verify=stack.server_ca,
+                        headers=headers or {}, timeout=timeout)
+
+
+def reason_of(resp):
+    return resp.headers.get("CertGate-Reason")
+
+
+def curl(stack, urls, cert=None, http2=True, extra=()):
+    """Return a list of (status, http_version) for each URL fetched on one curl run."""
+    cmd = ["curl", "-s", "-w", "%{http_code} %{http_version}\\n",
+           "--cacert", stack.server_ca, "--max-time", "10"]
+    cmd += ["--http2"] if http2 else ["--http1.1"]
+    if cert is not None:
+        c, k = files_for(stack, cert)
+        cmd += ["--cert", c, "--key", k]
+    cmd += list(extra)
+    for u in urls:
+        cmd += ["-o", "/dev/null", stack.httpd.url(u)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout
+    return [tuple(line.split()) for line in out.strip().splitlines()]
+
+
+def tls_context(stack, cert):
+    ctx = ssl.create_default_context(cafile=stack.server_ca)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    c, k = files_for(stack, cert)
+    ctx.load_cert_chain(c, k)
+    return ctx
+
+
+def raw_get(stack, ctx, path, session=None):
+    """One HTTP/1.1 request on a fresh TLS connection. Returns (status, reused, session)."""
+    sock = socket.create_connection(("127.0.0.1", stack.httpd.port), timeout=10)
+    with ctx.wrap_socket(sock, server_hostname="localhost", session=session) as s:
+        s.sendall(("GET %s HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+                   % path).encode())
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        status = int(data.split(b" ", 2)[1])
+        return status, s.session_reused, s.session

@@ -1,0 +1,58 @@
+import os
+import shutil
+import tempfile
+
+import pytest
+
+import harness
+from pki import PKI
+
+
+def pytest_sessionstart(session):
+    if not os.path.exists(harness.MODULE):
+        raise pytest.UsageError("build/mod_certgate.so is missing: run 'make module' first")
+
+
+def make_workdir():
+    # httpd children run as www-data when we are root: the tree must be readable.
+    work = tempfile.mkdtemp(prefix="certgate-test-")
+    os.chmod(work, 0o755)
+    os.makedirs(os.path.join(work, "pki"))
+    os.chmod(os.path.join(work, "pki"), 0o755)
+    return work
+
+
+@pytest.fixture(scope="session")
+def pki():
+    return PKI()
+
+
+class Stack:
+    """One redis-server and one apache2, and the certificate files clients use."""
+
+    def __init__(self, pki, **httpd_args):
+        self.work = make_workdir()
+        self.pki = pki
+        self.pki_dir = os.path.join(self.work, "pki")
+        pki.server.write(self.pki_dir, "server", send_chain=[])
+        self.server_ca = pki.server_ca.write(self.pki_dir, "server-ca")[0]
+        self.redis = harness.Redis(self.work).start()
+        self.httpd = harness.Httpd(self.work, self.pki_dir, self.redis, **httpd_args)
+        self.httpd.start()
+        self.r = self.redis.client()
+
+    def client_files(self, cert, name, **kw):
+        return cert.write(self.pki_dir, name, **kw)
+
+    def close(self):
+        self.httpd.stop()
+        self.redis.stop()
+        if os.environ.get("CERTGATE_KEEP_TEST_DIRS") != "1":
+            shutil.rmtree(self.work, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def stack(pki):
+    s = Stack(pki)
+    yield s
+    s.close()

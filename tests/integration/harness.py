@@ -1,0 +1,238 @@
+"""Real redis-server and apache2 processes on loopback, started and stopped by PID."""
+import os
+import signal
+import socket
+import subprocess
+import time
+
+import redis as redis_py
+
+APACHE = "/usr/sbin/apache2"
+MODDIR = "/usr/lib/apache2/modules"
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+MODULE = os.path.join(ROOT, "build", "mod_certgate.so")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, proc, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError("process exited with %s before listening" % proc.returncode)
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("port %d not listening after %.0fs" % (port, timeout))
+
+
+def stop_pid(proc, timeout=10.0):
+    if proc is None or proc.poll() is not None:
+        return
+    try:
+        os.kill(proc.pid, signal.SIGCONT)  # a paused process cannot exit
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=timeout)
+    except ProcessLookupError:
+        pass
+
+
+class Redis:
+    PASSWORD = "test-redis-secret"
+    DB = 3
+
+    def __init__(self, workdir, port=None):
+        self.dir = os.path.join(workdir, "redis")
+        os.makedirs(self.dir, exist_ok=True)
+        self.port = port or free_port()
+        self.proc = None
+
+    def start(self):
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+             "--save", "", "--appendonly", "no", "--dir", self.dir,
+             "--requirepass", self.PASSWORD, "--daemonize", "no",
+             "--logfile", os.path.join(self.dir, "redis.log")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(self.port, self.proc)
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                self.client().ping()
+                return self
+            except redis_py.exceptions.BusyLoadingError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def stop(self):
+        stop_pid(self.proc)
+        self.proc = None
+
+    def pause(self):
+        os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self):
+        os.kill(self.proc.pid, signal.SIGCONT)
+
+    def client(self):
+        return redis_py.Redis(host="127.0.0.1", port=self.port, password=self.PASSWORD,
+                              db=self.DB, socket_timeout=5)
+
+
+HTTPD_CONF = """
+ServerRoot "{work}"
+ServerName localhost
+PidFile "{work}/run/httpd.pid"
+DefaultRuntimeDir "{work}/run"
+ErrorLog "{work}/logs/error.log"
+LogLevel warn certgate:debug
+{user}
+LoadModule mpm_event_module {moddir}/mod_mpm_event.so
+LoadModule authz_core_module {moddir}/mod_authz_core.so
+LoadModule ssl_module {moddir}/mod_ssl.so
+LoadModule socache_shmcb_module {moddir}/mod_socache_shmcb.so
+LoadModule headers_module {moddir}/mod_headers.so
+LoadModule mime_module {moddir}/mod_mime.so
+{h2_load}
+LoadModule certgate_module {module}
+
+StartServers 2
+ServerLimit 2
+ThreadsPerChild 16
+MaxRequestWorkers 32
+TypesConfig /dev/null
+LogFormat "%h %r %>s reason=%{{CERTGATE_REASON}}e app=%{{CERTGATE_APP_ID}}e" cg
+CustomLog "{work}/logs/access.log" cg
+
+CertGateRedis 127.0.0.1:{redis_port}
+CertGateRedisAuth {redis_password}
+CertGateRedisDB {redis_db}
+CertGateRedisTimeout {timeout_ms}
+{extra_server}
+
+SSLSessionCache "shmcb:{work}/run/ssl_scache(512000)"
+Listen 127.0.0.1:{port} https
+<VirtualHost 127.0.0.1:{port}>
+  ServerName localhost
+  DocumentRoot "{work}/htdocs"
+  {h2_protocols}
+  SSLEngine on
+  SSLCertificateFile "{work}/pki/server.pem"
+  SSLCertificateKeyFile "{work}/pki/server.key"
+  SSLVerifyClient optional_no_ca
+  SSLVerifyDepth 10
+  <Directory "{work}/htdocs">
+    Require all granted
+  </Directory>
+  # Show what the gate exported, so tests can assert on it.
+  Header always set X-Seen-App "%{{CERTGATE_APP_ID}}e"
+  Header always set X-Seen-Cert-Id "%{{CERTGATE_CERT_ID}}e"
+  Header always set X-Seen-Fingerprint "%{{CERTGATE_FINGERPRINT}}e"
+  Header always set X-Seen-Expire-In "%{{CERTGATE_EXPIRE_IN}}e"
+  Header always set X-Seen-Client-Cert "expr=%{{req:Client-Cert}}"
+  Header always set X-Seen-Client-Cert-Chain "expr=%{{req:Client-Cert-Chain}}"
+  Header always set X-Seen-Hdr-App "expr=%{{req:CertGate-App-Id}}"
+  <Location "/gated/">
+    CertGate On
+  </Location>
+  <Location "/app/">
+    CertGate On
+    CertGateAppFrom header X-App-Id
+  </Location>
+  <Location "/fwd/">
+    CertGate On
+    CertGateForwardHeaders On
+  </Location>
+  {extra_vhost}
+</VirtualHost>
+"""
+
+
+class Httpd:
+    def __init__(self, workdir, pki_dir, redis, timeout_ms=200, extra_server="", extra_vhost=""):
+        self.work = workdir
+        self.port = free_port()
+        self.redis = redis
+        self.proc = None
+        for d in ("run", "logs", "htdocs"):
+            os.makedirs(os.path.join(workdir, d), exist_ok=True)
+        for d in ("gated", "app", "fwd", "open"):
+            os.makedirs(os.path.join(workdir, "htdocs", d), exist_ok=True)
+            with open(os.path.join(workdir, "htdocs", d, "ok.txt"), "w") as f:
+                f.write("ok\n")
+        if os.path.realpath(pki_dir) != os.path.join(workdir, "pki"):
+            raise ValueError("pki must live in workdir/pki")
+        h2 = os.path.exists(os.path.join(MODDIR, "mod_http2.so"))
+        self.h2 = h2
+        self.conf = os.path.join(workdir, "httpd.conf")
+        with open(self.conf, "w") as f:
+            f.write(HTTPD_CONF.format(
+                work=workdir, moddir=MODDIR, module=MODULE, port=self.port,
+                user="User www-data\nGroup www-data" if os.geteuid() == 0 else "",
+                h2_load=("LoadModule http2_module %s/mod_http2.so" % MODDIR) if h2 else "",
+                h2_protocols="Protocols h2 http/1.1" if h2 else "",
+                redis_port=redis.port, redis_password=Redis.PASSWORD, redis_db=Redis.DB,
+                timeout_ms=timeout_ms, extra_server=extra_server, extra_vhost=extra_vhost))
+        self.error_log = os.path.join(workdir, "logs", "error.log")
+
+    def start(self):
+        out = open(os.path.join(self.work, "logs", "stderr.log"), "ab")
+        self.proc = subprocess.Popen([APACHE, "-f", self.conf, "-DFOREGROUND"],
+                                     stdout=out, stderr=out)
+        try:
+            wait_port(self.port, self.proc)
+        except RuntimeError:
+            raise RuntimeError("apache2 did not start: %s\n%s" % (self.read_log(), open(
+                os.path.join(self.work, "logs", "stderr.log")).read()))
+        return self
+
+    def stop(self):
+        stop_pid(self.proc)
+        self.proc = None
+
+    def url(self, path):
+        return "https://localhost:%d%s" % (self.port, path)
+
+    def read_log(self):
+        try:
+            with open(self.error_log) as f:
+                return f.read()
+        except FileNotFoundError:
+            return ""
+
+
+def register(r, cert, app, status="APPROVED", chain=None, activate_at=None, retire_at=None,
+             reg_id=None, prefix="certgate:", valid_from=None, valid_to=None, customer="cust-1"):
+    """Write a registration as the admin handler will: record, fingerprint index, app set."""
+    reg_id = reg_id or "reg-" + cert.fingerprint[:16]
+    chain = cert.chain_fingerprints if chain is None else chain
+    record = {
+        "id": reg_id,
+        "app_id": app,
+        "customer_id": customer,
+        "status": status,
+        "fingerprint": cert.fingerprint,
+        "chain": ",".join(chain),
+        "valid_from": str(cert.not_before if valid_from is None else valid_from),
+        "valid_to": str(cert.not_after if valid_to is None else valid_to),
+        "activate_at": "" if activate_at is None else str(activate_at),
+        "retire_at": "" if retire_at is None else str(retire_at),
+    }
+    p = r.pipeline(transaction=True)
+    p.delete(prefix + "reg:" + reg_id)
+    p.hset(prefix + "reg:" + reg_id, mapping=record)
+    p.set(prefix + "fp:" + cert.fingerprint, reg_id)
+    p.sadd(prefix + "app:" + app, reg_id)
+    p.set(prefix + "schema", "1")
+    p.execute()
+    return reg_id
