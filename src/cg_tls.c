@@ -9,7 +9,7 @@
 static const unsigned char ticket_magic[4] = { 'C', 'G', 'C', '1' };
 #define TICKET_MAX (sizeof(ticket_magic) + 1 + (CG_MAX_CHAIN + 1) * CG_FP_LEN)
 
-static int fp_x509(X509 *x, cg_fp_t *out)
+int cg_fp_x509(X509 *x, cg_fp_t *out)
 {
     unsigned int n = 0;
     /* X509_digest hashes the DER encoding OpenSSL keeps; no parsing. */
@@ -23,7 +23,7 @@ static int chain_from_stack(STACK_OF(X509) *sk, cg_peer_t *peer)
     int n = sk ? sk_X509_num(sk) : 0;
     peer->chain_len = 0;
     for (int i = 0; i < n && peer->chain_len < CG_MAX_CHAIN + 1; i++) {
-        if (fp_x509(sk_X509_value(sk, i), &peer->chain[peer->chain_len]) != 0)
+        if (cg_fp_x509(sk_X509_value(sk, i), &peer->chain[peer->chain_len]) != 0)
             return -1;
         peer->chain_len++;
     }
@@ -70,7 +70,7 @@ int cg_tls_peer(SSL *ssl, cg_peer_t *peer, char *err, size_t errlen)
     X509 *leaf = SSL_get0_peer_certificate(ssl);
     if (leaf == NULL)
         return 0;
-    if (fp_x509(leaf, &peer->leaf) != 0) {
+    if (cg_fp_x509(leaf, &peer->leaf) != 0) {
         snprintf(err, errlen, "X509_digest of the client leaf failed");
         return -1;
     }

@@ -1,0 +1,533 @@
+/* Unit tests of the core: decisions, chains, windows, records, fingerprints. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <cmocka.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+
+#include "cg_decide.h"
+#include "cg_fp.h"
+#include "cg_reg.h"
+#include "cg_store.h"
+#include "cg_tls.h"
+
+#define NOW 1750000000  /* 2025-06-15 */
+
+static cg_fp_t fp_of(unsigned char seed)
+{
+    cg_fp_t f;
+    memset(f.b, seed, sizeof(f.b));
+    return f;
+}
+
+/* An approved registration valid around NOW with a two-element chain. */
+static cg_reg_t approved(void)
+{
+    cg_reg_t r;
+    memset(&r, 0, sizeof(r));
+    strcpy(r.id, "reg-1");
+    strcpy(r.app_id, "app1");
+    r.status = CG_STATUS_APPROVED;
+    r.fingerprint = fp_of(1);
+    r.chain[0] = fp_of(2);
+    r.chain[1] = fp_of(3);
+    r.chain_len = 2;
+    r.valid_from = NOW - 86400;
+    r.valid_to = NOW + 86400 * 10;
+    r.activate_at = CG_TIME_UNSET;
+    r.retire_at = CG_TIME_UNSET;
+    return r;
+}
+
+typedef struct {
+    cg_reg_t reg;
+    cg_fp_t leaf;
+    cg_fp_t chain[CG_MAX_CHAIN + 1];
+    cg_input_t in;
+} fixture_t;
+
+static fixture_t fx(void)
+{
+    fixture_t f;
+    memset(&f, 0, sizeof(f));
+    f.reg = approved();
+    f.leaf = fp_of(1);
+    f.chain[0] = fp_of(2);
+    f.chain[1] = fp_of(3);
+    return f;
+}
+
+/* Point the input at the fixture's own storage (after any copy). */
+static cg_reason_t decide(fixture_t *f, size_t chain_len)
+{
+    f->in.leaf = &f->leaf;
+    f->in.chain = f->chain;
+    f->in.chain_len = chain_len;
+    f->in.chain_known = 1;
+    f->in.now = f->in.now ? f->in.now : NOW;
+    f->in.reg = &f->reg;
+    return cg_decide(&f->in);
+}
+
+static void test_allow(void **state)
+{
+    (void)state;
+    fixture_t f = fx();
+    assert_int_equal(decide(&f, 2), CG_ALLOW);
+    assert_string_equal(cg_reason_name(CG_ALLOW), "allow");
+    assert_int_equal(cg_reason_http_status(CG_ALLOW), 200);
+}
+
+static void test_no_client_cert(void **state)
+{
+    (void)state;
+    fixture_t f = fx();
+    decide(&f, 2);
+    f.in.leaf = NULL;
+    assert_int_equal(cg_decide(&f.in), CG_R_NO_CLIENT_CERT);
+}
+
+static void test_unregistered(void **state)
+{
+    (void)state;
+    fixture_t f = fx();
+    decide(&f, 2);
+    f.in.reg = NULL;
+    assert_int_equal(cg_decide(&f.in), CG_R_UNREGISTERED);
+    /* A record for another leaf (stale index) never admits. */
+    f = fx();
+    f.reg.fingerprint = fp_of(9);
+    assert_int_equal(decide(&f, 2), CG_R_UNREGISTERED);
+}
+
+static void test_statuses(void **state)
+{
+    (void)state;
+    const struct { cg_status_t s; cg_reason_t r; } cases[] = {
+        { CG_STATUS_PENDING, CG_R_PENDING },
+        { CG_STATUS_DECLINED, CG_R_DECLINED },
+        { CG_STATUS_INACTIVATED, CG_R_INACTIVATED },
+        { CG_STATUS_APPROVED, CG_ALLOW },
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        fixture_t f = fx();
+        f.reg.status = cases[i].s;
+        assert_int_equal(decide(&f, 2), cases[i].r);
+    }
+}
+
+static void test_validity_edges(void **state)
+{
+    (void)state;
+    fixture_t f = fx();
+    f.in.now = f.reg.valid_from;            /* notBefore is inclusive */
+    assert_int_equal(decide(&f, 2), CG_ALLOW);
+    f.in.now = f.reg.valid_from - 1;
+    assert_int_equal(decide(&f, 2), CG_R_NOT_YET_VALID);
+    f.in.now = f.reg.valid_to;              /* notAfter is inclusive */
+    assert_int_equal(decide(&f, 2), CG_ALLOW);
+    f.in.now = f.reg.valid_to + 1;
+    assert_int_equal(decide(&f, 2), CG_R_EXPIRED);
+}
+
+static void test_window_edges(void **state)
+{
+    (void)state;
+    fixture_t f = fx();
+    f.reg.activate_at = NOW;
+    f.reg.retire_at = NOW + 100;
+    f.in.now = NOW - 1;
+    assert_int_equal(decide(&f, 2), CG_R_NOT_YET_ACTIVE);
+    f.in.now = NOW;                          /* exactly at activate_at: active */
+    assert_int_equal(decide(&f, 2), CG_ALLOW);
+    f.in.now = NOW + 99;
+    assert_int_equal(decide(&f, 2), CG_ALLOW);
+    f.in.now = NOW + 100;                    /* exactly at retire_at: retired */
+    assert_int_equal(decide(&f, 2), CG_R_RETIRED);
+    /* Open ends. */
+    f.reg.activate_at = CG_TIME_UNSET;
+    f.in.now = NOW - 50;
+    assert_int_equal(decide(&f, 2), CG_ALLOW);
+    f.reg.retire_at = CG_TIME_UNSET;
+    f.reg.activate_at = NOW;
+    f.in.now = NOW + 86400 * 5;
+    assert_int_equal(decide(&f, 2), CG_ALLOW);
+}
+
+static void test_app_mismatch(void **state)
+{
+    (void)state;
+    fixture_t f = fx();
+    f.in.app = "app1";
+    assert_int_equal(decide(&f, 2), CG_ALLOW);
+    f.in.app = "app2";
+    assert_int_equal(decide(&f, 2), CG_R_APP_MISMATCH);
+    f.in.app = "";
+    assert_int_equal(decide(&f, 2), CG_R_APP_MISMATCH);
+    f.in.app = "APP1";                       /* ids are case-sensitive */
+    assert_int_equal(decide(&f, 2), CG_R_APP_MISMATCH);
+}
+
+static void test_chain_rules(void **state)
+{
+    (void)state;
+    fixture_t f = fx();
+    assert_int_equal(decide(&f, 2), CG_ALLOW);          /* exact */
+    assert_int_equal(decide(&f, 1), CG_ALLOW);          /* root left out */
+    assert_int_equal(decide(&f, 0), CG_R_CHAIN_MISMATCH); /* intermediate left out */
+    f.chain[2] = fp_of(4);
+    assert_int_equal(decide(&f, 3), CG_R_CHAIN_MISMATCH); /* extra element */
+    f = fx();
+    f.chain[0] = fp_of(3);
+    f.chain[1] = fp_of(2);
+    assert_int_equal(decide(&f, 2), CG_R_CHAIN_MISMATCH); /* wrong order */
+    f = fx();
+    f.chain[1] = fp_of(7);
+    assert_int_equal(decide(&f, 2), CG_R_CHAIN_MISMATCH); /* other root */
+    assert_int_equal(decide(&f, 1), CG_ALLOW);            /* ...unless left out */
+    /* Self-signed leaf: nothing registered above it. */
+    f = fx();
+    f.reg.chain_len = 0;
+    assert_int_equal(decide(&f, 0), CG_ALLOW);
+    assert_int_equal(decide(&f, 1), CG_R_CHAIN_MISMATCH);
+    /* Chain unknown (resumed session without a record). */
+    f = fx();
+    decide(&f, 2);
+    f.in.chain_known = 0;
+    assert_int_equal(cg_decide(&f.in), CG_R_CHAIN_MISMATCH);
+    f.reg.chain_len = 0;
+    assert_int_equal(cg_decide(&f.in), CG_ALLOW);
+    /* TLS-layer verification failure is never overridden by a registration. */
+    f = fx();
+    f.in.verify_failed = 1;
+    assert_int_equal(decide(&f, 2), CG_R_CHAIN_MISMATCH);
+}
+
+static void test_check_order(void **state)
+{
+    (void)state;
+    /* app before status: another app's pending cert reads app_mismatch. */
+    fixture_t f = fx();
+    f.reg.status = CG_STATUS_PENDING;
+    f.in.app = "app2";
+    assert_int_equal(decide(&f, 2), CG_R_APP_MISMATCH);
+    /* status before validity, validity before window, window before chain. */
+    f = fx();
+    f.reg.status = CG_STATUS_DECLINED;
+    f.in.now = f.reg.valid_to + 5;
+    assert_int_equal(decide(&f, 2), CG_R_DECLINED);
+    f = fx();
+    f.reg.retire_at = NOW - 1;
+    f.in.now = f.reg.valid_to + 5;
+    assert_int_equal(decide(&f, 2), CG_R_EXPIRED);
+    f = fx();
+    f.reg.retire_at = NOW - 1;
+    assert_int_equal(decide(&f, 0), CG_R_RETIRED);
+}
+
+static void test_reason_names_and_status(void **state)
+{
+    (void)state;
+    const char *expect[] = { "allow", "no_client_cert", "unregistered", "pending", "declined",
+                             "inactivated", "expired", "not_yet_valid", "not_yet_active",
+                             "retired", "chain_mismatch", "app_mismatch", "store_unavailable" };
+    assert_int_equal(sizeof(expect) / sizeof(expect[0]), CG_R__COUNT);
+    for (int i = 0; i < CG_R__COUNT; i++) {
+        assert_string_equal(cg_reason_name((cg_reason_t)i), expect[i]);
+        assert_non_null(cg_reason_message((cg_reason_t)i));
+        assert_null(strchr(cg_reason_message((cg_reason_t)i), '"'));
+        int st = cg_reason_http_status((cg_reason_t)i);
+        assert_int_equal(st, i == 0 ? 200 : i == CG_R_STORE_UNAVAILABLE ? 503 : 403);
+    }
+    assert_string_equal(cg_reason_name(CG_R__COUNT), "unknown");
+}
+
+static void test_expire_in_days(void **state)
+{
+    (void)state;
+    cg_reg_t r = approved();
+    r.valid_to = NOW + 86400 * 3 + 5;
+    assert_int_equal(cg_expire_in_days(&r, NOW), 3);
+    r.valid_to = NOW + 86399;
+    assert_int_equal(cg_expire_in_days(&r, NOW), 0);
+    r.valid_to = NOW - 100;
+    assert_int_equal(cg_expire_in_days(&r, NOW), 0);
+}
+
+static void test_hex(void **state)
+{
+    (void)state;
+    cg_fp_t f = fp_of(0xab), g;
+    char hex[CG_FP_HEX_LEN + 1];
+    cg_fp_to_hex(&f, hex);
+    assert_int_equal(strlen(hex), 64);
+    assert_memory_equal(hex, "abababab", 8);
+    assert_int_equal(cg_fp_from_hex(hex, 64, &g), 0);
+    assert_true(cg_fp_eq(&f, &g));
+    hex[5] = 'A';
+    assert_int_equal(cg_fp_from_hex(hex, 64, &g), 0);   /* upper case accepted */
+    hex[5] = 'g';
+    assert_int_equal(cg_fp_from_hex(hex, 64, &g), -1);
+    assert_int_equal(cg_fp_from_hex(hex, 63, &g), -1);
+    assert_int_equal(cg_fp_from_hex(NULL, 64, &g), -1);
+}
+
+static void test_parse_i64(void **state)
+{
+    (void)state;
+    int64_t v;
+    assert_int_equal(cg_parse_i64("0", 1, &v), 0);
+    assert_int_equal(v, 0);
+    assert_int_equal(cg_parse_i64("1750000000", 10, &v), 0);
+    assert_int_equal(v, 1750000000);
+    assert_int_equal(cg_parse_i64("-5", 2, &v), 0);
+    assert_int_equal(v, -5);
+    assert_int_equal(cg_parse_i64("9223372036854775807", 19, &v), 0);
+    assert_true(v == INT64_MAX);
+    assert_int_equal(cg_parse_i64("-9223372036854775808", 20, &v), 0);
+    assert_true(v == INT64_MIN);
+    assert_int_equal(cg_parse_i64("9223372036854775808", 19, &v), -1);
+    assert_int_equal(cg_parse_i64("", 0, &v), -1);
+    assert_int_equal(cg_parse_i64("-", 1, &v), -1);
+    assert_int_equal(cg_parse_i64("+1", 2, &v), -1);
+    assert_int_equal(cg_parse_i64(" 1", 2, &v), -1);
+    assert_int_equal(cg_parse_i64("1x", 2, &v), -1);
+    assert_int_equal(cg_parse_i64("1.5", 3, &v), -1);
+}
+
+#define F(n, v) { n, sizeof(n) - 1, v, sizeof(v) - 1 }
+static const char HEX1[] = "0101010101010101010101010101010101010101010101010101010101010101";
+
+static void test_decode_record(void **state)
+{
+    (void)state;
+    char chain[2 * 65];
+    snprintf(chain, sizeof(chain), "%.64s,%.64s",
+             "0202020202020202020202020202020202020202020202020202020202020202",
+             "0303030303030303030303030303030303030303030303030303030303030303");
+    cg_field_t fields[] = {
+        F("id", "reg-1"), F("app_id", "app1"), F("customer_id", "c-9"),
+        F("status", "APPROVED"), F("fingerprint", HEX1),
+        { "chain", 5, chain, strlen(chain) },
+        F("valid_from", "100"), F("valid_to", "200"), F("activate_at", ""),
+        F("retire_at", "150"), F("common_name", "ignored: admin metadata"),
+    };
+    cg_reg_t r;
+    char err[128];
+    assert_int_equal(cg_reg_decode(fields, sizeof(fields) / sizeof(fields[0]), &r, err, sizeof(err)), 0);
+    assert_string_equal(r.id, "reg-1");
+    assert_string_equal(r.app_id, "app1");
+    assert_string_equal(r.customer_id, "c-9");
+    assert_int_equal(r.status, CG_STATUS_APPROVED);
+    cg_fp_t one = fp_of(1), three = fp_of(3);
+    assert_true(cg_fp_eq(&r.fingerprint, &one));
+    assert_int_equal(r.chain_len, 2);
+    assert_true(cg_fp_eq(&r.chain[1], &three));
+    assert_true(r.valid_from == 100 && r.valid_to == 200);
+    assert_true(r.activate_at == CG_TIME_UNSET);
+    assert_true(r.retire_at == 150);
+}
+
+static void test_decode_rejects(void **state)
+{
+    (void)state;
+    const cg_field_t base[] = {
+        F("id", "reg-1"), F("app_id", "app1"), F("status", "APPROVED"),
+        F("fingerprint", HEX1), F("valid_from", "100"), F("valid_to", "200"),
+    };
+    const size_t nb = sizeof(base) / sizeof(base[0]);
+    cg_reg_t r;
+    char err[128];
+
+    /* Each required field missing in turn. */
+    for (size_t skip = 0; skip < nb; skip++) {
+        cg_field_t f[8];
+        size_t n = 0;
+        for (size_t i = 0; i < nb; i++)
+            if (i != skip)
+                f[n++] = base[i];
+        assert_int_equal(cg_reg_decode(f, n, &r, err, sizeof(err)), -1);
+        assert_non_null(strstr(err, "missing"));
+    }
+    /* Each bad value in turn. */
+    const cg_field_t bad[] = {
+        F("id", "a:b"), F("id", ""), F("id", "x*"), F("app_id", "a b"), F("app_id", "a\nb"),
+        F("app_id", "app:*"), F("status", "approved"), F("status", "EXPIRED"),
+        F("fingerprint", "0101"), F("valid_from", "soon"), F("valid_to", "1e9"),
+        F("activate_at", "x"), F("retire_at", "-"), F("chain", "zz"),
+        F("chain", "0101010101010101010101010101010101010101010101010101010101010101,"),
+        F("customer_id", "a\x01"),
+    };
+    for (size_t b = 0; b < sizeof(bad) / sizeof(bad[0]); b++) {
+        cg_field_t f[8];
+        memcpy(f, base, sizeof(base));
+        f[nb] = bad[b];
+        assert_int_equal(cg_reg_decode(f, nb + 1, &r, err, sizeof(err)), -1);
+        assert_non_null(strstr(err, "malformed registration"));
+    }
+    /* NUL inside a value. */
+    cg_field_t f[8];
+    memcpy(f, base, sizeof(base));
+    f[nb] = (cg_field_t){ "app_id", 6, "ap\0p", 4 };
+    assert_int_equal(cg_reg_decode(f, nb + 1, &r, err, sizeof(err)), -1);
+    /* A chain longer than we keep. */
+    char longchain[(CG_MAX_CHAIN + 1) * 65];
+    size_t pos = 0;
+    for (int i = 0; i < CG_MAX_CHAIN + 1; i++)
+        pos += (size_t)snprintf(longchain + pos, sizeof(longchain) - pos, "%s%s", i ? "," : "", HEX1);
+    f[nb] = (cg_field_t){ "chain", 5, longchain, pos };
+    assert_int_equal(cg_reg_decode(f, nb + 1, &r, err, sizeof(err)), -1);
+    /* Exactly CG_MAX_CHAIN is fine. */
+    f[nb].value_len = (size_t)CG_MAX_CHAIN * 65 - 1;
+    assert_int_equal(cg_reg_decode(f, nb + 1, &r, err, sizeof(err)), 0);
+    assert_int_equal(r.chain_len, CG_MAX_CHAIN);
+}
+
+static void test_status_names(void **state)
+{
+    (void)state;
+    cg_status_t s;
+    const char *names[] = { "PENDING", "APPROVED", "DECLINED", "INACTIVATED" };
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(cg_status_parse(names[i], strlen(names[i]), &s), 0);
+        assert_int_equal(s, i);
+        assert_string_equal(cg_status_name(s), names[i]);
+    }
+    assert_int_equal(cg_status_parse("APPROVE", 7, &s), -1);
+}
+
+/* Fingerprints agree with `openssl x509 -outform DER | openssl dgst -sha256`. */
+static void test_fingerprint_matches_openssl_cli(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/cg-unit-XXXXXX";
+    char cmd[1024], path[256], expect[65] = { 0 };
+    assert_non_null(mkdtemp(dir));
+    snprintf(cmd, sizeof(cmd),
+             "cd %s && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes "
+             "-keyout k.pem -out c.pem -subj /CN=unit -days 2 2>/dev/null && "
+             "openssl x509 -in c.pem -outform DER -out c.der && "
+             "openssl x509 -in c.pem -outform DER | openssl dgst -sha256 -r | cut -c1-64 > fp.txt",
+             dir);
+    assert_int_equal(system(cmd), 0);
+
+    snprintf(path, sizeof(path), "%s/fp.txt", dir);
+    FILE *fp = fopen(path, "r");
+    assert_non_null(fp);
+    assert_int_equal(fread(expect, 1, 64, fp), 64);
+    fclose(fp);
+
+    snprintf(path, sizeof(path), "%s/c.der", dir);
+    unsigned char der[8192];
+    fp = fopen(path, "rb");
+    assert_non_null(fp);
+    size_t n = fread(der, 1, sizeof(der), fp);
+    fclose(fp);
+    assert_true(n > 100);
+
+    cg_fp_t a, b;
+    char hex[65];
+    assert_int_equal(cg_fp_der(der, n, &a), 0);
+    cg_fp_to_hex(&a, hex);
+    assert_string_equal(hex, expect);
+
+    /* The TLS path hashes OpenSSL's decoded certificate: same answer. */
+    snprintf(path, sizeof(path), "%s/c.pem", dir);
+    fp = fopen(path, "r");
+    assert_non_null(fp);
+    X509 *x = PEM_read_X509(fp, NULL, NULL, NULL);
+    fclose(fp);
+    assert_non_null(x);
+    assert_int_equal(cg_fp_x509(x, &b), 0);
+    assert_true(cg_fp_eq(&a, &b));
+
+    /* RFC 9440 value is the base64 of the same DER. */
+    char b64[12000];
+    assert_true(cg_x509_der_b64_size(x) <= sizeof(b64));
+    int len = cg_x509_der_b64(x, b64, sizeof(b64));
+    assert_int_equal((size_t)len, (n + 2) / 3 * 4);
+    assert_int_equal(cg_x509_der_b64(x, b64, 10), -1);    /* too small: refused */
+    X509_free(x);
+    assert_int_equal(cg_fp_der(der, 0, &a), -1);
+
+    snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+    assert_int_equal(system(cmd), 0);
+}
+
+static void test_store_config_checks(void **state)
+{
+    (void)state;
+    char err[128];
+    cg_store_cfg_t c = { .host = "127.0.0.1", .port = 6379, .prefix = "certgate:",
+                         .timeout_ms = 200, .max_idle = 4 };
+    assert_int_equal(cg_store_cfg_check(&c, err, sizeof(err)), 0);
+    cg_store_cfg_t bad = c;
+    bad.timeout_ms = 0;
+    assert_int_equal(cg_store_cfg_check(&bad, err, sizeof(err)), -1);
+    assert_non_null(strstr(err, "timeout"));
+    bad = c;
+    bad.port = 70000;
+    assert_int_equal(cg_store_cfg_check(&bad, err, sizeof(err)), -1);
+    bad = c;
+    bad.prefix = "has space";
+    assert_int_equal(cg_store_cfg_check(&bad, err, sizeof(err)), -1);
+    bad = c;
+    bad.user = "gate";
+    assert_int_equal(cg_store_cfg_check(&bad, err, sizeof(err)), -1);
+    assert_null(cg_store_new(&bad, err, sizeof(err)));
+}
+
+/* Nothing listens on the port: the lookup fails fast and says so. */
+static void test_store_unreachable_is_bounded(void **state)
+{
+    (void)state;
+    char err[128] = "";
+    cg_store_cfg_t c = { .host = "127.0.0.1", .port = 1, .prefix = "certgate:",
+                         .timeout_ms = 150, .max_idle = 2, .password = "s3cret-pw" };
+    cg_store_t *st = cg_store_new(&c, err, sizeof(err));
+    assert_non_null(st);
+    cg_reg_t r;
+    cg_fp_t leaf = fp_of(1);
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    assert_int_equal(cg_store_lookup(st, &leaf, &r, err, sizeof(err)), CG_STORE_ERROR);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double ms = (double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6;
+    assert_true(ms < 150 + 100);
+    assert_non_null(strstr(err, "connect"));
+    assert_null(strstr(err, "s3cret-pw"));
+    cg_store_free(st);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_allow),
+        cmocka_unit_test(test_no_client_cert),
+        cmocka_unit_test(test_unregistered),
+        cmocka_unit_test(test_statuses),
+        cmocka_unit_test(test_validity_edges),
+        cmocka_unit_test(test_window_edges),
+        cmocka_unit_test(test_app_mismatch),
+        cmocka_unit_test(test_chain_rules),
+        cmocka_unit_test(test_check_order),
+        cmocka_unit_test(test_reason_names_and_status),
+        cmocka_unit_test(test_expire_in_days),
+        cmocka_unit_test(test_hex),
+        cmocka_unit_test(test_parse_i64),
+        cmocka_unit_test(test_decode_record),
+        cmocka_unit_test(test_decode_rejects),
+        cmocka_unit_test(test_status_names),
+        cmocka_unit_test(test_fingerprint_matches_openssl_cli),
+        cmocka_unit_test(test_store_config_checks),
+        cmocka_unit_test(test_store_unreachable_is_bounded),
+    };
+    return cmocka_run_group_tests_name("certgate core", tests, NULL, NULL);
+}
