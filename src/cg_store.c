@@ -153,13 +153,19 @@ static cg_store_rc_t error_reply(redisReply *r, const char *what, char *err, siz
     return CG_STORE_ERROR;
 }
 
-/* Run one command within the deadline. NULL: the context is broken (err says why). */
-static redisReply *command(redisContext *c, int64_t deadline, char *err, size_t errlen,
-                           const char *what, int argc, const char **argv, const size_t *lens)
+enum { CONN_OK = 0, CONN_BROKEN = 1, CONN_TIMEOUT = 2 };
+
+/* Run one command within the deadline. NULL: the context is broken (err says
+ * why, and *state says whether the deadline ran out). */
+static redisReply *command_st(redisContext *c, int64_t deadline, char *err, size_t errlen,
+                              const char *what, int argc, const char **argv,
+                              const size_t *lens, int *state)
 {
     struct timeval tv;
+    *state = CONN_BROKEN;
     if (!remaining(deadline, &tv)) {
         set_err(err, errlen, "timeout", NULL);
+        *state = CONN_TIMEOUT;
         return NULL;
     }
     if (redisSetTimeout(c, tv) != REDIS_OK) {
@@ -169,13 +175,24 @@ static redisReply *command(redisContext *c, int64_t deadline, char *err, size_t 
     redisReply *r = redisCommandArgv(c, argc, argv, lens);
     if (r == NULL) {
         /* hiredis reports an SO_RCVTIMEO expiry as an I/O error with EAGAIN. */
-        if (c->err == REDIS_ERR_IO && (errno == EAGAIN || errno == EWOULDBLOCK) &&
-            err != NULL && errlen > 0)
-            snprintf(err, errlen, "%s: timeout", what);
-        else
+        if (c->err == REDIS_ERR_IO && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            *state = CONN_TIMEOUT;
+            if (err != NULL && errlen > 0)
+                snprintf(err, errlen, "%s: timeout", what);
+        } else {
             set_err(err, errlen, what, c);
+        }
+        return NULL;
     }
+    *state = CONN_OK;
     return r;
+}
+
+static redisReply *command(redisContext *c, int64_t deadline, char *err, size_t errlen,
+                           const char *what, int argc, const char **argv, const size_t *lens)
+{
+    int state;
+    return command_st(c, deadline, err, errlen, what, argc, argv, lens, &state);
 }
 
 /* A command whose error reply is a failure too (AUTH, SELECT). 0 on success. */
@@ -237,16 +254,6 @@ static redisContext *connect_new(cg_store_t *st, int64_t deadline, char *err, si
     return c;
 }
 
-static redisContext *acquire(cg_store_t *st, int64_t deadline, char *err, size_t errlen)
-{
-    redisContext *c = NULL;
-    pthread_mutex_lock(&st->lock);
-    if (st->n_idle > 0)
-        c = st->idle[--st->n_idle];
-    pthread_mutex_unlock(&st->lock);
-    return c != NULL ? c : connect_new(st, deadline, err, errlen);
-}
-
 /* A context that saw any error is never reused (hiredis state is undefined). */
 static void release(cg_store_t *st, redisContext *c, int healthy)
 {
@@ -262,32 +269,29 @@ static void release(cg_store_t *st, redisContext *c, int healthy)
         redisFree(c);
 }
 
-cg_store_rc_t cg_store_lookup(cg_store_t *st, const cg_fp_t *leaf, cg_reg_t *out,
-                              char *err, size_t errlen)
+/* One lookup on one connection. *broken: CONN_OK, or how the context failed. */
+static cg_store_rc_t lookup_on(cg_store_t *st, redisContext *c, int64_t deadline,
+                               const cg_fp_t *leaf, cg_reg_t *out, char *err, size_t errlen,
+                               int *broken)
 {
-    int64_t deadline = now_ms() + st->timeout_ms;
     char key[CG_PREFIX_MAX + 16 + CG_ID_MAX + CG_FP_HEX_LEN];
     char hex[CG_FP_HEX_LEN + 1];
     cg_store_rc_t rc = CG_STORE_ERROR;
     redisReply *r = NULL;
-    int healthy = 0;
-
-    redisContext *c = acquire(st, deadline, err, errlen);
-    if (c == NULL)
-        return CG_STORE_ERROR;
 
     cg_fp_to_hex(leaf, hex);
     int klen = snprintf(key, sizeof(key), "%sfp:%s", st->prefix, hex);
     const char *gargv[2] = { "GET", key };
     size_t glens[2] = { 3, (size_t)klen };
-    r = command(c, deadline, err, errlen, "GET", 2, gargv, glens);
+    r = command_st(c, deadline, err, errlen, "GET", 2, gargv, glens, broken);
     if (r == NULL)
-        goto done;
+        return CG_STORE_ERROR;
+    *broken = CONN_BROKEN;  /* error replies: do not reuse */
     if (r->type == REDIS_REPLY_ERROR) {
         rc = error_reply(r, "GET", err, errlen);
         goto done;
     }
-    healthy = 1;
+    *broken = CONN_OK;
     if (r->type == REDIS_REPLY_NIL) {
         rc = CG_STORE_NOTFOUND;
         goto done;
@@ -299,18 +303,18 @@ cg_store_rc_t cg_store_lookup(cg_store_t *st, const cg_fp_t *leaf, cg_reg_t *out
     }
     klen = snprintf(key, sizeof(key), "%sreg:%.*s", st->prefix, (int)r->len, r->str);
     freeReplyObject(r);
-    healthy = 0;
 
     const char *hargv[2] = { "HGETALL", key };
     size_t hlens[2] = { 7, (size_t)klen };
-    r = command(c, deadline, err, errlen, "HGETALL", 2, hargv, hlens);
+    r = command_st(c, deadline, err, errlen, "HGETALL", 2, hargv, hlens, broken);
     if (r == NULL)
-        goto done;
+        return CG_STORE_ERROR;
+    *broken = CONN_BROKEN;
     if (r->type == REDIS_REPLY_ERROR) {
         rc = error_reply(r, "HGETALL", err, errlen);
         goto done;
     }
-    healthy = 1;
+    *broken = CONN_OK;
     if (r->type != REDIS_REPLY_ARRAY || r->elements % 2 != 0) {
         snprintf(err, errlen, "registration is not a hash");
         rc = CG_STORE_CORRUPT;
@@ -352,8 +356,36 @@ cg_store_rc_t cg_store_lookup(cg_store_t *st, const cg_fp_t *leaf, cg_reg_t *out
     }
     rc = CG_STORE_OK;
 done:
-    if (r != NULL)
-        freeReplyObject(r);
-    release(st, c, healthy);
+    freeReplyObject(r);
+    return rc;
+}
+
+cg_store_rc_t cg_store_lookup(cg_store_t *st, const cg_fp_t *leaf, cg_reg_t *out,
+                              char *err, size_t errlen)
+{
+    int64_t deadline = now_ms() + st->timeout_ms;
+    int broken = 0, pooled = 0;
+    redisContext *c = NULL;
+
+    pthread_mutex_lock(&st->lock);
+    if (st->n_idle > 0) {
+        c = st->idle[--st->n_idle];
+        pooled = 1;
+    }
+    pthread_mutex_unlock(&st->lock);
+    if (c == NULL && (c = connect_new(st, deadline, err, errlen)) == NULL)
+        return CG_STORE_ERROR;
+
+    cg_store_rc_t rc = lookup_on(st, c, deadline, leaf, out, err, errlen, &broken);
+    if (broken == CONN_BROKEN && pooled && c->err != 0) {
+        /* An idle connection found dead (Redis restarted, or the server closed
+         * it): the others are likely dead too. Retry once on a new one. */
+        redisFree(c);
+        cg_store_drop_idle(st);
+        if ((c = connect_new(st, deadline, err, errlen)) == NULL)
+            return CG_STORE_ERROR;
+        rc = lookup_on(st, c, deadline, leaf, out, err, errlen, &broken);
+    }
+    release(st, c, !broken);
     return rc;
 }

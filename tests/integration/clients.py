@@ -2,16 +2,25 @@
 import socket
 import ssl
 import subprocess
+import threading
 
 import requests
 
 
+_files_lock = threading.Lock()
+
+
 def files_for(stack, cert, **kw):
+    """Client cert/key files, written once per stack (threads may share them)."""
     name = "c-" + cert.fingerprint[:12] + "".join("-%s%s" % (k, v) for k, v in sorted(kw.items())
                                                  if k != "send_chain")
     if "send_chain" in kw:
         name += "-sc" + "".join(c.fingerprint[:4] for c in kw["send_chain"])
-    return stack.client_files(cert, name, **kw)
+    with _files_lock:
+        cache = stack.__dict__.setdefault("_files", {})
+        if name not in cache:
+            cache[name] = stack.client_files(cert, name, **kw)
+        return cache[name]
 
 
 def get(stack, path, cert=None, headers=None, timeout=10, **kw):

@@ -30,14 +30,17 @@ def pki():
 class Stack:
     """One redis-server and one apache2, and the certificate files clients use."""
 
-    def __init__(self, pki, **httpd_args):
+    def __init__(self, pki, store_conf=None, **httpd_args):
         self.work = make_workdir()
         self.pki = pki
         self.pki_dir = os.path.join(self.work, "pki")
         pki.server.write(self.pki_dir, "server", send_chain=[])
         self.server_ca = pki.server_ca.write(self.pki_dir, "server-ca")[0]
         self.redis = harness.Redis(self.work).start()
-        self.httpd = harness.Httpd(self.work, self.pki_dir, self.redis, **httpd_args)
+        if callable(store_conf):
+            store_conf = store_conf(self.redis)
+        self.httpd = harness.Httpd(self.work, self.pki_dir, self.redis, store_conf=store_conf,
+                                   **httpd_args)
         self.httpd.start()
         self.r = self.redis.client()
 

@@ -50,10 +50,15 @@ class Redis:
     PASSWORD = "test-redis-secret"
     DB = 3
 
+    ACL_USER = "certgate-gate"
+    ACL_PASSWORD = "test-acl-secret"
+
     def __init__(self, workdir, port=None):
         self.dir = os.path.join(workdir, "redis")
         os.makedirs(self.dir, exist_ok=True)
+        os.chmod(self.dir, 0o755)
         self.port = port or free_port()
+        self.socket = os.path.join(self.dir, "redis.sock")
         self.proc = None
 
     def start(self):
@@ -61,13 +66,18 @@ class Redis:
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
              "--save", "", "--appendonly", "no", "--dir", self.dir,
              "--requirepass", self.PASSWORD, "--daemonize", "no",
+             "--unixsocket", self.socket, "--unixsocketperm", "777",
              "--logfile", os.path.join(self.dir, "redis.log")],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_port(self.port, self.proc)
         deadline = time.monotonic() + 5
         while True:
             try:
-                self.client().ping()
+                c = self.client()
+                c.ping()
+                # A read-only ACL user, as an operator would give the gate.
+                c.execute_command("ACL", "SETUSER", self.ACL_USER, "on", ">" + self.ACL_PASSWORD,
+                                  "~*", "+get", "+hgetall", "+select", "+ping")
                 return self
             except redis_py.exceptions.BusyLoadingError:
                 if time.monotonic() > deadline:
@@ -114,9 +124,7 @@ TypesConfig /dev/null
 LogFormat "%h %r %>s reason=%{{CERTGATE_REASON}}e app=%{{CERTGATE_APP_ID}}e" cg
 CustomLog "{work}/logs/access.log" cg
 
-CertGateRedis 127.0.0.1:{redis_port}
-CertGateRedisAuth {redis_password}
-CertGateRedisDB {redis_db}
+{store_conf}
 CertGateRedisTimeout {timeout_ms}
 {extra_server}
 
@@ -153,23 +161,33 @@ Listen 127.0.0.1:{port} https
     CertGate On
     CertGateForwardHeaders On
   </Location>
+  <Location "/errdoc/">
+    CertGate On
+    ErrorDocument 403 /open/denied.txt
+  </Location>
+  <Location "/open/">
+    ErrorDocument 404 /gated/ok.txt
+  </Location>
   {extra_vhost}
 </VirtualHost>
 """
 
 
 class Httpd:
-    def __init__(self, workdir, pki_dir, redis, timeout_ms=200, extra_server="", extra_vhost=""):
+    def __init__(self, workdir, pki_dir, redis, timeout_ms=200, extra_server="", extra_vhost="",
+                 store_conf=None):
         self.work = workdir
         self.port = free_port()
         self.redis = redis
         self.proc = None
         for d in ("run", "logs", "htdocs"):
             os.makedirs(os.path.join(workdir, d), exist_ok=True)
-        for d in ("gated", "app", "fwd", "open"):
+        for d in ("gated", "app", "fwd", "open", "errdoc"):
             os.makedirs(os.path.join(workdir, "htdocs", d), exist_ok=True)
             with open(os.path.join(workdir, "htdocs", d, "ok.txt"), "w") as f:
                 f.write("ok\n")
+        with open(os.path.join(workdir, "htdocs", "open", "denied.txt"), "w") as f:
+            f.write("custom denied page\n")
         if os.path.realpath(pki_dir) != os.path.join(workdir, "pki"):
             raise ValueError("pki must live in workdir/pki")
         h2 = os.path.exists(os.path.join(MODDIR, "mod_http2.so"))
@@ -181,7 +199,9 @@ class Httpd:
                 user="User www-data\nGroup www-data" if os.geteuid() == 0 else "",
                 h2_load=("LoadModule http2_module %s/mod_http2.so" % MODDIR) if h2 else "",
                 h2_protocols="Protocols h2 http/1.1" if h2 else "",
-                redis_port=redis.port, redis_password=Redis.PASSWORD, redis_db=Redis.DB,
+                store_conf=store_conf if store_conf is not None else (
+                    "CertGateRedis 127.0.0.1:%d\nCertGateRedisAuth %s\nCertGateRedisDB %d"
+                    % (redis.port, Redis.PASSWORD, Redis.DB)),
                 timeout_ms=timeout_ms, extra_server=extra_server, extra_vhost=extra_vhost))
         self.error_log = os.path.join(workdir, "logs", "error.log")
 

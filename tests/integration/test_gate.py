@@ -210,3 +210,26 @@ def test_tls13_resumed_session(stack, pki):
     register(stack.r, pki.leaf, "app1", chain=pki.leaf_inter2.chain_fingerprints)
     status, reused, _ = raw_get(stack, ctx, GATED, session=session)
     assert (status, reused) == (403, True)
+
+
+def test_operator_error_document_is_served_with_reason(stack, pki):
+    resp = get(stack, "/errdoc/ok.txt", pki.leaf)
+    assert resp.status_code == 403
+    assert resp.text == "custom denied page\n"
+    assert reason_of(resp) == "unregistered"
+
+
+def test_redirect_into_gated_location_is_gated(stack, pki):
+    # /open/ has "ErrorDocument 404 /gated/ok.txt": the gated file must not leak.
+    resp = get(stack, "/open/missing.txt")
+    assert resp.text != "ok\n"
+    assert resp.status_code in (403, 404)
+    register(stack.r, pki.leaf, "app1")
+    assert get(stack, "/open/missing.txt", pki.leaf).text == "ok\n"
+
+
+def test_head_request_denied_without_body(stack, pki):
+    resp = requests.head(stack.httpd.url(GATED), verify=stack.server_ca, timeout=10)
+    assert resp.status_code == 403
+    assert reason_of(resp) == "no_client_cert"
+    assert resp.content == b""

@@ -71,6 +71,17 @@ def test_killed_redis_answers_503_then_recovers(stack, pki):
     assert wait_for_200(stack, pki.leaf).status_code == 200
 
 
+def test_restarted_redis_does_not_fail_requests_on_stale_connections(stack, pki):
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(8) as ex:   # fill the per-process pools
+        assert set(ex.map(lambda _: get(stack, GATED, pki.leaf).status_code, range(32))) == {200}
+    stack.redis.stop()
+    stack.redis.start()
+    register(stack.r, pki.leaf, "app1")
+    codes = [get(stack, GATED, pki.leaf).status_code for _ in range(20)]
+    assert codes == [200] * 20
+
+
 def test_unregistered_cert_is_never_let_through_while_redis_is_down(stack, pki):
     stack.redis.stop()
     for cert in (pki.leaf_other, pki.leaf):

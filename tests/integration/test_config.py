@@ -1,0 +1,104 @@
+"""Store settings (unix socket, ACL user, DB, prefix), fail-open, and startup validation."""
+import os
+import subprocess
+import time
+
+import pytest
+
+import harness
+from clients import get, reason_of
+from conftest import Stack, make_workdir
+from harness import Redis, register
+
+GATED = "/gated/ok.txt"
+
+
+@pytest.fixture(scope="module")
+def acl_stack(pki):
+    s = Stack(pki, store_conf=lambda r: (
+        "CertGateRedis unix:%s\nCertGateRedisAuth %s %s\nCertGateRedisDB %d\n"
+        "CertGateKeyPrefix cgx:\nCertGateRedisMaxIdle 0"
+        % (r.socket, Redis.ACL_USER, Redis.ACL_PASSWORD, Redis.DB)))
+    yield s
+    s.close()
+
+
+def test_unix_socket_acl_user_db_and_prefix(acl_stack, pki):
+    acl_stack.r.flushdb()
+    register(acl_stack.r, pki.leaf, "app1")               # default prefix: not ours
+    assert reason_of(get(acl_stack, GATED, pki.leaf)) == "unregistered"
+    register(acl_stack.r, pki.leaf, "app1", prefix="cgx:")
+    resp = get(acl_stack, GATED, pki.leaf)
+    assert resp.status_code == 200
+    assert resp.headers["X-Seen-App"] == "app1"
+    # The gate really authenticated as the ACL user.
+    users = [c.get("user") for c in acl_stack.r.client_list()]
+    assert Redis.ACL_USER in users or acl_stack.r.acl_getuser(Redis.ACL_USER)["enabled"]
+
+
+def test_wrong_password_fails_closed(pki):
+    s = Stack(pki, store_conf=lambda r: "CertGateRedis 127.0.0.1:%d\nCertGateRedisAuth wrong"
+              % r.port)
+    try:
+        register(s.r, pki.leaf, "app1", prefix="certgate:")
+        resp = get(s, GATED, pki.leaf)
+        assert resp.status_code == 503
+        assert reason_of(resp) == "store_unavailable"
+        log = s.httpd.read_log()
+        assert "CG02001" in log and "AUTH" in log
+        assert "wrong" not in log.split("AUTH", 1)[1].split("\n", 1)[0].replace("WRONGPASS", "")
+    finally:
+        s.close()
+
+
+def test_fail_open_is_loud(pki):
+    s = Stack(pki, extra_server="CertGateOnStoreError allow")
+    try:
+        assert "CG05001" in s.httpd.read_log()
+        s.redis.stop()
+        resp = get(s, GATED, pki.leaf_other)
+        assert resp.status_code == 200
+        assert resp.headers["X-Seen-App"] in ("", "(null)")
+        log = s.httpd.read_log()
+        assert "CG02002" in log and "FAIL-OPEN" in log
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize("line,message", [
+    ("CertGateRedisTimeout 0", "CertGateRedisTimeout: expected a whole number from 1 to 60000"),
+    ("CertGateRedisTimeout 2s", "CertGateRedisTimeout: expected a whole number"),
+    ("CertGateRedis localhost", "CertGateRedis: expected host:port or unix:/path"),
+    ("CertGateRedis localhost:99999", "the port must be a number from 1 to 65535"),
+    ("CertGateRedis unix:relative.sock", "needs an absolute socket path"),
+    ("CertGateRedisDB -1", "CertGateRedisDB: expected a whole number"),
+    ("CertGateKeyPrefix 'a b'", "CertGateKeyPrefix: printable ASCII"),
+    ("CertGateOnStoreError maybe", "CertGateOnStoreError: expected deny or allow"),
+    ("CertGateAppFrom cookie x", "CertGateAppFrom: expected"),
+    ("CertGateRedisAuth", "CertGateRedisAuth takes 1-2 arguments"),
+    ("CertGateRedisMaxIdle 5000", "CertGateRedisMaxIdle: expected a whole number from 0 to 1024"),
+])
+def test_bad_directive_values_stop_startup(line, message):
+    work = make_workdir()
+    conf = os.path.join(work, "bad.conf")
+    with open(conf, "w") as f:
+        f.write('ServerRoot "%s"\nLoadModule mpm_event_module %s/mod_mpm_event.so\n'
+                "LoadModule certgate_module %s\n%s\n" % (work, harness.MODDIR, harness.MODULE, line))
+    res = subprocess.run([harness.APACHE, "-t", "-f", conf], capture_output=True, text=True)
+    assert res.returncode != 0
+    assert message in res.stderr, res.stderr
+
+
+def test_gate_without_mod_ssl_refuses_to_start():
+    work = make_workdir()
+    conf = os.path.join(work, "nossl.conf")
+    with open(conf, "w") as f:
+        f.write('ServerRoot "%s"\nServerName localhost\nPidFile "%s/pid"\nErrorLog "%s/err.log"\n'
+                "LoadModule mpm_event_module %s/mod_mpm_event.so\n"
+                "LoadModule certgate_module %s\nListen 127.0.0.1:%d\n"
+                "<Location /x>\nCertGate On\n</Location>\n"
+                % (work, work, work, harness.MODDIR, harness.MODULE, harness.free_port()))
+    res = subprocess.run([harness.APACHE, "-f", conf, "-DFOREGROUND"], capture_output=True,
+                         text=True, timeout=30)
+    assert res.returncode != 0
+    assert "CG04002" in open(os.path.join(work, "err.log")).read() + res.stderr
