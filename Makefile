@@ -2,11 +2,11 @@
 APXS    ?= apxs
 CC      ?= cc
 PYTEST  ?= /usr/bin/python3 -m pytest
-CFLAGS_COMMON = -std=c11 -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE -Wall -Wextra -Werror -O2 -g -fPIC
-CORE_SRC = src/cg_fp.c src/cg_reg.c src/cg_decide.c src/cg_store.c src/cg_tls.c
+CFLAGS_COMMON = -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -O2 -g -fPIC
+CORE_SRC = src/cg_fp.c src/cg_reg.c src/cg_decide.c src/cg_store.c src/cg_tls.c src/cg_cert.c src/cg_policy.c src/cg_admin.c
 CORE_OBJ = $(CORE_SRC:src/%.c=build/core/%.o)
 CORE_LIB = build/libcertgate.a
-LIBS     = -lhiredis -lssl -lcrypto -lpthread
+LIBS     = -ljansson -lhiredis -lssl -lcrypto -lpthread
 MODULE   = build/mod_certgate.so
 
 .PHONY: all deps module unit test test-unit test-integration demo demo-stop clean

@@ -4,6 +4,7 @@
  * and turns it into a response. No decision logic lives here.
  */
 #include <string.h>
+#include <openssl/crypto.h>
 #include <openssl/ssl.h>
 
 #include "httpd.h"
@@ -19,6 +20,8 @@
 #include "apr_thread_mutex.h"
 #include "mod_ssl.h"
 
+#include "cg_admin.h"
+#include "cg_cert.h"
 #include "cg_decide.h"
 #include "cg_store.h"
 #include "cg_tls.h"
@@ -75,6 +78,22 @@ typedef struct {
     app_from_t app_from;
     const char *app_name;
     int forward_headers;
+    /* Admin handler (SetHandler certgate-admin). */
+    const char *admin_base;         /* the <Location> path endpoints live below */
+    apr_table_t *roles;             /* user -> role names, space separated */
+    apr_table_t *customers;         /* user -> customer id */
+    int self_approve;
+    int soon_days;
+    int min_rsa_bits;
+    int min_days, max_days;
+    apr_array_header_t *deny;       /* issuer denylist; NULL: default */
+    const char *ca_file;
+    cg_ca_entry_t *cas;
+    int n_cas;
+    int ev_only_new;
+    int cn_contains_org;
+    apr_off_t max_body;
+    int admin_timeout_ms;
 } cg_dir_t;
 
 /* Per TLS connection. HTTP/2 streams share the master's, hence the lock. */
@@ -126,12 +145,25 @@ static void *merge_srv(apr_pool_t *p, void *basev, void *addv)
 static void *create_dir(apr_pool_t *p, char *dir)
 {
     cg_dir_t *c = apr_pcalloc(p, sizeof(*c));
-    (void)dir;
     c->enabled = UNSET;
     c->app_from = APP_FROM_UNSET;
     c->forward_headers = UNSET;
+    c->admin_base = (dir != NULL && dir[0] == '/') ? apr_pstrdup(p, dir) : NULL;
+    c->self_approve = UNSET;
+    c->soon_days = UNSET;
+    c->min_rsa_bits = UNSET;
+    c->min_days = UNSET;
+    c->max_days = UNSET;
+    c->n_cas = UNSET;
+    c->ev_only_new = UNSET;
+    c->cn_contains_org = UNSET;
+    c->max_body = UNSET;
+    c->admin_timeout_ms = UNSET;
     return c;
 }
+
+#define MERGE_INT(f) c->f = add->f != UNSET ? add->f : base->f
+#define MERGE_PTR(f) c->f = add->f != NULL ? add->f : base->f
 
 static void *merge_dir(apr_pool_t *p, void *basev, void *addv)
 {
@@ -146,6 +178,27 @@ static void *merge_dir(apr_pool_t *p, void *basev, void *addv)
     }
     c->forward_headers = add->forward_headers != UNSET ? add->forward_headers
                                                        : base->forward_headers;
+    MERGE_PTR(admin_base);
+    MERGE_PTR(roles);
+    MERGE_PTR(customers);
+    MERGE_INT(self_approve);
+    MERGE_INT(soon_days);
+    MERGE_INT(min_rsa_bits);
+    MERGE_INT(min_days);
+    MERGE_INT(max_days);
+    MERGE_PTR(deny);
+    MERGE_PTR(ca_file);
+    if (add->n_cas != UNSET) {
+        c->cas = add->cas;
+        c->n_cas = add->n_cas;
+    } else {
+        c->cas = base->cas;
+        c->n_cas = base->n_cas;
+    }
+    MERGE_INT(ev_only_new);
+    MERGE_INT(cn_contains_org);
+    MERGE_INT(max_body);
+    MERGE_INT(admin_timeout_ms);
     return c;
 }
 
@@ -309,6 +362,107 @@ static const char *set_forward_headers(cmd_parms *cmd, void *dv, int on)
     return NULL;
 }
 
+static const char *add_role(cmd_parms *cmd, void *dv, const char *role, const char *user)
+{
+    cg_dir_t *d = dv;
+    if (cg_role_parse(role) == 0)
+        return apr_psprintf(cmd->pool, "CertGateAdminRole: unknown role '%s'; use developer, "
+                            "manager, support or auditor", role);
+    /* A fresh table per section, so inner sections do not edit outer ones. */
+    if (d->roles == NULL)
+        d->roles = apr_table_make(cmd->pool, 8);
+    const char *have = apr_table_get(d->roles, user);
+    apr_table_set(d->roles, user, have ? apr_pstrcat(cmd->pool, have, " ", role, NULL) : role);
+    return NULL;
+}
+
+static const char *add_customer(cmd_parms *cmd, void *dv, const char *customer, const char *user)
+{
+    cg_dir_t *d = dv;
+    if (!cg_app_valid(customer, strlen(customer)))
+        return "CertGateAdminCustomer: the customer id must be printable ASCII without spaces "
+               "or * ? [ ] : { } \\";
+    if (d->customers == NULL)
+        d->customers = apr_table_make(cmd->pool, 8);
+    if (apr_table_get(d->customers, user) != NULL)
+        return apr_psprintf(cmd->pool, "CertGateAdminCustomer: user '%s' already has a customer",
+                            user);
+    apr_table_set(d->customers, user, customer);
+    return NULL;
+}
+
+static const char *set_dir_int(cmd_parms *cmd, void *dv, const char *arg)
+{
+    cg_dir_t *d = dv;
+    const char *name = cmd->cmd->name;
+    if (strcasecmp(name, "CertGateExpiringSoonDays") == 0)
+        return parse_int(cmd, arg, 0, 3650, &d->soon_days);
+    if (strcasecmp(name, "CertGatePolicyMinRsaBits") == 0)
+        return parse_int(cmd, arg, 1024, 16384, &d->min_rsa_bits);
+    if (strcasecmp(name, "CertGateAdminTimeout") == 0)
+        return parse_int(cmd, arg, 1, 60000, &d->admin_timeout_ms);
+    if (strcasecmp(name, "CertGateAdminMaxBody") == 0) {
+        int v;
+        const char *e = parse_int(cmd, arg, 1024, 64 * 1024 * 1024, &v);
+        d->max_body = v;
+        return e;
+    }
+    return "internal: unknown integer directive";
+}
+
+static const char *set_validity_days(cmd_parms *cmd, void *dv, const char *lo, const char *hi)
+{
+    cg_dir_t *d = dv;
+    const char *e = parse_int(cmd, lo, 1, 36500, &d->min_days);
+    if (e == NULL)
+        e = parse_int(cmd, hi, 1, 36500, &d->max_days);
+    if (e == NULL && d->min_days > d->max_days)
+        e = "CertGatePolicyValidityDays: min must not exceed max";
+    return e;
+}
+
+static const char *set_dir_flag(cmd_parms *cmd, void *dv, int on)
+{
+    cg_dir_t *d = dv;
+    const char *name = cmd->cmd->name;
+    if (strcasecmp(name, "CertGateAdminSelfApprove") == 0)
+        d->self_approve = on;
+    else if (strcasecmp(name, "CertGatePolicyEvOnlyNew") == 0)
+        d->ev_only_new = on;
+    else if (strcasecmp(name, "CertGatePolicyCnContainsOrg") == 0)
+        d->cn_contains_org = on;
+    return NULL;
+}
+
+static const char *add_issuer_deny(cmd_parms *cmd, void *dv, const char *arg)
+{
+    cg_dir_t *d = dv;
+    if (d->deny == NULL)
+        d->deny = apr_array_make(cmd->pool, 4, sizeof(const char *));
+    if (strcasecmp(arg, "none") == 0)
+        return NULL;    /* an empty list: nothing denied */
+    if (d->deny->nelts >= CG_POLICY_DENY_MAX)
+        return "CertGatePolicyIssuerDeny: too many patterns";
+    *(const char **)apr_array_push(d->deny) = arg;
+    return NULL;
+}
+
+static const char *set_ca_file(cmd_parms *cmd, void *dv, const char *arg)
+{
+    cg_dir_t *d = dv;
+    char err[300];
+    const char *path = ap_server_root_relative(cmd->pool, arg);
+    if (path == NULL)
+        return "CertGatePolicyAuthorizedCAs: bad path";
+    d->cas = apr_pcalloc(cmd->pool, sizeof(cg_ca_entry_t) * CG_POLICY_CA_MAX);
+    int n = cg_policy_load_cas(path, d->cas, CG_POLICY_CA_MAX, err, sizeof(err));
+    if (n < 0)
+        return apr_psprintf(cmd->pool, "CertGatePolicyAuthorizedCAs: %s", err);
+    d->n_cas = n;
+    d->ca_file = path;
+    return NULL;
+}
+
 static const command_rec cg_cmds[] = {
     AP_INIT_FLAG("CertGate", set_gate, NULL, OR_AUTHCFG | RSRC_CONF,
                  "On to check client certificates against Redis registrations here"),
@@ -330,6 +484,30 @@ static const command_rec cg_cmds[] = {
                   "Prefix of every Redis key (default certgate:)"),
     AP_INIT_TAKE1("CertGateOnStoreError", set_on_store_error, NULL, RSRC_CONF,
                   "deny (default): 503 when the store fails; allow: let requests pass, loudly"),
+    AP_INIT_ITERATE2("CertGateAdminRole", add_role, NULL, ACCESS_CONF | RSRC_CONF,
+                     "CertGateAdminRole developer|manager|support|auditor user..."),
+    AP_INIT_ITERATE2("CertGateAdminCustomer", add_customer, NULL, ACCESS_CONF | RSRC_CONF,
+                     "CertGateAdminCustomer customerId user...: developers' customer"),
+    AP_INIT_FLAG("CertGateAdminSelfApprove", set_dir_flag, NULL, ACCESS_CONF | RSRC_CONF,
+                 "On lets the uploader approve its own certificate (four-eyes off)"),
+    AP_INIT_TAKE1("CertGateAdminMaxBody", set_dir_int, NULL, ACCESS_CONF | RSRC_CONF,
+                  "Largest admin request body in bytes (default 8388608)"),
+    AP_INIT_TAKE1("CertGateAdminTimeout", set_dir_int, NULL, ACCESS_CONF | RSRC_CONF,
+                  "Redis budget of one admin request in milliseconds (default 2000)"),
+    AP_INIT_TAKE1("CertGateExpiringSoonDays", set_dir_int, NULL, ACCESS_CONF | RSRC_CONF,
+                  "Days before validTo that show as (EXPIRATION SOON) (default 30)"),
+    AP_INIT_TAKE1("CertGatePolicyMinRsaBits", set_dir_int, NULL, ACCESS_CONF | RSRC_CONF,
+                  "Smallest RSA key accepted on upload (default 2048)"),
+    AP_INIT_TAKE2("CertGatePolicyValidityDays", set_validity_days, NULL, ACCESS_CONF | RSRC_CONF,
+                  "min max days of leaf validity under a self-signed root (default 365 1095)"),
+    AP_INIT_ITERATE("CertGatePolicyIssuerDeny", add_issuer_deny, NULL, ACCESS_CONF | RSRC_CONF,
+                    "Issuer name patterns refused on upload, or none (default \"Let's Encrypt\")"),
+    AP_INIT_TAKE1("CertGatePolicyAuthorizedCAs", set_ca_file, NULL, ACCESS_CONF | RSRC_CONF,
+                  "File of authorized CAs: name|serial|YYYY-MM-DD|EV or - per line"),
+    AP_INIT_FLAG("CertGatePolicyEvOnlyNew", set_dir_flag, NULL, ACCESS_CONF | RSRC_CONF,
+                 "On: new enrolments must chain to an EV entry of the authorized CA list"),
+    AP_INIT_FLAG("CertGatePolicyCnContainsOrg", set_dir_flag, NULL, ACCESS_CONF | RSRC_CONF,
+                 "On: the CN must contain the app owner's organization name"),
     { NULL }
 };
 
@@ -711,6 +889,172 @@ static int cg_fixups(request_rec *r)
     return respond_deny(r, reason);
 }
 
+/* ---------------------------------------------------------------- admin */
+
+static void admin_cfg(const cg_dir_t *d, cg_admin_cfg_t *c, const char **deny_store)
+{
+    cg_admin_cfg_defaults(c);
+    if (d->soon_days != UNSET) c->expiring_soon_days = d->soon_days;
+    if (d->self_approve != UNSET) c->self_approve = d->self_approve;
+    if (d->admin_timeout_ms != UNSET) c->timeout_ms = d->admin_timeout_ms;
+    if (d->min_rsa_bits != UNSET) c->policy.min_rsa_bits = d->min_rsa_bits;
+    if (d->min_days != UNSET) c->policy.min_days = d->min_days;
+    if (d->max_days != UNSET) c->policy.max_days = d->max_days;
+    if (d->deny != NULL) {
+        c->policy.n_deny = 0;
+        for (int i = 0; i < d->deny->nelts && i < CG_POLICY_DENY_MAX; i++)
+            deny_store[c->policy.n_deny++] = APR_ARRAY_IDX(d->deny, i, const char *);
+        memcpy(c->policy.deny, deny_store, sizeof(c->policy.deny));
+    }
+    if (d->n_cas != UNSET) {
+        c->policy.cas = d->cas;
+        c->policy.n_cas = (size_t)d->n_cas;
+    }
+    if (d->ev_only_new != UNSET) c->policy.ev_only_new = d->ev_only_new;
+    if (d->cn_contains_org != UNSET) c->policy.cn_contains_org = d->cn_contains_org;
+}
+
+static unsigned user_roles(const cg_dir_t *d, const char *user)
+{
+    unsigned roles = 0;
+    const char *names = (d->roles && user) ? apr_table_get(d->roles, user) : NULL;
+    if (names == NULL)
+        return 0;
+    char buf[128];
+    apr_cpystrn(buf, names, sizeof(buf));
+    char *last = NULL;
+    for (char *t = apr_strtok(buf, " ", &last); t; t = apr_strtok(NULL, " ", &last))
+        roles |= cg_role_parse(t);
+    return roles;
+}
+
+static int send_admin(request_rec *r, cg_admin_resp_t *resp, const char *base)
+{
+    r->status = resp->status;
+    apr_table_setn(r->headers_out, "Cache-Control", "no-store");
+    apr_table_setn(r->headers_out, "X-Content-Type-Options", "nosniff");
+    if (resp->etag[0])
+        apr_table_set(r->headers_out, "ETag", resp->etag);
+    if (resp->location[0])
+        apr_table_set(r->headers_out, "Location",
+                      apr_pstrcat(r->pool, base ? base : "", "/", resp->location, NULL));
+    if (resp->status == 401)
+        apr_table_setn(r->err_headers_out, "WWW-Authenticate", "Basic realm=\"certgate admin\"");
+    if (resp->body != NULL) {
+        ap_set_content_type(r, apr_pstrdup(r->pool, resp->content_type));
+        ap_set_content_length(r, (apr_off_t)resp->body_len);
+        if (!r->header_only)
+            ap_rwrite(resp->body, (int)resp->body_len, r);
+    }
+    return OK;
+}
+
+/* Read the body, refusing (413) past max without reading the rest. */
+static int read_body(request_rec *r, apr_off_t max, unsigned char **out, size_t *len)
+{
+    *out = NULL;
+    *len = 0;
+    const char *cl = apr_table_get(r->headers_in, "Content-Length");
+    if (cl != NULL) {
+        apr_off_t n;
+        if (apr_strtoff(&n, cl, NULL, 10) != APR_SUCCESS || n < 0)
+            return HTTP_BAD_REQUEST;
+        if (n > max)
+            return HTTP_REQUEST_ENTITY_TOO_LARGE;
+    }
+    if (ap_setup_client_block(r, REQUEST_CHUNKED_DECHUNK) != OK)
+        return HTTP_BAD_REQUEST;
+    if (!ap_should_client_block(r))
+        return OK;
+    size_t cap = r->remaining > 0 ? (size_t)r->remaining + 1 : 65536;
+    unsigned char *buf = apr_palloc(r->pool, cap);
+    for (;;) {
+        if (*len + 8192 > cap) {
+            if ((apr_off_t)cap > max + 1)
+                return HTTP_REQUEST_ENTITY_TOO_LARGE;
+            size_t ncap = cap * 2;
+            unsigned char *nb = apr_palloc(r->pool, ncap);
+            memcpy(nb, buf, *len);
+            OPENSSL_cleanse(buf, *len);   /* no stray copies of a private key */
+            buf = nb;
+            cap = ncap;
+        }
+        long got = ap_get_client_block(r, (char *)buf + *len, 8192);
+        if (got < 0) {
+            OPENSSL_cleanse(buf, *len);
+            return HTTP_BAD_REQUEST;
+        }
+        if (got == 0)
+            break;
+        *len += (size_t)got;
+        if ((apr_off_t)*len > max) {
+            OPENSSL_cleanse(buf, *len);
+            return HTTP_REQUEST_ENTITY_TOO_LARGE;
+        }
+    }
+    *out = buf;
+    return OK;
+}
+
+static int cg_admin_handler(request_rec *r)
+{
+    if (r->handler == NULL || strcmp(r->handler, "certgate-admin") != 0)
+        return DECLINED;
+    cg_dir_t *d = ap_get_module_config(r->per_dir_config, &certgate_module);
+    cg_srv_t *sc = srv_conf(r->server);
+    cg_admin_resp_t resp;
+    cg_admin_req_t req;
+    memset(&resp, 0, sizeof(resp));
+    memset(&req, 0, sizeof(req));
+
+    const char *base = d->admin_base ? d->admin_base : "";
+    size_t bl = strlen(base);
+    while (bl > 0 && base[bl - 1] == '/')
+        bl--;
+    const char *path = r->uri;
+    if (bl > 0 && strncmp(r->uri, base, bl) == 0)
+        path = r->uri + bl;
+    base = apr_pstrmemdup(r->pool, base, bl);
+
+    apr_off_t max = d->max_body != UNSET ? d->max_body : CG_CERT_MAX_INPUT;
+    int rb = read_body(r, max, &req.body, &req.body_len);
+    if (rb != OK) {
+        if (rb == HTTP_REQUEST_ENTITY_TOO_LARGE) {
+            r->connection->keepalive = AP_CONN_CLOSE;   /* do not drain megabytes */
+            cg_admin_error(&resp, 413, "Upload.TooLarge",
+                           apr_psprintf(r->pool, "the body is larger than %" APR_OFF_T_FMT
+                                        " bytes", max));
+        } else {
+            cg_admin_error(&resp, 400, "Request.Invalid", "the request body could not be read");
+        }
+    } else if (sc->store == NULL) {
+        cg_admin_error(&resp, 503, "Store.Unavailable", "the store is not set up (see CG04004)");
+    } else {
+        const char *deny_store[CG_POLICY_DENY_MAX];
+        cg_admin_cfg_t cfg;
+        admin_cfg(d, &cfg, deny_store);
+        req.method = r->method;
+        req.path = path;
+        req.query = r->args;
+        req.user = r->user;
+        req.roles = user_roles(d, r->user);
+        req.customer = (d->customers && r->user) ? apr_table_get(d->customers, r->user) : NULL;
+        req.client_ip = r->useragent_ip;
+        req.content_type = apr_table_get(r->headers_in, "Content-Type");
+        req.accept = apr_table_get(r->headers_in, "Accept");
+        req.if_match = apr_table_get(r->headers_in, "If-Match");
+        req.now = (int64_t)apr_time_sec(r->request_time);
+        cg_admin_handle(&cfg, sc->store, &req, &resp);
+    }
+    ap_log_rerror(APLOG_MARK, resp.status >= 500 ? APLOG_ERR : APLOG_INFO, 0, r,
+                  "CG06001: admin %s %s -> %d user=%s client=%s", r->method,
+                  ap_escape_logitem(r->pool, path), resp.status,
+                  r->user ? ap_escape_logitem(r->pool, r->user) : "-", r->useragent_ip);
+    int rc = send_admin(r, &resp, base);
+    cg_admin_resp_free(&resp);
+    return rc;
+}
+
 static void register_hooks(apr_pool_t *p)
 {
     static const char *const after_ssl[] = { "mod_ssl.c", NULL };
@@ -720,6 +1064,7 @@ static void register_hooks(apr_pool_t *p)
     /* Fixups run for every request whatever Satisfy says, after authn/authz
      * modules that may name the app, and before any handler or proxy. */
     ap_hook_fixups(cg_fixups, NULL, NULL, APR_HOOK_REALLY_FIRST);
+    ap_hook_handler(cg_admin_handler, NULL, NULL, APR_HOOK_MIDDLE);
     APR_OPTIONAL_HOOK(ssl, pre_handshake, cg_pre_handshake, NULL, NULL, APR_HOOK_MIDDLE);
     APR_OPTIONAL_HOOK(ssl, init_server, cg_init_server, NULL, NULL, APR_HOOK_MIDDLE);
 }

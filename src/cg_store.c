@@ -389,3 +389,129 @@ cg_store_rc_t cg_store_lookup(cg_store_t *st, const cg_fp_t *leaf, cg_reg_t *out
     release(st, c, !broken);
     return rc;
 }
+
+void cg_store_reply_free(struct redisReply *r)
+{
+    if (r != NULL)
+        freeReplyObject(r);
+}
+
+const char *cg_store_prefix(const cg_store_t *st)
+{
+    return st->prefix;
+}
+
+/* Take a pooled connection, or make one. *pooled says which. */
+static redisContext *take(cg_store_t *st, int64_t deadline, int *pooled, char *err, size_t errlen)
+{
+    redisContext *c = NULL;
+    pthread_mutex_lock(&st->lock);
+    if (st->n_idle > 0)
+        c = st->idle[--st->n_idle];
+    pthread_mutex_unlock(&st->lock);
+    *pooled = c != NULL;
+    return c != NULL ? c : connect_new(st, deadline, err, errlen);
+}
+
+/* Pipeline n commands and read n replies within the deadline. */
+static int run_pipeline(redisContext *c, int64_t deadline, size_t n, const int *argcs,
+                        const char *const *const *argvs, const size_t *const *lens,
+                        redisReply **out, char *err, size_t errlen, int *state)
+{
+    struct timeval tv;
+    *state = CONN_BROKEN;
+    for (size_t i = 0; i < n; i++) {
+        if (redisAppendCommandArgv(c, argcs[i], (const char **)argvs[i], lens[i]) != REDIS_OK) {
+            set_err(err, errlen, "queueing a command", c);
+            return -1;
+        }
+    }
+    for (size_t i = 0; i < n; i++) {
+        void *r = NULL;
+        if (!remaining(deadline, &tv) || redisSetTimeout(c, tv) != REDIS_OK) {
+            set_err(err, errlen, "timeout", NULL);
+            *state = CONN_TIMEOUT;
+            goto fail;
+        }
+        if (redisGetReply(c, &r) != REDIS_OK || r == NULL) {
+            if (c->err == REDIS_ERR_IO && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+                *state = CONN_TIMEOUT;
+                set_err(err, errlen, "reading replies: timeout", NULL);
+            } else {
+                set_err(err, errlen, "reading replies", c);
+            }
+            goto fail;
+        }
+        out[i] = r;
+    }
+    *state = CONN_OK;
+    return 0;
+fail:
+    for (size_t i = 0; i < n; i++) {
+        if (out[i] != NULL)
+            freeReplyObject(out[i]);
+        out[i] = NULL;
+    }
+    return -1;
+}
+
+static cg_store_rc_t run_with_retry(cg_store_t *st, int timeout_ms, size_t n, const int *argcs,
+                                    const char *const *const *argvs, const size_t *const *lens,
+                                    redisReply **out, char *err, size_t errlen)
+{
+    int64_t deadline = now_ms() + timeout_ms;
+    int pooled = 0, state = CONN_OK;
+    memset(out, 0, n * sizeof(*out));
+    redisContext *c = take(st, deadline, &pooled, err, errlen);
+    if (c == NULL)
+        return CG_STORE_ERROR;
+    int rc = run_pipeline(c, deadline, n, argcs, argvs, lens, out, err, errlen, &state);
+    if (rc != 0 && state == CONN_BROKEN && pooled && c->err != 0) {
+        /* A dead idle connection: the server never saw these commands. */
+        redisFree(c);
+        cg_store_drop_idle(st);
+        if ((c = connect_new(st, deadline, err, errlen)) == NULL)
+            return CG_STORE_ERROR;
+        rc = run_pipeline(c, deadline, n, argcs, argvs, lens, out, err, errlen, &state);
+    }
+    release(st, c, rc == 0);
+    return rc == 0 ? CG_STORE_OK : CG_STORE_ERROR;
+}
+
+cg_store_rc_t cg_store_cmd(cg_store_t *st, int timeout_ms, int argc, const char **argv,
+                           const size_t *lens, redisReply **out, char *err, size_t errlen)
+{
+    const char *const *argvs[1] = { argv };
+    const size_t *lensv[1] = { lens };
+    return run_with_retry(st, timeout_ms, 1, &argc, argvs, lensv, out, err, errlen);
+}
+
+cg_store_rc_t cg_store_hgetall_many(cg_store_t *st, int timeout_ms, const char *const *keys,
+                                    size_t n, redisReply **out, char *err, size_t errlen)
+{
+    if (n == 0)
+        return CG_STORE_OK;
+    int *argcs = malloc(n * sizeof(int));
+    const char *(*argv)[2] = malloc(n * sizeof(*argv));
+    size_t (*lens)[2] = malloc(n * sizeof(*lens));
+    const char *const **argvs = malloc(n * sizeof(*argvs));
+    const size_t **lensv = malloc(n * sizeof(*lensv));
+    cg_store_rc_t rc = CG_STORE_ERROR;
+    if (!argcs || !argv || !lens || !argvs || !lensv) {
+        set_err(err, errlen, "out of memory", NULL);
+        goto done;
+    }
+    for (size_t i = 0; i < n; i++) {
+        argcs[i] = 2;
+        argv[i][0] = "HGETALL";
+        argv[i][1] = keys[i];
+        lens[i][0] = 7;
+        lens[i][1] = strlen(keys[i]);
+        argvs[i] = argv[i];
+        lensv[i] = lens[i];
+    }
+    rc = run_with_retry(st, timeout_ms, n, argcs, argvs, lensv, out, err, errlen);
+done:
+    free(argcs); free(argv); free(lens); free(argvs); free(lensv);
+    return rc;
+}

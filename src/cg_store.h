@@ -44,6 +44,24 @@ int cg_store_cfg_check(const cg_store_cfg_t *cfg, char *err, size_t errlen);
 cg_store_rc_t cg_store_lookup(cg_store_t *st, const cg_fp_t *leaf, cg_reg_t *out,
                               char *err, size_t errlen);
 
+struct redisReply;
+
+/*
+ * One command for the admin API, within timeout_ms. CG_STORE_OK with *out set
+ * (free with cg_store_reply_free) when Redis answered, error replies included
+ * (out->type is then REDIS_REPLY_ERROR); CG_STORE_ERROR when it did not.
+ */
+cg_store_rc_t cg_store_cmd(cg_store_t *st, int timeout_ms, int argc, const char **argv,
+                           const size_t *lens, struct redisReply **out, char *err, size_t errlen);
+
+/* HGETALL of n keys in one pipeline. out[i] are set on CG_STORE_OK. */
+cg_store_rc_t cg_store_hgetall_many(cg_store_t *st, int timeout_ms, const char *const *keys,
+                                    size_t n, struct redisReply **out, char *err, size_t errlen);
+
+void cg_store_reply_free(struct redisReply *r);
+
+const char *cg_store_prefix(const cg_store_t *st);
+
 /* Drop idle connections (after fork, or on shutdown). */
 void cg_store_drop_idle(cg_store_t *st);
 

@@ -113,6 +113,10 @@ LoadModule ssl_module {moddir}/mod_ssl.so
 LoadModule socache_shmcb_module {moddir}/mod_socache_shmcb.so
 LoadModule headers_module {moddir}/mod_headers.so
 LoadModule mime_module {moddir}/mod_mime.so
+LoadModule auth_basic_module {moddir}/mod_auth_basic.so
+LoadModule authn_core_module {moddir}/mod_authn_core.so
+LoadModule authn_file_module {moddir}/mod_authn_file.so
+LoadModule authz_user_module {moddir}/mod_authz_user.so
 {h2_load}
 LoadModule certgate_module {module}
 
@@ -168,6 +172,25 @@ Listen 127.0.0.1:{port} https
   <Location "/open/">
     ErrorDocument 404 /gated/ok.txt
   </Location>
+  <Location "/admin">
+    SetHandler certgate-admin
+    AuthType Basic
+    AuthName "certgate admin"
+    AuthBasicProvider file
+    AuthUserFile "{work}/admin.htpasswd"
+    Require valid-user
+    CertGateAdminRole developer dev1 dev2 devmgr
+    CertGateAdminRole manager mgr1 mgr2 devmgr
+    CertGateAdminRole support sup1
+    CertGateAdminRole auditor aud1
+    CertGateAdminCustomer cust-1 dev1 devmgr
+    CertGateAdminCustomer cust-2 dev2
+  </Location>
+  <Location "/noauth">
+    SetHandler certgate-admin
+    Require all granted
+    CertGateAdminRole manager mgr1
+  </Location>
   {extra_vhost}
 </VirtualHost>
 """
@@ -188,6 +211,13 @@ class Httpd:
                 f.write("ok\n")
         with open(os.path.join(workdir, "htdocs", "open", "denied.txt"), "w") as f:
             f.write("custom denied page\n")
+        self.admin_users = {u: "pw-" + u for u in
+                            ("dev1", "dev2", "devmgr", "mgr1", "mgr2", "sup1", "aud1", "nobody1")}
+        pw = os.path.join(workdir, "admin.htpasswd")
+        for i, (u, p) in enumerate(sorted(self.admin_users.items())):
+            subprocess.run(["htpasswd", "-b" + ("c" if i == 0 else ""), pw, u, p],
+                           check=True, capture_output=True)
+        os.chmod(pw, 0o644)
         if os.path.realpath(pki_dir) != os.path.join(workdir, "pki"):
             raise ValueError("pki must live in workdir/pki")
         h2 = os.path.exists(os.path.join(MODDIR, "mod_http2.so"))

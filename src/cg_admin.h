@@ -1,0 +1,66 @@
+/*
+ * The admin API: uploads, approval, rotation cutovers, reading, checks and the
+ * audit log, as JSON over HTTP. Server-neutral: an adapter hands in the request
+ * (method, path below the base, user, roles, body) and sends back the response.
+ */
+#ifndef CG_ADMIN_H
+#define CG_ADMIN_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include "cg_policy.h"
+#include "cg_store.h"
+
+enum {
+    CG_ROLE_DEVELOPER = 1,
+    CG_ROLE_MANAGER = 2,
+    CG_ROLE_SUPPORT = 4,
+    CG_ROLE_AUDITOR = 8
+};
+
+/* Role name ("developer", ...) to bit, 0 if unknown. */
+unsigned cg_role_parse(const char *name);
+
+typedef struct {
+    cg_policy_t policy;
+    int expiring_soon_days;     /* derived "(EXPIRATION SOON)" labels; default 30 */
+    int self_approve;           /* four-eyes off when 1 */
+    int timeout_ms;             /* Redis budget of one admin request */
+} cg_admin_cfg_t;
+
+void cg_admin_cfg_defaults(cg_admin_cfg_t *c);
+
+typedef struct {
+    const char *method;
+    const char *path;           /* below the admin base, e.g. "/certs/ab12/approve" */
+    const char *query;          /* raw query string, or NULL */
+    const char *user;           /* authenticated user, or NULL */
+    unsigned roles;             /* CG_ROLE_* bits of that user */
+    const char *customer;       /* the user's customer (developers), or NULL */
+    const char *client_ip;
+    const char *content_type;
+    const char *accept;
+    const char *if_match;
+    unsigned char *body;        /* wiped by cg_admin_handle: it may hold a private key */
+    size_t body_len;
+    int64_t now;
+} cg_admin_req_t;
+
+typedef struct {
+    int status;
+    char content_type[48];
+    char etag[40];
+    char location[320];
+    char *body;                 /* malloc'd, NUL-terminated */
+    size_t body_len;
+} cg_admin_resp_t;
+
+void cg_admin_handle(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_admin_req_t *req,
+                     cg_admin_resp_t *resp);
+
+/* An error response {"status":..,"code":..,"message":..}. */
+void cg_admin_error(cg_admin_resp_t *resp, int status, const char *code, const char *message);
+
+void cg_admin_resp_free(cg_admin_resp_t *resp);
+
+#endif

@@ -1,0 +1,71 @@
+/*
+ * Certificates as uploaded: reading PEM, DER, base64 DER and PKCS#7, the facts
+ * the admin API shows, chain links, and private-key proof of possession.
+ * This is the only place that parses certificates, and only the admin API
+ * calls it: the gate never parses per request.
+ */
+#ifndef CG_CERT_H
+#define CG_CERT_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <openssl/x509.h>
+#include "cg_fp.h"
+
+#define CG_CERT_MAX_INPUT (8u * 1024u * 1024u)
+#define CG_NAME_MAX 1024      /* longest subject/issuer field we accept */
+#define CG_SANS_MAX 64
+
+/*
+ * Read every certificate in buf, in order. Accepts PEM CERTIFICATE and PKCS7
+ * blocks (explanatory text around blocks is allowed, as RFC 7468 says), one
+ * DER certificate, a DER PKCS#7 bundle, or base64 of either DER form.
+ * Returns a new stack (free with sk_X509_pop_free(sk, X509_free)) or NULL with
+ * a message in err that never quotes the input.
+ */
+STACK_OF(X509) *cg_cert_read_all(const unsigned char *buf, size_t len, int *from_pkcs7,
+                                 char *err, size_t errlen);
+
+/* Order a PKCS#7 bag leaf first by issuer names. 0, or -1 (err) if there is not
+ * exactly one leaf or the certificates do not form one chain. */
+int cg_cert_order_bag(STACK_OF(X509) *sk, char *err, size_t errlen);
+
+typedef struct {
+    char *subject, *issuer;                 /* RFC 2253 */
+    char *common_name, *organization, *organizational_unit;
+    char *country, *state, *locality;
+    char *serial;                           /* decimal */
+    char *sans[CG_SANS_MAX];                /* "DNS:x", "email:x", "IP:x", "URI:x" */
+    size_t n_sans;
+    int64_t not_before, not_after;
+    cg_fp_t fingerprint;
+    int is_ca;
+    int has_eku, eku_client_auth;
+    int self_signed;
+    int key_type;                           /* EVP_PKEY_RSA, EVP_PKEY_EC, or other */
+    int key_bits;
+    int ec_nid;                             /* curve, for EC keys */
+    int has_ev_policy;                      /* CA/Browser Forum EV OID */
+} cg_cert_info_t;
+
+/* Fill info from x. 0, or -1 with err (names too long, NUL in a SAN...). */
+int cg_cert_info(X509 *x, cg_cert_info_t *info, char *err, size_t errlen);
+void cg_cert_info_free(cg_cert_info_t *info);
+
+/* Does `issuer` issue `child`: names match and the signature verifies.
+ * Returns X509_V_OK or an X509_V_ERR_* code. */
+int cg_cert_link(X509 *child, X509 *issuer);
+
+/*
+ * Proof of possession: does the PEM private key belong to the certificate?
+ * 0 match, 1 mismatch, -1 unreadable (encrypted keys are unreadable: no
+ * passphrase is ever asked). The key is freed before returning.
+ */
+int cg_cert_key_matches(X509 *x, const char *pem, size_t len);
+
+/* ISO 8601 UTC without milliseconds: 2025-06-25T08:59:38Z. out >= 21 bytes. */
+void cg_time_iso(int64_t t, char *out, size_t cap);
+/* Parse that form (Z required). 0 on success. */
+int cg_time_parse_iso(const char *s, int64_t *out);
+
+#endif
