@@ -94,6 +94,10 @@ extendedKeyUsage=clientAuth"
         cat "$DIR/pki/$c.pem" "$DIR/pki/inter.pem" > "$DIR/pki/$c-chain.pem"
     done
 
+    openssl rand -hex 12 > "$DIR/run/admin.pass"
+    htpasswd -cb "$DIR/run/admin.htpasswd" manager "$(cat "$DIR/run/admin.pass")" 2>/dev/null
+    chmod 644 "$DIR/run/admin.htpasswd"
+    chmod 600 "$DIR/run/admin.pass"
     openssl rand -hex 16 > "$DIR/run/redis.pass"
     chmod 600 "$DIR/run/redis.pass"
     redis-server --port "$RPORT" --bind 127.0.0.1 --save "" --appendonly no \
@@ -132,6 +136,9 @@ Not registered at all (403, reason unregistered):
 
 No client certificate (403, reason no_client_cert):
   $c -H 'Accept: application/json' https://localhost:$PORT/api/hello.json
+
+Approve the pending certificate through the admin API (then its command above gets 200):
+  $c -u manager:$(cat "$DIR/run/admin.pass") -X POST https://localhost:$PORT/admin/certs/demo-pending/approve
 
 Logs: $DIR/logs/error.log and $DIR/logs/access.log. Stop with: make demo-stop
 MSG

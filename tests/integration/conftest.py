@@ -30,8 +30,12 @@ def pki():
 class Stack:
     """One redis-server and one apache2, and the certificate files clients use."""
 
-    def __init__(self, pki, store_conf=None, **httpd_args):
+    def __init__(self, pki, store_conf=None, files=None, **httpd_args):
         self.work = make_workdir()
+        for name, content in (files or {}).items():
+            with open(os.path.join(self.work, name), "w") as f:
+                f.write(content)
+            os.chmod(os.path.join(self.work, name), 0o644)
         self.pki = pki
         self.pki_dir = os.path.join(self.work, "pki")
         pki.server.write(self.pki_dir, "server", send_chain=[])

@@ -232,7 +232,8 @@ class Httpd:
                 store_conf=store_conf if store_conf is not None else (
                     "CertGateRedis 127.0.0.1:%d\nCertGateRedisAuth %s\nCertGateRedisDB %d"
                     % (redis.port, Redis.PASSWORD, Redis.DB)),
-                timeout_ms=timeout_ms, extra_server=extra_server, extra_vhost=extra_vhost))
+                timeout_ms=timeout_ms, extra_server=extra_server.replace("{work}", workdir),
+                extra_vhost=extra_vhost.replace("{work}", workdir)))
         self.error_log = os.path.join(workdir, "logs", "error.log")
 
     def start(self):

@@ -50,6 +50,9 @@ class Cert:
     def not_after(self):
         return int(self.cert.not_valid_after.replace(tzinfo=UTC).timestamp())
 
+    def der_chain_pem(self):
+        return "".join(c.pem.decode() for c in self.chain)
+
     def key_pem(self):
         return self.key.private_bytes(serialization.Encoding.PEM,
                                       serialization.PrivateFormat.PKCS8,
@@ -71,15 +74,17 @@ class Cert:
         return cert_path, key_path
 
 
-def _key(kind):
+def _key(kind, rsa_bits=2048):
     if kind == "ec":
         return ec.generate_private_key(ec.SECP256R1())
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    if kind == "ec-k1":
+        return ec.generate_private_key(ec.SECP256K1())
+    return rsa.generate_private_key(public_exponent=65537, key_size=rsa_bits)
 
 
 def make_cert(cn, issuer=None, ca=False, days=365, not_before=None, key_kind="ec",
-              client=True, server_names=None):
-    key = _key(key_kind)
+              client=True, server_names=None, rsa_bits=2048, ca_client_eku=False, key=None):
+    key = key or _key(key_kind, rsa_bits)
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn),
                          x509.NameAttribute(NameOID.ORGANIZATION_NAME, "certgate tests")])
     start = not_before if not_before is not None else _now() - datetime.timedelta(hours=1)
@@ -99,6 +104,9 @@ def make_cert(cn, issuer=None, ca=False, days=365, not_before=None, key_kind="ec
                                           key_agreement=False, key_cert_sign=True,
                                           crl_sign=True, encipher_only=False,
                                           decipher_only=False), critical=True)
+        if ca_client_eku:
+            b = b.add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]),
+                                critical=False)
     elif server_names:
         b = b.add_extension(x509.SubjectAlternativeName(
             [x509.DNSName(n) for n in server_names]), critical=False)

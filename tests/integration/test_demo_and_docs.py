@@ -41,6 +41,14 @@ def test_demo_commands_answer_as_printed(demo):
             assert json.loads(body)["reason"] == reason
         seen.add((status, reason))
     assert ("200", "") in seen and ("403", "pending") in seen
+    approve = re.search(r"^Approve the pending.*\n\s+(curl .*)$", demo, re.M)
+    assert approve, demo
+    res = subprocess.run(shlex.split(approve.group(1)), capture_output=True, text=True, timeout=30)
+    assert json.loads(res.stdout)["status"] == "APPROVED", res.stdout
+    pending_cmd = [b[3] for b in blocks if b[2] == "pending"][0]
+    res = subprocess.run(shlex.split(pending_cmd) + ["-w", "\n%{http_code}"], capture_output=True,
+                         text=True, timeout=30)
+    assert res.stdout.rsplit("\n", 1)[1] == "200"
 
 
 def directives():
@@ -68,6 +76,11 @@ def test_every_directive_is_merged():
         assert "c->%s =" % field in merge_srv, field
     for field in ("enabled", "app_from", "app_name", "forward_headers"):
         assert "c->%s =" % field in merge_dir, field
+    for field in ("admin_base", "roles", "customers", "self_approve", "soon_days", "min_rsa_bits",
+                  "min_days", "max_days", "deny", "ca_file", "ev_only_new", "cn_contains_org",
+                  "max_body", "admin_timeout_ms"):
+        assert "MERGE_INT(%s)" % field in merge_dir or "MERGE_PTR(%s)" % field in merge_dir, field
+    assert "c->cas = add->cas" in merge_dir
 
 
 def test_every_log_tag_is_documented():

@@ -1,0 +1,35 @@
+"""Talking to the admin API as the harness users."""
+import requests
+
+
+class Admin:
+    def __init__(self, stack, base="/admin"):
+        self.stack = stack
+        self.base = base
+
+    def call(self, method, path, user=None, **kw):
+        auth = (user, self.stack.httpd.admin_users[user]) if user else None
+        kw.setdefault("timeout", 30)
+        return requests.request(method, self.stack.httpd.url(self.base + path), auth=auth,
+                                verify=self.stack.server_ca, **kw)
+
+    def upload(self, cert, app="app1", user="dev1", chain=None, **extra):
+        body = {"certificate": cert.pem.decode(), "appId": app,
+                "chain": cert.der_chain_pem() if chain is None else chain}
+        body.update(extra)
+        return self.call("POST", "/certs", user, json=body)
+
+    def approved(self, cert, app="app1", user="dev1", manager="mgr1"):
+        r = self.upload(cert, app, user)
+        assert r.status_code == 201, r.text
+        cid = r.json()["id"]
+        r = self.call("POST", "/certs/%s/approve" % cid, manager)
+        assert r.status_code == 200, r.text
+        return cid
+
+
+def error_code(resp):
+    try:
+        return resp.json().get("code")
+    except ValueError:
+        return None
