@@ -21,9 +21,11 @@
 #include "mod_ssl.h"
 
 #include "cg_admin.h"
+#include "cg_cache.h"
 #include "cg_cert.h"
 #include "cg_decide.h"
 #include "cg_store.h"
+#include "cg_sub.h"
 #include "cg_tls.h"
 
 /*
@@ -67,8 +69,13 @@ typedef struct {
     const char *prefix;
     int on_store_error_allow;
     int max_idle;
+    int cache_on;
+    int cache_entries;
+    int cache_max_age;      /* seconds */
     int own_store;          /* set when this vhost names its own store settings */
     cg_store_t *store;      /* per child, created in child_init */
+    cg_cache_t *cache;      /* per child; NULL with CertGateCache off */
+    cg_sub_t *sub;
 } cg_srv_t;
 
 typedef enum { APP_FROM_UNSET = 0, APP_FROM_NONE, APP_FROM_HEADER, APP_FROM_ENV } app_from_t;
@@ -106,6 +113,13 @@ typedef struct {
     cg_peer_t peer;
     const char *client_cert;        /* RFC 9440 values, built on first use */
     const char *client_cert_chain;
+    /* The registration this connection last used, while the cache version holds. */
+    int dc_valid;
+    cg_fp_t dc_fp;
+    int dc_found;
+    cg_reg_t dc_reg;
+    uint64_t dc_version;
+    int64_t dc_fetched_ms;
 } cg_conn_t;
 
 static int gate_configured;     /* some location says CertGate On */
@@ -121,6 +135,9 @@ static void *create_srv(apr_pool_t *p, server_rec *s)
     c->timeout_ms = UNSET;
     c->on_store_error_allow = UNSET;
     c->max_idle = UNSET;
+    c->cache_on = UNSET;
+    c->cache_entries = UNSET;
+    c->cache_max_age = UNSET;
     return c;
 }
 
@@ -139,6 +156,9 @@ static void *merge_srv(apr_pool_t *p, void *basev, void *addv)
     c->on_store_error_allow = add->on_store_error_allow != UNSET
         ? add->on_store_error_allow : base->on_store_error_allow;
     c->max_idle = add->max_idle != UNSET ? add->max_idle : base->max_idle;
+    c->cache_on = add->cache_on != UNSET ? add->cache_on : base->cache_on;
+    c->cache_entries = add->cache_entries != UNSET ? add->cache_entries : base->cache_entries;
+    c->cache_max_age = add->cache_max_age != UNSET ? add->cache_max_age : base->cache_max_age;
     return c;
 }
 
@@ -308,6 +328,30 @@ static const char *set_prefix(cmd_parms *cmd, void *d, const char *arg)
             return "CertGateKeyPrefix: printable ASCII without spaces only";
     }
     return NULL;
+}
+
+static const char *set_cache(cmd_parms *cmd, void *d, int on)
+{
+    (void)d;
+    srv_conf(cmd->server)->cache_on = on;
+    srv_conf(cmd->server)->own_store = 1;
+    return NULL;
+}
+
+static const char *set_cache_entries(cmd_parms *cmd, void *d, const char *arg)
+{
+    cg_srv_t *c = srv_conf(cmd->server);
+    (void)d;
+    c->own_store = 1;
+    return parse_int(cmd, arg, 1, 10000000, &c->cache_entries);
+}
+
+static const char *set_cache_max_age(cmd_parms *cmd, void *d, const char *arg)
+{
+    cg_srv_t *c = srv_conf(cmd->server);
+    (void)d;
+    c->own_store = 1;
+    return parse_int(cmd, arg, 1, 3600, &c->cache_max_age);
 }
 
 static const char *set_on_store_error(cmd_parms *cmd, void *d, const char *arg)
@@ -484,6 +528,12 @@ static const command_rec cg_cmds[] = {
                   "Prefix of every Redis key (default certgate:)"),
     AP_INIT_TAKE1("CertGateOnStoreError", set_on_store_error, NULL, RSRC_CONF,
                   "deny (default): 503 when the store fails; allow: let requests pass, loudly"),
+    AP_INIT_FLAG("CertGateCache", set_cache, NULL, RSRC_CONF,
+                 "On (default): cache registrations per connection and per process"),
+    AP_INIT_TAKE1("CertGateCacheEntries", set_cache_entries, NULL, RSRC_CONF,
+                  "Registrations cached per child process (default 10000)"),
+    AP_INIT_TAKE1("CertGateCacheMaxAge", set_cache_max_age, NULL, RSRC_CONF,
+                  "Seconds a cached registration is trusted at most (default 5)"),
     AP_INIT_ITERATE2("CertGateAdminRole", add_role, NULL, ACCESS_CONF | RSRC_CONF,
                      "CertGateAdminRole developer|manager|support|auditor user..."),
     AP_INIT_ITERATE2("CertGateAdminCustomer", add_customer, NULL, ACCESS_CONF | RSRC_CONF,
@@ -574,15 +624,40 @@ static apr_status_t store_cleanup(void *data)
     return APR_SUCCESS;
 }
 
+static apr_status_t cache_cleanup(void *data)
+{
+    cg_cache_free(data);
+    return APR_SUCCESS;
+}
+
+static apr_status_t sub_cleanup(void *data)
+{
+    cg_sub_stop(data);
+    return APR_SUCCESS;
+}
+
+static void sub_log(void *arg, int event, const char *msg)
+{
+    server_rec *s = arg;
+    if (event == CG_SUB_SUBSCRIBED)
+        ap_log_error(APLOG_MARK, APLOG_INFO, 0, s, "CG07001: %s", msg);
+    else if (event == CG_SUB_DISCONNECTED)
+        ap_log_error(APLOG_MARK, APLOG_WARNING, 0, s, "CG07002: %s", msg);
+    else
+        ap_log_error(APLOG_MARK, APLOG_WARNING, 0, s, "CG07003: %s", msg);
+}
+
 static void cg_child_init(apr_pool_t *p, server_rec *s)
 {
     char err[256];
-    cg_store_t *main_store = NULL;
+    cg_srv_t *main_conf = srv_conf(s);
 
     for (server_rec *v = s; v != NULL; v = v->next) {
         cg_srv_t *sc = srv_conf(v);
-        if (v != s && !sc->own_store && main_store != NULL) {
-            sc->store = main_store;
+        if (v != s && !sc->own_store) {
+            sc->store = main_conf->store;
+            sc->cache = main_conf->cache;
+            sc->sub = main_conf->sub;
             continue;
         }
         cg_store_cfg_t cfg;
@@ -595,8 +670,24 @@ static void cg_child_init(apr_pool_t *p, server_rec *s)
             continue;
         }
         apr_pool_cleanup_register(p, sc->store, store_cleanup, apr_pool_cleanup_null);
-        if (v == s)
-            main_store = sc->store;
+        if (sc->cache_on == 0)
+            continue;
+        sc->cache = cg_cache_new((size_t)(sc->cache_entries != UNSET ? sc->cache_entries : 10000),
+                                 (int64_t)(sc->cache_max_age != UNSET ? sc->cache_max_age : 5) * 1000);
+        if (sc->cache == NULL) {
+            ap_log_error(APLOG_MARK, APLOG_ERR, 0, v,
+                         "CG04005: cannot allocate the registration cache; running without it");
+            continue;
+        }
+        apr_pool_cleanup_register(p, sc->cache, cache_cleanup, apr_pool_cleanup_null);
+        /* Registered last, so it is stopped first, before the cache goes. */
+        sc->sub = cg_sub_start(&cfg, sc->cache, sub_log, v, err, sizeof(err));
+        if (sc->sub == NULL)
+            ap_log_error(APLOG_MARK, APLOG_ERR, 0, v,
+                         "CG04006: cannot start the invalidation subscriber: %s; cached entries "
+                         "expire by CertGateCacheMaxAge", err);
+        else
+            apr_pool_cleanup_register(p, sc->sub, sub_cleanup, apr_pool_cleanup_null);
     }
 }
 
@@ -676,6 +767,55 @@ static int load_peer(request_rec *r, cg_conn_t *cc, cg_peer_t *peer,
     }
     apr_thread_mutex_unlock(cc->lock);
     return rc;
+}
+
+/*
+ * The registration of a leaf: from this connection's last answer, else the
+ * process cache, else Redis. Times are not cached decisions: the caller
+ * decides again on every request.
+ */
+static cg_store_rc_t lookup_reg(cg_srv_t *sc, cg_conn_t *cc, const cg_fp_t *fp, cg_reg_t *reg,
+                                char *err, size_t errlen)
+{
+    if (sc->cache == NULL)
+        return cg_store_lookup(sc->store, fp, reg, err, errlen);
+    int64_t now = cg_now_ms(), fetched = now;
+    int64_t max_age = cg_cache_max_age_ms(sc->cache);
+    uint64_t ver = cg_cache_version(sc->cache);
+    int found = 0;
+
+    if (cc != NULL && cc->lock != NULL) {
+        apr_thread_mutex_lock(cc->lock);
+        if (cc->dc_valid && cc->dc_version == ver && now - cc->dc_fetched_ms < max_age &&
+            cg_fp_eq(&cc->dc_fp, fp)) {
+            found = cc->dc_found;
+            if (found)
+                *reg = cc->dc_reg;
+            apr_thread_mutex_unlock(cc->lock);
+            return found ? CG_STORE_OK : CG_STORE_NOTFOUND;
+        }
+        apr_thread_mutex_unlock(cc->lock);
+    }
+    if (!cg_cache_get(sc->cache, fp, now, &found, reg, &fetched)) {
+        cg_store_rc_t rc = cg_store_lookup(sc->store, fp, reg, err, errlen);
+        if (rc != CG_STORE_OK && rc != CG_STORE_NOTFOUND)
+            return rc;
+        found = rc == CG_STORE_OK;
+        fetched = now;   /* taken before the read: errs on the short side */
+        cg_cache_put(sc->cache, fp, found, reg, now, ver);
+    }
+    if (cc != NULL && cc->lock != NULL) {
+        apr_thread_mutex_lock(cc->lock);
+        cc->dc_valid = 1;
+        cc->dc_fp = *fp;
+        cc->dc_found = found;
+        if (found)
+            cc->dc_reg = *reg;
+        cc->dc_version = ver;
+        cc->dc_fetched_ms = fetched;
+        apr_thread_mutex_unlock(cc->lock);
+    }
+    return found ? CG_STORE_OK : CG_STORE_NOTFOUND;
 }
 
 static int accepts_json(request_rec *r)
@@ -831,7 +971,7 @@ static int cg_fixups(request_rec *r)
     if (peer.has_leaf) {
         char err[160];
         cg_fp_to_hex(&peer.leaf, fp_hex);
-        cg_store_rc_t rc = sc->store ? cg_store_lookup(sc->store, &peer.leaf, &reg, err, sizeof(err))
+        cg_store_rc_t rc = sc->store ? lookup_reg(sc, cc, &peer.leaf, &reg, err, sizeof(err))
                                      : CG_STORE_ERROR;
         if (sc->store == NULL)
             snprintf(err, sizeof(err), "store not set up (see CG04004)");

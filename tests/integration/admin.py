@@ -1,4 +1,6 @@
 """Talking to the admin API as the harness users."""
+import time
+
 import requests
 
 
@@ -10,8 +12,11 @@ class Admin:
     def call(self, method, path, user=None, **kw):
         auth = (user, self.stack.httpd.admin_users[user]) if user else None
         kw.setdefault("timeout", 30)
-        return requests.request(method, self.stack.httpd.url(self.base + path), auth=auth,
+        resp = requests.request(method, self.stack.httpd.url(self.base + path), auth=auth,
                                 verify=self.stack.server_ca, **kw)
+        if method != "GET" and resp.status_code < 300:
+            time.sleep(0.1)   # let the gateways' subscribers hear the write (promised: 1 s)
+        return resp
 
     def upload(self, cert, app="app1", user="dev1", chain=None, **extra):
         body = {"certificate": cert.pem.decode(), "appId": app,

@@ -77,7 +77,8 @@ class Redis:
                 c.ping()
                 # A read-only ACL user, as an operator would give the gate.
                 c.execute_command("ACL", "SETUSER", self.ACL_USER, "on", ">" + self.ACL_PASSWORD,
-                                  "~*", "+get", "+hgetall", "+select", "+ping")
+                                  "~*", "&*", "+get", "+hgetall", "+select", "+ping",
+                                  "+subscribe")
                 return self
             except redis_py.exceptions.BusyLoadingError:
                 if time.monotonic() > deadline:
@@ -286,4 +287,20 @@ def register(r, cert, app, status="APPROVED", chain=None, activate_at=None, reti
     p.sadd(prefix + "app:" + app, reg_id)
     p.set(prefix + "schema", "1")
     p.execute()
+    invalidate(r, cert.fingerprint, prefix)
     return reg_id
+
+
+def invalidate(r, fingerprint, prefix="certgate:"):
+    """What every admin write does after changing a record: tell the gateways.
+    The gate promises to learn within 1 s; 0.1 s is ample on loopback."""
+    r.incr(prefix + "gen")
+    r.publish(prefix + "invalidate", fingerprint)
+    time.sleep(0.1)
+
+
+def flush_store(r, prefix="certgate:"):
+    """Empty the store and tell the gateways to drop everything they cached."""
+    r.flushdb()
+    r.publish(prefix + "invalidate", "flush")
+    time.sleep(0.1)

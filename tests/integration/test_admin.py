@@ -10,6 +10,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs7
 
 from admin import Admin, error_code
+from harness import flush_store
 from clients import get, reason_of
 from conftest import Stack
 from pki import make_cert
@@ -46,7 +47,7 @@ def stack(pki):
 
 @pytest.fixture(autouse=True)
 def clean(stack):
-    stack.r.flushdb()
+    flush_store(stack.r)
 
 
 @pytest.fixture

@@ -8,14 +8,14 @@ import pytest
 import requests
 
 from clients import curl, get, raw_get, reason_of, tls_context
-from harness import register
+from harness import flush_store, invalidate, register
 
 GATED = "/gated/ok.txt"
 
 
 @pytest.fixture(autouse=True)
 def clean_store(stack):
-    stack.r.flushdb()
+    flush_store(stack.r)
     yield
 
 
@@ -199,6 +199,7 @@ def test_http2_streams(stack, pki):
     assert res == [("403", "2")] * 2
     stack.r.hset("certgate:reg:" + stack.r.get("certgate:fp:" + pki.leaf.fingerprint).decode(),
                  "status", "INACTIVATED")
+    invalidate(stack.r, pki.leaf.fingerprint)
     assert curl(stack, [GATED], cert=pki.leaf) == [("403", "2")]
 
 

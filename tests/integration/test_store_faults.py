@@ -5,7 +5,7 @@ import pytest
 
 from clients import get, reason_of
 from conftest import Stack
-from harness import register
+from harness import invalidate, register
 
 GATED = "/gated/ok.txt"
 TIMEOUT_S = 0.2   # CertGateRedisTimeout in the harness config
@@ -13,7 +13,8 @@ TIMEOUT_S = 0.2   # CertGateRedisTimeout in the harness config
 
 @pytest.fixture(scope="module")
 def stack(pki):
-    s = Stack(pki)
+    # These tests are about the store path itself: no cache in front of it.
+    s = Stack(pki, extra_server="CertGateCache Off")
     yield s
     s.close()
 
@@ -100,6 +101,7 @@ def test_unregistered_cert_is_never_let_through_while_redis_is_down(stack, pki):
 def test_corrupt_record_fails_closed(stack, pki, corrupt):
     rid = stack.r.get("certgate:fp:" + pki.leaf.fingerprint).decode()
     corrupt(stack.r, rid)
+    invalidate(stack.r, pki.leaf.fingerprint)
     resp = get(stack, GATED, pki.leaf)
     assert resp.status_code == 503
     assert reason_of(resp) == "store_unavailable"

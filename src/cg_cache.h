@@ -1,0 +1,47 @@
+/*
+ * A process-wide cache of registrations by leaf fingerprint: bounded in entries
+ * (so in memory: each entry is a fixed-size cg_reg_t), least recently used out
+ * first, negative answers included. Thread-safe.
+ *
+ * An entry is trusted for at most max_age; an invalidation for its fingerprint
+ * (from the Redis channel) drops it at once. A per-connection cache in the
+ * adapter compares cg_cache_version(): any invalidation or flush bumps it.
+ */
+#ifndef CG_CACHE_H
+#define CG_CACHE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include "cg_reg.h"
+
+typedef struct cg_cache cg_cache_t;
+
+typedef struct {
+    uint64_t hits, misses, inserts, evictions, invalidations, flushes, stale_drops;
+} cg_cache_stats_t;
+
+cg_cache_t *cg_cache_new(size_t max_entries, int64_t max_age_ms);
+void cg_cache_free(cg_cache_t *c);
+
+/* 1 on a fresh hit (found, reg and fetched_ms set); 0 on a miss. */
+int cg_cache_get(cg_cache_t *c, const cg_fp_t *fp, int64_t now_ms, int *found, cg_reg_t *reg,
+                 int64_t *fetched_ms);
+
+/* Counter of invalidations so far; read it before a store lookup and pass it to put. */
+uint64_t cg_cache_version(const cg_cache_t *c);
+
+/* Insert unless an invalidation arrived since `version` was read (it may be stale). */
+void cg_cache_put(cg_cache_t *c, const cg_fp_t *fp, int found, const cg_reg_t *reg,
+                  int64_t now_ms, uint64_t version);
+
+void cg_cache_invalidate(cg_cache_t *c, const cg_fp_t *fp);
+void cg_cache_flush(cg_cache_t *c);
+
+int64_t cg_cache_max_age_ms(const cg_cache_t *c);
+size_t cg_cache_size(cg_cache_t *c);
+void cg_cache_stats(cg_cache_t *c, cg_cache_stats_t *out);
+
+/* Monotonic milliseconds. */
+int64_t cg_now_ms(void);
+
+#endif

@@ -1,0 +1,249 @@
+#include "cg_sub.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <hiredis/hiredis.h>
+
+struct cg_sub {
+    char *host, *socket, *user, *password, *channel;
+    int port, timeout_ms;
+    cg_cache_t *cache;
+    cg_sub_log_fn log;
+    void *arg;
+    pthread_t thread;
+    pthread_mutex_t lock;       /* guards ctx and stop, with wake */
+    pthread_cond_t wake;
+    redisContext *ctx;
+    int stop;
+    _Atomic int healthy;
+};
+
+static char *dup_or_null(const char *s)
+{
+    return s ? strdup(s) : NULL;
+}
+
+static void say(cg_sub_t *s, int event, const char *fmt, const char *detail)
+{
+    char msg[512];
+    /* Truncation of a long Redis error text is fine here. */
+    if (snprintf(msg, sizeof(msg), fmt, detail ? detail : "") < 0)
+        return;
+    if (s->log)
+        s->log(s->arg, event, msg);
+}
+
+/* Sleep up to ms unless asked to stop. Returns 1 if stopping. */
+static int nap(cg_sub_t *s, int ms)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += ms / 1000;
+    ts.tv_nsec += (long)(ms % 1000) * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&s->lock);
+    while (!s->stop && pthread_cond_timedwait(&s->wake, &s->lock, &ts) != ETIMEDOUT)
+        ;
+    int stop = s->stop;
+    pthread_mutex_unlock(&s->lock);
+    return stop;
+}
+
+static redisContext *connect_sub(cg_sub_t *s, char *err, size_t errlen)
+{
+    struct timeval tv = { s->timeout_ms / 1000, (s->timeout_ms % 1000) * 1000 };
+    redisContext *c = s->socket ? redisConnectUnixWithTimeout(s->socket, tv)
+                                : redisConnectWithTimeout(s->host, s->port, tv);
+    redisReply *r = NULL;
+    if (c == NULL || c->err) {
+        snprintf(err, errlen, "connect: %s", c ? c->errstr : "out of memory");
+        goto fail;
+    }
+    if (redisSetTimeout(c, tv) != REDIS_OK) {
+        snprintf(err, errlen, "setting timeout");
+        goto fail;
+    }
+    if (s->password != NULL) {
+        if (s->user != NULL)
+            r = redisCommand(c, "AUTH %s %s", s->user, s->password);
+        else
+            r = redisCommand(c, "AUTH %s", s->password);
+        if (r == NULL || r->type == REDIS_REPLY_ERROR) {
+            snprintf(err, errlen, "AUTH failed%s", r ? "" : " (no answer)");
+            goto fail;
+        }
+        freeReplyObject(r);
+    }
+    r = redisCommand(c, "SUBSCRIBE %s", s->channel);
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY) {
+        snprintf(err, errlen, "SUBSCRIBE failed");
+        goto fail;
+    }
+    freeReplyObject(r);
+    /* From now on block until a message comes; shutdown() wakes us to stop. */
+    struct timeval forever = { 0, 0 };
+    if (redisSetTimeout(c, forever) != REDIS_OK) {
+        snprintf(err, errlen, "clearing timeout");
+        r = NULL;
+        goto fail;
+    }
+    return c;
+fail:
+    if (r != NULL)
+        freeReplyObject(r);
+    if (c != NULL)
+        redisFree(c);
+    return NULL;
+}
+
+static void handle(cg_sub_t *s, redisReply *r)
+{
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != 3 ||
+        r->element[0]->type != REDIS_REPLY_STRING || strcmp(r->element[0]->str, "message") != 0)
+        return;
+    redisReply *payload = r->element[2];
+    cg_fp_t fp;
+    if (payload->type == REDIS_REPLY_STRING &&
+        cg_fp_from_hex(payload->str, payload->len, &fp) == 0)
+        cg_cache_invalidate(s->cache, &fp);
+    else
+        cg_cache_flush(s->cache);   /* a message we cannot place: drop everything */
+}
+
+static void *run(void *arg)
+{
+    cg_sub_t *s = arg;
+    int backoff = 100, failed_logged = 0;
+    char err[160];
+
+    for (;;) {
+        pthread_mutex_lock(&s->lock);
+        int stop = s->stop;
+        pthread_mutex_unlock(&s->lock);
+        if (stop)
+            break;
+        redisContext *c = connect_sub(s, err, sizeof(err));
+        if (c == NULL) {
+            if (!failed_logged)
+                say(s, CG_SUB_CONNECT_FAILED, "invalidation subscriber cannot subscribe: %s; "
+                    "cached entries expire by CertGateCacheMaxAge", err);
+            failed_logged = 1;
+            if (nap(s, backoff))
+                break;
+            backoff = backoff < 1000 ? backoff * 2 : 1000;
+            continue;
+        }
+        pthread_mutex_lock(&s->lock);
+        s->ctx = c;
+        stop = s->stop;
+        pthread_mutex_unlock(&s->lock);
+        if (stop)
+            break;
+        /* Messages sent while we were away are lost: start clean. */
+        cg_cache_flush(s->cache);
+        atomic_store(&s->healthy, 1);
+        say(s, CG_SUB_SUBSCRIBED, "invalidation subscriber subscribed%s", "");
+        backoff = 100;
+        failed_logged = 0;
+        for (;;) {
+            void *reply = NULL;
+            if (redisGetReply(c, &reply) != REDIS_OK || reply == NULL)
+                break;
+            handle(s, reply);
+            freeReplyObject(reply);
+        }
+        atomic_store(&s->healthy, 0);
+        pthread_mutex_lock(&s->lock);
+        stop = s->stop;
+        snprintf(err, sizeof(err), "%s", c->errstr[0] ? c->errstr : "connection closed");
+        s->ctx = NULL;
+        pthread_mutex_unlock(&s->lock);
+        redisFree(c);
+        if (stop)
+            break;
+        say(s, CG_SUB_DISCONNECTED, "invalidation subscriber disconnected (%s); cached entries "
+            "expire by CertGateCacheMaxAge until it is back", err);
+    }
+    pthread_mutex_lock(&s->lock);
+    if (s->ctx != NULL) {
+        redisFree(s->ctx);
+        s->ctx = NULL;
+    }
+    pthread_mutex_unlock(&s->lock);
+    return NULL;
+}
+
+cg_sub_t *cg_sub_start(const cg_store_cfg_t *cfg, cg_cache_t *cache, cg_sub_log_fn log,
+                       void *arg, char *err, size_t errlen)
+{
+    cg_sub_t *s = calloc(1, sizeof(*s));
+    char chan[CG_PREFIX_MAX + 16];
+    if (s == NULL)
+        goto nomem;
+    snprintf(chan, sizeof(chan), "%sinvalidate", cfg->prefix);
+    s->host = dup_or_null(cfg->host);
+    s->socket = dup_or_null(cfg->socket);
+    s->user = dup_or_null(cfg->user);
+    s->password = dup_or_null(cfg->password);
+    s->channel = strdup(chan);
+    s->port = cfg->port;
+    s->timeout_ms = cfg->timeout_ms;
+    s->cache = cache;
+    s->log = log;
+    s->arg = arg;
+    atomic_init(&s->healthy, 0);
+    if (s->channel == NULL || pthread_mutex_init(&s->lock, NULL) != 0)
+        goto nomem;
+    if (pthread_cond_init(&s->wake, NULL) != 0) {
+        pthread_mutex_destroy(&s->lock);
+        goto nomem;
+    }
+    if (pthread_create(&s->thread, NULL, run, s) != 0) {
+        pthread_cond_destroy(&s->wake);
+        pthread_mutex_destroy(&s->lock);
+        snprintf(err, errlen, "cannot start the subscriber thread");
+        goto fail;
+    }
+    return s;
+nomem:
+    snprintf(err, errlen, "out of memory");
+fail:
+    if (s != NULL) {
+        free(s->host); free(s->socket); free(s->user); free(s->password); free(s->channel);
+        free(s);
+    }
+    return NULL;
+}
+
+void cg_sub_stop(cg_sub_t *s)
+{
+    if (s == NULL)
+        return;
+    pthread_mutex_lock(&s->lock);
+    s->stop = 1;
+    if (s->ctx != NULL)
+        shutdown(s->ctx->fd, SHUT_RDWR);    /* wakes the blocking read */
+    pthread_cond_broadcast(&s->wake);
+    pthread_mutex_unlock(&s->lock);
+    pthread_join(s->thread, NULL);
+    pthread_cond_destroy(&s->wake);
+    pthread_mutex_destroy(&s->lock);
+    if (s->password != NULL)
+        memset(s->password, 0, strlen(s->password));
+    free(s->host); free(s->socket); free(s->user); free(s->password); free(s->channel);
+    free(s);
+}
+
+int cg_sub_healthy(const cg_sub_t *s)
+{
+    return s != NULL && atomic_load(&((cg_sub_t *)s)->healthy);
+}

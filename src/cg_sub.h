@@ -1,0 +1,28 @@
+/*
+ * The invalidation subscriber: one thread per process that listens on the
+ * Redis channel the admin API publishes to, and drops the cache entry of each
+ * fingerprint it hears about. While it is disconnected the cache still bounds
+ * staleness by its max age; on every (re)subscription it flushes the cache,
+ * since messages sent in between are lost.
+ */
+#ifndef CG_SUB_H
+#define CG_SUB_H
+
+#include <stddef.h>
+#include "cg_cache.h"
+#include "cg_store.h"
+
+enum { CG_SUB_SUBSCRIBED = 1, CG_SUB_DISCONNECTED = 2, CG_SUB_CONNECT_FAILED = 3 };
+
+/* Called from the subscriber thread on state changes; msg never holds secrets. */
+typedef void (*cg_sub_log_fn)(void *arg, int event, const char *msg);
+
+typedef struct cg_sub cg_sub_t;
+
+cg_sub_t *cg_sub_start(const cg_store_cfg_t *cfg, cg_cache_t *cache, cg_sub_log_fn log,
+                       void *arg, char *err, size_t errlen);
+/* Stop and join the thread; frees s. */
+void cg_sub_stop(cg_sub_t *s);
+int cg_sub_healthy(const cg_sub_t *s);
+
+#endif
