@@ -9,7 +9,7 @@ CORE_LIB = build/libcertgate.a
 LIBS     = -ljansson -lhiredis -lssl -lcrypto -lpthread
 MODULE   = build/mod_certgate.so
 
-.PHONY: all deps module unit test test-unit test-integration demo demo-stop clean
+.PHONY: all deps module unit test test-unit test-integration demo demo-stop clean bench fuzz fuzz-build test-asan test-valgrind
 
 all: module
 
@@ -56,3 +56,53 @@ demo-stop:
 
 clean:
 	rm -rf build
+
+build/wrk_client_cert.so: bench/wrk_client_cert.c
+	@mkdir -p build
+	$(CC) -std=c11 -Wall -Wextra -Werror -O2 -shared -fPIC -o $@ $< -ldl -lssl
+
+# Not part of make test: minutes of load on both cores.
+bench: deps $(MODULE) build/wrk_client_cert.so
+	@command -v wrk >/dev/null || { echo "bench needs wrk (apt-get install wrk)"; exit 1; }
+	/usr/bin/python3 bench/run.py $(BENCH_ARGS)
+
+# ---- Hardening: fuzzing and sanitizers (not part of make test) ----
+FUZZ_TARGETS = fuzz_cert fuzz_admin_json fuzz_record
+FUZZ_SECONDS ?= 60
+FUZZ_CFLAGS = -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -Isrc
+
+build/fuzz/%: fuzz/%.c $(CORE_SRC) src/*.h
+	@mkdir -p build/fuzz
+	clang $(FUZZ_CFLAGS) -o $@ $< $(CORE_SRC) $(LIBS)
+
+fuzz-build: $(FUZZ_TARGETS:%=build/fuzz/%)
+
+# Each target runs FUZZ_SECONDS from a seed corpus the build generates.
+fuzz: deps fuzz-build
+	@bash scripts/fuzz.sh $(FUZZ_SECONDS) $(FUZZ_TARGETS)
+
+# ASan+UBSan: the core, the unit tests and the module; the Debian apache2
+# binary loads the ASan runtime through LD_PRELOAD (see docs/security.md).
+SAN_FLAGS = -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
+build/asan/test_core: tests/unit/test_core.c $(CORE_SRC) src/*.h
+	@mkdir -p build/asan
+	$(CC) $(CFLAGS_COMMON) -O1 $(SAN_FLAGS) -Isrc -o $@ $< $(CORE_SRC) -lcmocka $(LIBS)
+
+build/asan/mod_certgate.so: mod_certgate.c $(CORE_SRC) src/*.h
+	@mkdir -p build/asan/apxs
+	cp mod_certgate.c $(CORE_SRC) src/*.h build/asan/apxs/
+	cd build/asan/apxs && $(APXS) -c -Wc,-std=c11 -Wc,-Wall -Wc,-Wextra -Wc,-Werror -Wc,-O1 \
+	  $(SAN_FLAGS:%=-Wc,%) $(SAN_FLAGS:%=-Wl,%) -I. -o mod_certgate.so mod_certgate.c \
+	  $(notdir $(CORE_SRC)) $(LIBS) >/dev/null
+	cp build/asan/apxs/.libs/mod_certgate.so $@
+
+test-asan: deps build/asan/test_core build/asan/mod_certgate.so
+	ASAN_OPTIONS=detect_leaks=1 ./build/asan/test_core
+	CERTGATE_MODULE=$(CURDIR)/build/asan/mod_certgate.so CERTGATE_SANITIZE=asan \
+	  $(PYTEST) -q tests/integration
+
+test-valgrind: deps build/test_core $(MODULE)
+	valgrind -q --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite \
+	  --show-leak-kinds=definite ./build/test_core
+	CERTGATE_SANITIZE=valgrind $(PYTEST) -q tests/integration/test_gate.py \
+	  -k "allowed_and_exported or unregistered or chain_mismatch or forward_headers or app_binding"

@@ -72,7 +72,8 @@ typedef struct {
     int cache_on;
     int cache_entries;
     int cache_max_age;      /* seconds */
-    int own_store;          /* set when this vhost names its own store settings */
+    int addr_set;           /* CertGateRedis given here */
+    int own_store;          /* this vhost changes store or cache settings: own instances */
     cg_store_t *store;      /* per child, created in child_init */
     cg_cache_t *cache;      /* per child; NULL with CertGateCache off */
     cg_sub_t *sub;
@@ -145,9 +146,10 @@ static void *merge_srv(apr_pool_t *p, void *basev, void *addv)
 {
     cg_srv_t *base = basev, *add = addv, *c = apr_pcalloc(p, sizeof(*c));
     c->own_store = add->own_store;
-    c->host = add->own_store ? add->host : base->host;
-    c->port = add->own_store ? add->port : base->port;
-    c->socket = add->own_store ? add->socket : base->socket;
+    c->addr_set = add->addr_set || base->addr_set;
+    c->host = add->addr_set ? add->host : base->host;
+    c->port = add->addr_set ? add->port : base->port;
+    c->socket = add->addr_set ? add->socket : base->socket;
     c->user = add->user ? add->user : base->user;
     c->password = add->password ? add->password : base->password;
     c->db = add->db != UNSET ? add->db : base->db;
@@ -247,6 +249,7 @@ static const char *set_redis(cmd_parms *cmd, void *d, const char *arg)
     cg_srv_t *c = srv_conf(cmd->server);
     (void)d;
     c->own_store = 1;
+    c->addr_set = 1;
     if (strncmp(arg, "unix:", 5) == 0) {
         if (arg[5] != '/')
             return "CertGateRedis: unix: needs an absolute socket path, e.g. unix:/run/redis/redis.sock";
@@ -306,12 +309,14 @@ static const char *set_redis_db(cmd_parms *cmd, void *d, const char *arg)
 static const char *set_redis_timeout(cmd_parms *cmd, void *d, const char *arg)
 {
     (void)d;
+    srv_conf(cmd->server)->own_store = 1;
     return parse_int(cmd, arg, 1, 60000, &srv_conf(cmd->server)->timeout_ms);
 }
 
 static const char *set_redis_max_idle(cmd_parms *cmd, void *d, const char *arg)
 {
     (void)d;
+    srv_conf(cmd->server)->own_store = 1;
     return parse_int(cmd, arg, 0, 1024, &srv_conf(cmd->server)->max_idle);
 }
 

@@ -646,6 +646,21 @@ static int read_upload(const cg_admin_req_t *req, cg_admin_resp_t *resp, upload_
     return 0;
 }
 
+int cg_admin_parse_upload(const char *content_type, const char *query,
+                          const unsigned char *body, size_t len, cg_admin_resp_t *resp)
+{
+    cg_admin_req_t req;
+    upload_t u;
+    memset(&req, 0, sizeof(req));
+    req.content_type = content_type;
+    req.query = query;
+    req.body = (unsigned char *)body;
+    req.body_len = len;
+    int rc = read_upload(&req, resp, &u, "Upload.Certificate.Invalid", 1);
+    upload_free(&u);
+    return rc == 0 ? 0 : resp->status;
+}
+
 static char *subjects_json(STACK_OF(X509) *certs, int from)
 {
     json_t *a = json_array();

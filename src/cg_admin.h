@@ -63,4 +63,12 @@ void cg_admin_error(cg_admin_resp_t *resp, int status, const char *code, const c
 
 void cg_admin_resp_free(cg_admin_resp_t *resp);
 
+/*
+ * Parse an upload body exactly as POST /certs does, without any store access
+ * (for fuzzing and tests). 0 when it parses; otherwise the HTTP status, with
+ * the error response in resp.
+ */
+int cg_admin_parse_upload(const char *content_type, const char *query,
+                          const unsigned char *body, size_t len, cg_admin_resp_t *resp);
+
 #endif

@@ -201,6 +201,16 @@ STACK_OF(X509) *cg_cert_read_all(const unsigned char *buf, size_t len, int *from
         return NULL;
     }
     if (memmem(buf, len, "-----BEGIN", 10) != NULL) {
+        /* PEM is text: binary bytes anywhere (trailing junk, NULs) are refused,
+         * explanatory text around blocks is not (RFC 7468). */
+        for (size_t i = 0; i < len; i++) {
+            unsigned char ch = buf[i];
+            if ((ch < 0x20 && ch != '\t' && ch != '\n' && ch != '\r') || ch == 0x7f) {
+                say(err, errlen, "binary data in a PEM upload");
+                sk_X509_free(out);
+                return NULL;
+            }
+        }
         rc = read_pem(out, buf, len, &p7, err, errlen);
     } else {
         rc = read_der(out, buf, len, &p7);

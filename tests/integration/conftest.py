@@ -54,6 +54,11 @@ class Stack:
     def close(self):
         self.httpd.stop()
         self.redis.stop()
+        reports = self.httpd.sanitizer_reports()
+        if reports:
+            keep = os.environ.get("CERTGATE_KEEP_TEST_DIRS")
+            raise AssertionError("sanitizer or crash reports in %s:\n%s"
+                                 % (self.work if keep else "(removed)", "\n---\n".join(reports)[:8000]))
         if os.environ.get("CERTGATE_KEEP_TEST_DIRS") != "1":
             shutil.rmtree(self.work, ignore_errors=True)
 

@@ -10,7 +10,9 @@ import redis as redis_py
 APACHE = "/usr/sbin/apache2"
 MODDIR = "/usr/lib/apache2/modules"
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-MODULE = os.path.join(ROOT, "build", "mod_certgate.so")
+MODULE = os.environ.get("CERTGATE_MODULE") or os.path.join(ROOT, "build", "mod_certgate.so")
+# make test-asan / test-valgrind run the same suite under a sanitizer.
+SANITIZE = os.environ.get("CERTGATE_SANITIZE", "")
 
 
 def free_port():
@@ -239,18 +241,54 @@ class Httpd:
 
     def start(self):
         out = open(os.path.join(self.work, "logs", "stderr.log"), "ab")
-        self.proc = subprocess.Popen([APACHE, "-f", self.conf, "-DFOREGROUND"],
-                                     stdout=out, stderr=out)
+        logs = os.path.join(self.work, "logs")
+        env = dict(os.environ)
+        cmd = [APACHE, "-f", self.conf, "-DFOREGROUND"]
+        wait = 10.0
+        if SANITIZE == "asan":
+            runtime = subprocess.run(["gcc", "-print-file-name=libasan.so"], capture_output=True,
+                                     text=True).stdout.strip()
+            # The Debian apache2 binary is not instrumented: the runtime must load first.
+            env["LD_PRELOAD"] = runtime
+            env["ASAN_OPTIONS"] = "detect_leaks=0:log_path=%s/asan" % logs
+            env["UBSAN_OPTIONS"] = "print_stacktrace=1:halt_on_error=1:log_path=%s/ubsan" % logs
+        elif SANITIZE == "valgrind":
+            cmd = ["valgrind", "-q", "--leak-check=full", "--errors-for-leak-kinds=definite",
+                   "--show-leak-kinds=definite", "--num-callers=30",
+                   "--log-file=%s/valgrind.%%p" % logs, APACHE, "-X", "-f", self.conf]
+            wait = 90.0
+        self.proc = subprocess.Popen(cmd, stdout=out, stderr=out, env=env)
         try:
-            wait_port(self.port, self.proc)
+            wait_port(self.port, self.proc, timeout=wait)
         except RuntimeError:
             raise RuntimeError("apache2 did not start: %s\n%s" % (self.read_log(), open(
                 os.path.join(self.work, "logs", "stderr.log")).read()))
         return self
 
     def stop(self):
-        stop_pid(self.proc)
+        stop_pid(self.proc, timeout=60.0 if SANITIZE == "valgrind" else 10.0)
         self.proc = None
+
+    def sanitizer_reports(self):
+        """Reports that make test-asan / test-valgrind fail: ASan, UBSan, and valgrind
+        invalid accesses or definite leaks in our code."""
+        logs = os.path.join(self.work, "logs")
+        bad = []
+        for name in sorted(os.listdir(logs)):
+            path = os.path.join(logs, name)
+            text = open(path, errors="replace").read()
+            if name.startswith(("asan", "ubsan")) and text.strip():
+                bad.append(text)
+            elif name.startswith("valgrind.") and text.strip():
+                for block in text.split("\n\n"):
+                    ours = "cg_" in block or "mod_certgate" in block
+                    if ("Invalid " in block or "uninitialised" in block or
+                            ("definitely lost" in block and ours)):
+                        bad.append(block)
+        error_log = self.read_log()
+        if "exit signal" in error_log:
+            bad.append("\n".join(l for l in error_log.splitlines() if "exit signal" in l))
+        return bad
 
     def url(self, path):
         return "https://localhost:%d%s" % (self.port, path)

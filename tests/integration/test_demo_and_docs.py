@@ -72,7 +72,8 @@ def test_every_directive_is_merged():
     merge_srv = src[src.index("static void *merge_srv"):src.index("static void *create_dir")]
     merge_dir = src[src.index("static void *merge_dir"):src.index("static cg_srv_t *srv_conf")]
     for field in ("host", "port", "socket", "user", "password", "db", "timeout_ms", "prefix",
-                  "on_store_error_allow", "max_idle"):
+                  "on_store_error_allow", "max_idle", "cache_on", "cache_entries",
+                  "cache_max_age", "addr_set"):
         assert "c->%s =" % field in merge_srv, field
     for field in ("enabled", "app_from", "app_name", "forward_headers"):
         assert "c->%s =" % field in merge_dir, field
