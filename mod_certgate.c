@@ -25,8 +25,12 @@
 #include "cg_cert.h"
 #include "cg_decide.h"
 #include "cg_store.h"
+#include "cg_metrics.h"
 #include "cg_sub.h"
 #include "cg_tls.h"
+#include "cg_usage.h"
+#include "apr_shm.h"
+#include "mod_watchdog.h"
 
 /*
  * mod_ssl implements these optional hooks, but Debian's apache2-dev does not
@@ -72,11 +76,16 @@ typedef struct {
     int cache_on;
     int cache_entries;
     int cache_max_age;      /* seconds */
+    int usage_interval;     /* seconds */
+    apr_array_header_t *expiry_days;    /* int, descending; empty: off */
+    int expiry_interval;    /* seconds */
+    int clock_offset;       /* seconds; test only */
     int addr_set;           /* CertGateRedis given here */
     int own_store;          /* this vhost changes store or cache settings: own instances */
     cg_store_t *store;      /* per child, created in child_init */
     cg_cache_t *cache;      /* per child; NULL with CertGateCache off */
     cg_sub_t *sub;
+    cg_usage_t *usage;
 } cg_srv_t;
 
 typedef enum { APP_FROM_UNSET = 0, APP_FROM_NONE, APP_FROM_HEADER, APP_FROM_ENV } app_from_t;
@@ -124,6 +133,18 @@ typedef struct {
 } cg_conn_t;
 
 static int gate_configured;     /* some location says CertGate On */
+static cg_metrics_t *metrics;   /* shared by all children; NULL if no shared memory */
+
+static void count(_Atomic uint64_t *c)
+{
+    atomic_fetch_add_explicit(c, 1, memory_order_relaxed);
+}
+
+/* Request time in seconds, moved by CertGateTestClockOffset (tests only). */
+static int64_t now_sec(const cg_srv_t *sc, apr_time_t t)
+{
+    return (int64_t)apr_time_sec(t) + (sc->clock_offset != UNSET ? sc->clock_offset : 0);
+}
 
 /* ---------------------------------------------------------------- config */
 
@@ -139,6 +160,9 @@ static void *create_srv(apr_pool_t *p, server_rec *s)
     c->cache_on = UNSET;
     c->cache_entries = UNSET;
     c->cache_max_age = UNSET;
+    c->usage_interval = UNSET;
+    c->expiry_interval = UNSET;
+    c->clock_offset = UNSET;
     return c;
 }
 
@@ -161,6 +185,11 @@ static void *merge_srv(apr_pool_t *p, void *basev, void *addv)
     c->cache_on = add->cache_on != UNSET ? add->cache_on : base->cache_on;
     c->cache_entries = add->cache_entries != UNSET ? add->cache_entries : base->cache_entries;
     c->cache_max_age = add->cache_max_age != UNSET ? add->cache_max_age : base->cache_max_age;
+    c->usage_interval = add->usage_interval != UNSET ? add->usage_interval : base->usage_interval;
+    c->expiry_days = add->expiry_days ? add->expiry_days : base->expiry_days;
+    c->expiry_interval = add->expiry_interval != UNSET ? add->expiry_interval
+                                                       : base->expiry_interval;
+    c->clock_offset = add->clock_offset != UNSET ? add->clock_offset : base->clock_offset;
     return c;
 }
 
@@ -359,6 +388,44 @@ static const char *set_cache_max_age(cmd_parms *cmd, void *d, const char *arg)
     return parse_int(cmd, arg, 1, 3600, &c->cache_max_age);
 }
 
+static const char *set_usage_interval(cmd_parms *cmd, void *d, const char *arg)
+{
+    (void)d;
+    return parse_int(cmd, arg, 1, 3600, &srv_conf(cmd->server)->usage_interval);
+}
+
+static const char *set_expiry_interval(cmd_parms *cmd, void *d, const char *arg)
+{
+    (void)d;
+    return parse_int(cmd, arg, 1, 86400, &srv_conf(cmd->server)->expiry_interval);
+}
+
+static const char *set_clock_offset(cmd_parms *cmd, void *d, const char *arg)
+{
+    (void)d;
+    return parse_int(cmd, arg, -100000000, 100000000, &srv_conf(cmd->server)->clock_offset);
+}
+
+static const char *add_expiry_day(cmd_parms *cmd, void *d, const char *arg)
+{
+    cg_srv_t *c = srv_conf(cmd->server);
+    int v;
+    (void)d;
+    if (c->expiry_days == NULL)
+        c->expiry_days = apr_array_make(cmd->pool, 4, sizeof(int));
+    if (strcasecmp(arg, "off") == 0)
+        return NULL;
+    const char *e = parse_int(cmd, arg, 1, 3650, &v);
+    if (e != NULL)
+        return e;
+    if (c->expiry_days->nelts > 0 && v >= APR_ARRAY_IDX(c->expiry_days, c->expiry_days->nelts - 1, int))
+        return "CertGateExpiryWarnDays: list the days in decreasing order, e.g. 90 60 30 7";
+    if (c->expiry_days->nelts >= 16)
+        return "CertGateExpiryWarnDays: at most 16 thresholds";
+    *(int *)apr_array_push(c->expiry_days) = v;
+    return NULL;
+}
+
 static const char *set_on_store_error(cmd_parms *cmd, void *d, const char *arg)
 {
     cg_srv_t *c = srv_conf(cmd->server);
@@ -539,6 +606,15 @@ static const command_rec cg_cmds[] = {
                   "Registrations cached per child process (default 10000)"),
     AP_INIT_TAKE1("CertGateCacheMaxAge", set_cache_max_age, NULL, RSRC_CONF,
                   "Seconds a cached registration is trusted at most (default 5)"),
+    AP_INIT_TAKE1("CertGateUsageFlushInterval", set_usage_interval, NULL, RSRC_CONF,
+                  "Seconds between batched writes of per-certificate usage (default 5)"),
+    AP_INIT_ITERATE("CertGateExpiryWarnDays", add_expiry_day, NULL, RSRC_CONF,
+                    "Days before expiry that emit cert.expiring, decreasing, or off "
+                    "(default 90 60 30 7)"),
+    AP_INIT_TAKE1("CertGateExpiryCheckInterval", set_expiry_interval, NULL, RSRC_CONF,
+                  "Seconds between expiry scans (default 3600)"),
+    AP_INIT_TAKE1("CertGateTestClockOffset", set_clock_offset, NULL, RSRC_CONF,
+                  "TESTS ONLY: seconds added to the clock of decisions, the admin API and scans"),
     AP_INIT_ITERATE2("CertGateAdminRole", add_role, NULL, ACCESS_CONF | RSRC_CONF,
                      "CertGateAdminRole developer|manager|support|auditor user..."),
     AP_INIT_ITERATE2("CertGateAdminCustomer", add_customer, NULL, ACCESS_CONF | RSRC_CONF,
@@ -595,10 +671,74 @@ static int cg_init_server(server_rec *s, apr_pool_t *p, int is_proxy, SSL_CTX *c
     return DECLINED;
 }
 
+static APR_OPTIONAL_FN_TYPE(ap_watchdog_get_instance) *wd_get_instance;
+static APR_OPTIONAL_FN_TYPE(ap_watchdog_register_callback) *wd_register_callback;
+
+/* Once per server (a singleton watchdog thread in one child): the expiry scan. */
+static apr_status_t expiry_watchdog(int state, void *data, apr_pool_t *pool)
+{
+    server_rec *s = data;
+    char err[200];
+    (void)pool;
+    if (state != AP_WATCHDOG_STATE_RUNNING)
+        return APR_SUCCESS;
+    for (server_rec *v = s; v != NULL; v = v->next) {
+        cg_srv_t *sc = srv_conf(v);
+        if ((v != s && !sc->own_store) || sc->store == NULL)
+            continue;
+        int days[16] = { 90, 60, 30, 7 };
+        size_t n = 4;
+        if (sc->expiry_days != NULL) {
+            n = (size_t)sc->expiry_days->nelts;
+            for (size_t i = 0; i < n; i++)
+                days[i] = APR_ARRAY_IDX(sc->expiry_days, i, int);
+        }
+        if (n == 0)
+            continue;
+        int emitted = cg_admin_expiry_scan(sc->store, 5000, now_sec(sc, apr_time_now()), days, n,
+                                           err, sizeof(err));
+        if (emitted < 0) {
+            ap_log_error(APLOG_MARK, APLOG_WARNING, 0, v, "CG08003: expiry scan failed: %s; "
+                         "it runs again in CertGateExpiryCheckInterval", err);
+        } else if (emitted > 0) {
+            if (metrics)
+                atomic_fetch_add_explicit(&metrics->expiry_events, (uint64_t)emitted,
+                                          memory_order_relaxed);
+            ap_log_error(APLOG_MARK, APLOG_INFO, 0, v, "CG08001: expiry scan emitted %d "
+                         "event(s)", emitted);
+        }
+    }
+    return APR_SUCCESS;
+}
+
 static int cg_post_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *ptemp, server_rec *s)
 {
     char err[256];
-    (void)pconf; (void)plog; (void)ptemp;
+    (void)plog; (void)ptemp;
+
+    /* Counters for all children: anonymous shared memory made before the fork. */
+    apr_shm_t *shm = NULL;
+    metrics = NULL;
+    if (apr_shm_create(&shm, sizeof(cg_metrics_t), NULL, pconf) == APR_SUCCESS) {
+        metrics = apr_shm_baseaddr_get(shm);
+        cg_metrics_init(metrics);
+    } else {
+        ap_log_error(APLOG_MARK, APLOG_WARNING, 0, s,
+                     "CG04007: no shared memory for metrics; certgate-metrics shows zeros");
+    }
+    wd_get_instance = APR_RETRIEVE_OPTIONAL_FN(ap_watchdog_get_instance);
+    wd_register_callback = APR_RETRIEVE_OPTIONAL_FN(ap_watchdog_register_callback);
+    cg_srv_t *main_sc = srv_conf(s);
+    if (gate_configured && (main_sc->expiry_days == NULL || main_sc->expiry_days->nelts > 0)) {
+        ap_watchdog_t *wd = NULL;
+        apr_interval_time_t every = apr_time_from_sec(main_sc->expiry_interval != UNSET
+                                                      ? main_sc->expiry_interval : 3600);
+        if (wd_get_instance == NULL || wd_register_callback == NULL ||
+            wd_get_instance(&wd, "_certgate_expiry_", 0, 1, pconf) != APR_SUCCESS ||
+            wd_register_callback(wd, every, s, expiry_watchdog) != APR_SUCCESS)
+            ap_log_error(APLOG_MARK, APLOG_WARNING, 0, s,
+                         "CG04008: mod_watchdog is not available; no expiry events");
+    }
 
     if (gate_configured && ap_find_linked_module("mod_ssl.c") == NULL) {
         ap_log_error(APLOG_MARK, APLOG_EMERG, 0, s,
@@ -641,6 +781,31 @@ static apr_status_t sub_cleanup(void *data)
     return APR_SUCCESS;
 }
 
+static apr_status_t usage_cleanup(void *data)
+{
+    cg_usage_stop(data);
+    return APR_SUCCESS;
+}
+
+static void usage_flushed(void *arg, size_t written, size_t dropped, const char *err)
+{
+    (void)written;
+    if (metrics) {
+        count(&metrics->usage_flushes);
+        atomic_fetch_add_explicit(&metrics->usage_dropped, dropped, memory_order_relaxed);
+    }
+    if (dropped > 0)
+        ap_log_error(APLOG_MARK, APLOG_WARNING, 0, (server_rec *)arg,
+                     "CG08002: %lu usage records dropped%s%s", (unsigned long)dropped,
+                     err ? ": " : "", err ? err : "");
+}
+
+static void sub_inval(void *arg, int64_t lag_us)
+{
+    (void)arg;
+    cg_metrics_invalidation(metrics, lag_us);
+}
+
 static void sub_log(void *arg, int event, const char *msg)
 {
     server_rec *s = arg;
@@ -663,6 +828,7 @@ static void cg_child_init(apr_pool_t *p, server_rec *s)
             sc->store = main_conf->store;
             sc->cache = main_conf->cache;
             sc->sub = main_conf->sub;
+            sc->usage = main_conf->usage;
             continue;
         }
         cg_store_cfg_t cfg;
@@ -675,6 +841,12 @@ static void cg_child_init(apr_pool_t *p, server_rec *s)
             continue;
         }
         apr_pool_cleanup_register(p, sc->store, store_cleanup, apr_pool_cleanup_null);
+        /* Registered after the store, so it stops (with a last flush) before it. */
+        sc->usage = cg_usage_start(sc->store, 4096,
+                                   (sc->usage_interval != UNSET ? sc->usage_interval : 5) * 1000,
+                                   2000, usage_flushed, v);
+        if (sc->usage != NULL)
+            apr_pool_cleanup_register(p, sc->usage, usage_cleanup, apr_pool_cleanup_null);
         if (sc->cache_on == 0)
             continue;
         sc->cache = cg_cache_new((size_t)(sc->cache_entries != UNSET ? sc->cache_entries : 10000),
@@ -686,7 +858,7 @@ static void cg_child_init(apr_pool_t *p, server_rec *s)
         }
         apr_pool_cleanup_register(p, sc->cache, cache_cleanup, apr_pool_cleanup_null);
         /* Registered last, so it is stopped first, before the cache goes. */
-        sc->sub = cg_sub_start(&cfg, sc->cache, sub_log, v, err, sizeof(err));
+        sc->sub = cg_sub_start(&cfg, sc->cache, sub_log, sub_inval, v, err, sizeof(err));
         if (sc->sub == NULL)
             ap_log_error(APLOG_MARK, APLOG_ERR, 0, v,
                          "CG04006: cannot start the invalidation subscriber: %s; cached entries "
@@ -779,11 +951,23 @@ static int load_peer(request_rec *r, cg_conn_t *cc, cg_peer_t *peer,
  * process cache, else Redis. Times are not cached decisions: the caller
  * decides again on every request.
  */
+/* A Redis lookup, timed and counted for the metrics. */
+static cg_store_rc_t store_lookup(cg_srv_t *sc, const cg_fp_t *fp, cg_reg_t *reg, char *err,
+                                  size_t errlen)
+{
+    int64_t t0 = cg_now_us();
+    cg_store_rc_t rc = cg_store_lookup(sc->store, fp, reg, err, errlen);
+    int kind = rc == CG_STORE_OK || rc == CG_STORE_NOTFOUND ? 0
+               : rc == CG_STORE_CORRUPT ? 3 : strstr(err, "timeout") ? 2 : 1;
+    cg_metrics_redis(metrics, (uint64_t)(cg_now_us() - t0), kind);
+    return rc;
+}
+
 static cg_store_rc_t lookup_reg(cg_srv_t *sc, cg_conn_t *cc, const cg_fp_t *fp, cg_reg_t *reg,
                                 char *err, size_t errlen)
 {
     if (sc->cache == NULL)
-        return cg_store_lookup(sc->store, fp, reg, err, errlen);
+        return store_lookup(sc, fp, reg, err, errlen);
     int64_t now = cg_now_ms(), fetched = now;
     int64_t max_age = cg_cache_max_age_ms(sc->cache);
     uint64_t ver = cg_cache_version(sc->cache);
@@ -797,12 +981,19 @@ static cg_store_rc_t lookup_reg(cg_srv_t *sc, cg_conn_t *cc, const cg_fp_t *fp, 
             if (found)
                 *reg = cc->dc_reg;
             apr_thread_mutex_unlock(cc->lock);
+            if (metrics)
+                count(&metrics->cache_conn_hits);
             return found ? CG_STORE_OK : CG_STORE_NOTFOUND;
         }
         apr_thread_mutex_unlock(cc->lock);
     }
-    if (!cg_cache_get(sc->cache, fp, now, &found, reg, &fetched)) {
-        cg_store_rc_t rc = cg_store_lookup(sc->store, fp, reg, err, errlen);
+    if (cg_cache_get(sc->cache, fp, now, &found, reg, &fetched)) {
+        if (metrics)
+            count(&metrics->cache_proc_hits);
+    } else {
+        if (metrics)
+            count(&metrics->cache_misses);
+        cg_store_rc_t rc = store_lookup(sc, fp, reg, err, errlen);
         if (rc != CG_STORE_OK && rc != CG_STORE_NOTFOUND)
             return rc;
         found = rc == CG_STORE_OK;
@@ -949,7 +1140,7 @@ static int cg_fixups(request_rec *r)
     strip_incoming(r);
     cg_srv_t *sc = srv_conf(r->server);
     cg_conn_t *cc = conn_state(r->connection);
-    int64_t now = (int64_t)apr_time_sec(r->request_time);
+    int64_t now = now_sec(sc, r->request_time);
     cg_peer_t peer;
     const char *cert_hdr = NULL, *chain_hdr = NULL;
     const char *app = NULL;
@@ -999,6 +1190,7 @@ static int cg_fixups(request_rec *r)
                           rc == CG_STORE_CORRUPT ? "record corrupt" : "unavailable", err,
                           fp_hex, r->useragent_ip);
             apr_table_setn(r->notes, NOTE_DECISION, "store_unavailable");
+            cg_metrics_decision(metrics, CG_R_STORE_UNAVAILABLE);
             return respond_deny(r, CG_R_STORE_UNAVAILABLE);
         }
     }
@@ -1015,9 +1207,11 @@ static int cg_fixups(request_rec *r)
     };
     reason = cg_decide(&in);
     apr_table_setn(r->notes, NOTE_DECISION, cg_reason_name(reason));
+    cg_metrics_decision(metrics, reason);
 
     if (reason == CG_ALLOW) {
         export_allow(r, d, regp, fp_hex, now, cert_hdr, chain_hdr);
+        cg_usage_hit(sc->usage, regp->id, now, r->useragent_ip);
         ap_log_rerror(APLOG_MARK, APLOG_DEBUG, 0, r, "CG01002: allow app=%s cert=%s "
                       "fingerprint=%s client=%s", regp->app_id, regp->id, fp_hex, r->useragent_ip);
         return DECLINED;
@@ -1188,7 +1382,7 @@ static int cg_admin_handler(request_rec *r)
         req.content_type = apr_table_get(r->headers_in, "Content-Type");
         req.accept = apr_table_get(r->headers_in, "Accept");
         req.if_match = apr_table_get(r->headers_in, "If-Match");
-        req.now = (int64_t)apr_time_sec(r->request_time);
+        req.now = now_sec(sc, r->request_time);
         cg_admin_handle(&cfg, sc->store, &req, &resp);
     }
     ap_log_rerror(APLOG_MARK, resp.status >= 500 ? APLOG_ERR : APLOG_INFO, 0, r,
@@ -1200,16 +1394,47 @@ static int cg_admin_handler(request_rec *r)
     return rc;
 }
 
+static int cg_metrics_handler(request_rec *r)
+{
+    if (r->handler == NULL || strcmp(r->handler, "certgate-metrics") != 0)
+        return DECLINED;
+    if (r->method_number != M_GET)
+        return HTTP_METHOD_NOT_ALLOWED;
+    cg_srv_t *sc = srv_conf(r->server);
+    cg_store_stats_t stats;
+    char err[200];
+    memset(&stats, 0, sizeof(stats));
+    if (sc->store == NULL || cg_admin_store_stats(sc->store, 2000, now_sec(sc, r->request_time),
+                                                  30, &stats, err, sizeof(err)) != 0)
+        stats.ok = 0;
+    cg_metrics_t zero;
+    cg_metrics_init(&zero);
+    char *text = cg_metrics_render(metrics ? metrics : &zero, &stats);
+    if (text == NULL)
+        return HTTP_INTERNAL_SERVER_ERROR;
+    ap_set_content_type(r, "text/plain; version=0.0.4; charset=utf-8");
+    apr_table_setn(r->headers_out, "Cache-Control", "no-store");
+    ap_set_content_length(r, (apr_off_t)strlen(text));
+    if (!r->header_only)
+        ap_rputs(text, r);
+    free(text);
+    return OK;
+}
+
 static void register_hooks(apr_pool_t *p)
 {
     static const char *const after_ssl[] = { "mod_ssl.c", NULL };
     (void)p;
     ap_hook_post_config(cg_post_config, after_ssl, NULL, APR_HOOK_MIDDLE);
-    ap_hook_child_init(cg_child_init, NULL, NULL, APR_HOOK_MIDDLE);
+    /* Before mod_watchdog's: our pool cleanups then run after its thread is
+     * joined, so the expiry scan never sees a freed store. */
+    static const char *const before_watchdog[] = { "mod_watchdog.c", NULL };
+    ap_hook_child_init(cg_child_init, NULL, before_watchdog, APR_HOOK_MIDDLE);
     /* Fixups run for every request whatever Satisfy says, after authn/authz
      * modules that may name the app, and before any handler or proxy. */
     ap_hook_fixups(cg_fixups, NULL, NULL, APR_HOOK_REALLY_FIRST);
     ap_hook_handler(cg_admin_handler, NULL, NULL, APR_HOOK_MIDDLE);
+    ap_hook_handler(cg_metrics_handler, NULL, NULL, APR_HOOK_MIDDLE);
     APR_OPTIONAL_HOOK(ssl, pre_handshake, cg_pre_handshake, NULL, NULL, APR_HOOK_MIDDLE);
     APR_OPTIONAL_HOOK(ssl, init_server, cg_init_server, NULL, NULL, APR_HOOK_MIDDLE);
 }

@@ -294,6 +294,8 @@ static int load_rec(const cg_admin_cfg_t *cfg, cg_store_t *st, const char *id, j
 
 /* ------------------------------------------------------------ views */
 
+static void attach_usage(const cg_admin_cfg_t *cfg, cg_store_t *st, json_t *items);
+
 static const char *derived_status(const cg_admin_cfg_t *cfg, json_t *rec, int64_t now, char *buf,
                                   size_t cap)
 {
@@ -480,7 +482,9 @@ static const char UPLOAD_LUA[] =
     "for i = 4 + n, #ARGV do ev[#ev + 1] = ARGV[i] end\n"
     "redis.call('XADD', KEYS[5], '*', unpack(ev))\n"
     "redis.call('INCR', KEYS[6])\n"
-    "redis.call('PUBLISH', ARGV[2], redis.call('HGET', KEYS[2], 'fingerprint'))\n"
+    "local t = redis.call('TIME')\n"
+    "local ms = ' ' .. (t[1] * 1000 + math.floor(t[2] / 1000))\n"
+    "redis.call('PUBLISH', ARGV[2], redis.call('HGET', KEYS[2], 'fingerprint') .. ms)\n"
     "return 'OK'\n";
 
 typedef struct {
@@ -889,7 +893,8 @@ static const char TRANSITION_LUA[] =
     "for i = 8, #ARGV do ev[#ev + 1] = ARGV[i] end\n"
     "redis.call('XADD', KEYS[2], '*', unpack(ev))\n"
     "redis.call('INCR', KEYS[3])\n"
-    "redis.call('PUBLISH', ARGV[7], cur[3] or '')\n"
+    "local t = redis.call('TIME')\n"
+    "redis.call('PUBLISH', ARGV[7], (cur[3] or '') .. ' ' .. (t[1] * 1000 + math.floor(t[2] / 1000)))\n"
     "return v\n";
 
 static void do_transition(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_admin_req_t *req,
@@ -1154,6 +1159,7 @@ static void do_list(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_admin_req_t *r
     for (size_t i = start; i < m && i < start + (size_t)size; i++)
         json_array_append_new(items, view(cfg, sel[i], req->now));
     free(sel);
+    attach_usage(cfg, st, items);
     if (wants_csv(req)) {
         send_csv(resp, items, CERT_CSV_COLS, sizeof(CERT_CSV_COLS) / sizeof(CERT_CSV_COLS[0]));
         json_decref(items);
@@ -1185,7 +1191,10 @@ static void do_get(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_admin_req_t *re
         return;
     }
     set_etag(resp, rec);
-    send_json(resp, 200, view(cfg, rec, req->now));
+    json_t *items = json_pack("[o]", view(cfg, rec, req->now));
+    attach_usage(cfg, st, items);
+    send_json(resp, 200, json_incref(json_array_get(items, 0)));
+    json_decref(items);
     json_decref(rec);
 }
 
@@ -1211,8 +1220,10 @@ static const char ROTATE_LUA[] =
     "for i = 10, #ARGV do ev[#ev + 1] = ARGV[i] end\n"
     "redis.call('XADD', KEYS[5], '*', unpack(ev))\n"
     "redis.call('INCR', KEYS[6])\n"
-    "redis.call('PUBLISH', ARGV[9], new[4] or '')\n"
-    "redis.call('PUBLISH', ARGV[9], old[4] or '')\n"
+    "local t = redis.call('TIME')\n"
+    "local ms = ' ' .. (t[1] * 1000 + math.floor(t[2] / 1000))\n"
+    "redis.call('PUBLISH', ARGV[9], (new[4] or '') .. ms)\n"
+    "redis.call('PUBLISH', ARGV[9], (old[4] or '') .. ms)\n"
     "return 'OK'\n";
 
 static const char CANCEL_LUA[] =
@@ -1230,8 +1241,10 @@ static const char CANCEL_LUA[] =
     "for i = 5, #ARGV do ev[#ev + 1] = ARGV[i] end\n"
     "redis.call('XADD', KEYS[4], '*', unpack(ev))\n"
     "redis.call('INCR', KEYS[5])\n"
-    "redis.call('PUBLISH', ARGV[4], redis.call('HGET', KEYS[2], 'fingerprint') or '')\n"
-    "redis.call('PUBLISH', ARGV[4], redis.call('HGET', KEYS[3], 'fingerprint') or '')\n"
+    "local t = redis.call('TIME')\n"
+    "local ms = ' ' .. (t[1] * 1000 + math.floor(t[2] / 1000))\n"
+    "redis.call('PUBLISH', ARGV[4], (redis.call('HGET', KEYS[2], 'fingerprint') or '') .. ms)\n"
+    "redis.call('PUBLISH', ARGV[4], (redis.call('HGET', KEYS[3], 'fingerprint') or '') .. ms)\n"
     "return 'OK'\n";
 
 static json_t *rotation_view(json_t *rot, int64_t now)
@@ -1555,6 +1568,7 @@ static void do_app(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_admin_req_t *re
     }
     free(sel);
     json_decref(recs);
+    attach_usage(cfg, st, items);
     send_json(resp, 200, json_pack("{s:s,s:o,s:o}", "appId", app, "certificates", items,
                                    "rotations", rots));
 }
@@ -1725,6 +1739,174 @@ static void do_events(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_admin_req_t 
     }
 done:
     free(from); free(to); free(action); free(app);
+}
+
+/* ------------------------------------------------------------ usage, stats, expiry */
+
+/* Add "usage" to each view in items (pipelined reads of {p}usage:{id}). */
+static void attach_usage(const cg_admin_cfg_t *cfg, cg_store_t *st, json_t *items)
+{
+    size_t n = json_array_size(items), i;
+    char err[200];
+    if (n == 0)
+        return;
+    char **keys = calloc(n, sizeof(char *));
+    redisReply **out = calloc(n, sizeof(redisReply *));
+    json_t *v;
+    int ok = keys != NULL && out != NULL;
+    json_array_foreach(items, i, v) {
+        if (!ok || (keys[i] = malloc(KEY_MAX)) == NULL) {
+            ok = 0;
+            break;
+        }
+        keyf(keys[i], st, "usage:%s", json_string_value(json_object_get(v, "id")));
+    }
+    if (ok && cg_store_hgetall_many(st, cfg->timeout_ms, (const char *const *)keys, n, out, err,
+                                    sizeof(err)) == CG_STORE_OK) {
+        json_array_foreach(items, i, v) {
+            json_t *h = hash_to_obj(out[i]);
+            if (h != NULL && json_object_size(h) > 0)
+                json_object_set_new(v, "usage", json_pack("{s:I,s:o,s:s}",
+                    "requests", (json_int_t)fi(h, "count", 0),
+                    "lastSeen", iso_or_null(fi(h, "last_seen", INT64_MIN)),
+                    "lastClientIp", fs(h, "last_ip")));
+            else
+                json_object_set_new(v, "usage", json_null());
+            json_decref(h);
+            cg_store_reply_free(out[i]);
+        }
+    }
+    for (i = 0; keys && i < n; i++)
+        free(keys[i]);
+    free(keys);
+    free(out);
+}
+
+int cg_admin_store_stats(cg_store_t *st, int timeout_ms, int64_t now, int soon_days,
+                         cg_store_stats_t *out, char *err, size_t errlen)
+{
+    cg_admin_cfg_t cfg;
+    cg_admin_resp_t resp;
+    char key[KEY_MAX];
+    (void)soon_days;
+    cg_admin_cfg_defaults(&cfg);
+    cfg.timeout_ms = timeout_ms;
+    memset(out, 0, sizeof(*out));
+    memset(&resp, 0, sizeof(resp));
+    keyf(key, st, "regs");
+    json_t *recs = load_set(&cfg, st, key, &resp);
+    if (recs == NULL) {
+        snprintf(err, errlen, "%.*s", (int)(resp.body ? strcspn(resp.body, "\n") : 0),
+                 resp.body ? resp.body : "");
+        cg_admin_resp_free(&resp);
+        return -1;
+    }
+    size_t i;
+    json_t *rec;
+    static const int64_t within[3] = { 7, 30, 90 };
+    json_array_foreach(recs, i, rec) {
+        cg_status_t status;
+        const char *s = fs(rec, "status");
+        int64_t to = fi(rec, "valid_to", INT64_MAX);
+        if (cg_status_parse(s, strlen(s), &status) == 0)
+            out->by_status[status]++;
+        if (to < now) {
+            out->expired++;
+            continue;
+        }
+        if (strcmp(s, "APPROVED") != 0 && strcmp(s, "PENDING") != 0)
+            continue;
+        for (int k = 0; k < 3; k++)
+            if (to - now <= within[k] * 86400)
+                out->expiring[k]++;
+    }
+    json_decref(recs);
+    out->ok = 1;
+    return 0;
+}
+
+static const char EXPIRY_LUA[] =
+    "if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end\n"
+    "for s in string.gmatch(ARGV[3], '[^,]+') do redis.call('HSETNX', KEYS[1], s, ARGV[2]) end\n"
+    "local ev = {}\n"
+    "for i = 4, #ARGV do ev[#ev + 1] = ARGV[i] end\n"
+    "redis.call('XADD', KEYS[2], '*', unpack(ev))\n"
+    "return 1\n";
+
+int cg_admin_expiry_scan(cg_store_t *st, int timeout_ms, int64_t now, const int *days_desc,
+                         size_t ndays, char *err, size_t errlen)
+{
+    cg_admin_cfg_t cfg;
+    cg_admin_resp_t resp;
+    char key[KEY_MAX], k_ev[KEY_MAX], now_s[24], time_iso[32];
+    int emitted = 0;
+    cg_admin_cfg_defaults(&cfg);
+    cfg.timeout_ms = timeout_ms;
+    memset(&resp, 0, sizeof(resp));
+    keyf(key, st, "regs");
+    keyf(k_ev, st, "events");
+    json_t *recs = load_set(&cfg, st, key, &resp);
+    if (recs == NULL) {
+        snprintf(err, errlen, "cannot read registrations");
+        cg_admin_resp_free(&resp);
+        return -1;
+    }
+    snprintf(now_s, sizeof(now_s), "%lld", (long long)now);
+    cg_time_iso(now, time_iso, sizeof(time_iso));
+    size_t i;
+    json_t *rec;
+    json_array_foreach(recs, i, rec) {
+        const char *status = fs(rec, "status");
+        int64_t to = fi(rec, "valid_to", INT64_MAX);
+        if (strcmp(status, "APPROVED") != 0 && strcmp(status, "PENDING") != 0)
+            continue;
+        char label[24], days_s[24], also[256] = "", mark[KEY_MAX];
+        const char *action;
+        if (to < now) {
+            action = "cert.expired";
+            snprintf(label, sizeof(label), "expired");
+            snprintf(days_s, sizeof(days_s), "0");
+            for (size_t d = 0; d < ndays; d++)
+                snprintf(also + strlen(also), sizeof(also) - strlen(also), "%s%d", d ? "," : "",
+                         days_desc[d]);
+        } else {
+            int64_t left = (to - now) / 86400;
+            int lowest = -1;
+            for (size_t d = 0; d < ndays; d++) {
+                if (left <= days_desc[d]) {
+                    if (lowest >= 0)
+                        snprintf(also + strlen(also), sizeof(also) - strlen(also), "%s%d",
+                                 also[0] ? "," : "", lowest);
+                    lowest = days_desc[d];
+                }
+            }
+            if (lowest < 0)
+                continue;
+            action = "cert.expiring";
+            snprintf(label, sizeof(label), "%d", lowest);
+            snprintf(days_s, sizeof(days_s), "%lld", (long long)left);
+        }
+        keyf(mark, st, "expiry:%s", fs(rec, "id"));
+        const char *keys[] = { mark, k_ev };
+        const char *args[] = { label, now_s, also,
+                               "time", time_iso, "user", "certgate-expiry", "ip", "",
+                               "action", action, "cert_id", fs(rec, "id"),
+                               "fingerprint", fs(rec, "fingerprint"),
+                               "app_id", fs(rec, "app_id"), "customer_id", fs(rec, "customer_id"),
+                               "days_left", days_s, "threshold", label,
+                               "old_status", status, "new_status", status, "reason", "" };
+        redisReply *r = NULL;
+        if (eval(&cfg, st, EXPIRY_LUA, 2, keys, (int)(sizeof(args) / sizeof(args[0])), args, &r,
+                 err, errlen) != CG_STORE_OK) {
+            json_decref(recs);
+            return -1;
+        }
+        if (r->type == REDIS_REPLY_INTEGER && r->integer == 1)
+            emitted++;
+        cg_store_reply_free(r);
+    }
+    json_decref(recs);
+    return emitted;
 }
 
 /* ------------------------------------------------------------ routing */

@@ -8,6 +8,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include "cg_metrics.h"
 #include "cg_policy.h"
 #include "cg_store.h"
 
@@ -57,6 +58,21 @@ typedef struct {
 
 void cg_admin_handle(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_admin_req_t *req,
                      cg_admin_resp_t *resp);
+
+/* Registration counts by status and expiry, for metrics. 0, or -1 (err). */
+int cg_admin_store_stats(cg_store_t *st, int timeout_ms, int64_t now, int soon_days,
+                         cg_store_stats_t *out, char *err, size_t errlen);
+
+/*
+ * The expiry scan (run once per server by a watchdog): for each APPROVED or
+ * PENDING registration that crossed a threshold of days_desc (e.g. 90 60 30 7),
+ * append one cert.expiring event for the lowest threshold crossed, and
+ * cert.expired once it has expired. A per-registration marker hash in Redis,
+ * set atomically with the event, makes it once per threshold per certificate
+ * across restarts and gateways. Returns the number of events, or -1 (err).
+ */
+int cg_admin_expiry_scan(cg_store_t *st, int timeout_ms, int64_t now, const int *days_desc,
+                         size_t ndays, char *err, size_t errlen);
 
 /* An error response {"status":..,"code":..,"message":..}. */
 void cg_admin_error(cg_admin_resp_t *resp, int status, const char *code, const char *message);

@@ -33,6 +33,13 @@ int64_t cg_now_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+int64_t cg_now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
 cg_cache_t *cg_cache_new(size_t max_entries, int64_t max_age_ms)
 {
     if (max_entries == 0)

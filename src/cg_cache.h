@@ -41,7 +41,8 @@ int64_t cg_cache_max_age_ms(const cg_cache_t *c);
 size_t cg_cache_size(cg_cache_t *c);
 void cg_cache_stats(cg_cache_t *c, cg_cache_stats_t *out);
 
-/* Monotonic milliseconds. */
+/* Monotonic milliseconds and microseconds. */
 int64_t cg_now_ms(void);
+int64_t cg_now_us(void);
 
 #endif

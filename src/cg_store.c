@@ -455,9 +455,9 @@ fail:
     return -1;
 }
 
-static cg_store_rc_t run_with_retry(cg_store_t *st, int timeout_ms, size_t n, const int *argcs,
-                                    const char *const *const *argvs, const size_t *const *lens,
-                                    redisReply **out, char *err, size_t errlen)
+cg_store_rc_t cg_store_pipeline(cg_store_t *st, int timeout_ms, size_t n, const int *argcs,
+                                const char *const *const *argvs, const size_t *const *lens,
+                                redisReply **out, char *err, size_t errlen)
 {
     int64_t deadline = now_ms() + timeout_ms;
     int pooled = 0, state = CONN_OK;
@@ -483,7 +483,7 @@ cg_store_rc_t cg_store_cmd(cg_store_t *st, int timeout_ms, int argc, const char 
 {
     const char *const *argvs[1] = { argv };
     const size_t *lensv[1] = { lens };
-    return run_with_retry(st, timeout_ms, 1, &argc, argvs, lensv, out, err, errlen);
+    return cg_store_pipeline(st, timeout_ms, 1, &argc, argvs, lensv, out, err, errlen);
 }
 
 cg_store_rc_t cg_store_hgetall_many(cg_store_t *st, int timeout_ms, const char *const *keys,
@@ -510,7 +510,7 @@ cg_store_rc_t cg_store_hgetall_many(cg_store_t *st, int timeout_ms, const char *
         argvs[i] = argv[i];
         lensv[i] = lens[i];
     }
-    rc = run_with_retry(st, timeout_ms, n, argcs, argvs, lensv, out, err, errlen);
+    rc = cg_store_pipeline(st, timeout_ms, n, argcs, argvs, lensv, out, err, errlen);
 done:
     free(argcs); free(argv); free(lens); free(argvs); free(lensv);
     return rc;

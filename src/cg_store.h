@@ -54,6 +54,11 @@ struct redisReply;
 cg_store_rc_t cg_store_cmd(cg_store_t *st, int timeout_ms, int argc, const char **argv,
                            const size_t *lens, struct redisReply **out, char *err, size_t errlen);
 
+/* n commands in one pipeline, within timeout_ms; out[i] are set on CG_STORE_OK. */
+cg_store_rc_t cg_store_pipeline(cg_store_t *st, int timeout_ms, size_t n, const int *argcs,
+                                const char *const *const *argvs, const size_t *const *lens,
+                                struct redisReply **out, char *err, size_t errlen);
+
 /* HGETALL of n keys in one pipeline. out[i] are set on CG_STORE_OK. */
 cg_store_rc_t cg_store_hgetall_many(cg_store_t *st, int timeout_ms, const char *const *keys,
                                     size_t n, struct redisReply **out, char *err, size_t errlen);

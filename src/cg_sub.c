@@ -15,6 +15,7 @@ struct cg_sub {
     int port, timeout_ms;
     cg_cache_t *cache;
     cg_sub_log_fn log;
+    cg_sub_inval_fn on_inval;
     void *arg;
     pthread_t thread;
     pthread_mutex_t lock;       /* guards ctx and stop, with wake */
@@ -112,11 +113,26 @@ static void handle(cg_sub_t *s, redisReply *r)
         return;
     redisReply *payload = r->element[2];
     cg_fp_t fp;
-    if (payload->type == REDIS_REPLY_STRING &&
-        cg_fp_from_hex(payload->str, payload->len, &fp) == 0)
+    int64_t lag_us = -1, sent_ms;
+    if (payload->type == REDIS_REPLY_STRING && payload->len >= CG_FP_HEX_LEN &&
+        cg_fp_from_hex(payload->str, CG_FP_HEX_LEN, &fp) == 0 &&
+        (payload->len == CG_FP_HEX_LEN ||
+         (payload->str[CG_FP_HEX_LEN] == ' ' &&
+          cg_parse_i64(payload->str + CG_FP_HEX_LEN + 1, payload->len - CG_FP_HEX_LEN - 1,
+                       &sent_ms) == 0))) {
         cg_cache_invalidate(s->cache, &fp);
-    else
+        if (payload->len > CG_FP_HEX_LEN) {
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            lag_us = ((int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000 - sent_ms) * 1000;
+            if (lag_us < 0)
+                lag_us = 0;   /* clocks of one host; sub-ms rounding */
+        }
+    } else {
         cg_cache_flush(s->cache);   /* a message we cannot place: drop everything */
+    }
+    if (s->on_inval)
+        s->on_inval(s->arg, lag_us);
 }
 
 static void *run(void *arg)
@@ -183,7 +199,7 @@ static void *run(void *arg)
 }
 
 cg_sub_t *cg_sub_start(const cg_store_cfg_t *cfg, cg_cache_t *cache, cg_sub_log_fn log,
-                       void *arg, char *err, size_t errlen)
+                       cg_sub_inval_fn on_inval, void *arg, char *err, size_t errlen)
 {
     cg_sub_t *s = calloc(1, sizeof(*s));
     char chan[CG_PREFIX_MAX + 16];
@@ -199,6 +215,7 @@ cg_sub_t *cg_sub_start(const cg_store_cfg_t *cfg, cg_cache_t *cache, cg_sub_log_
     s->timeout_ms = cfg->timeout_ms;
     s->cache = cache;
     s->log = log;
+    s->on_inval = on_inval;
     s->arg = arg;
     atomic_init(&s->healthy, 0);
     if (s->channel == NULL || pthread_mutex_init(&s->lock, NULL) != 0)

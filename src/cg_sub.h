@@ -17,10 +17,17 @@ enum { CG_SUB_SUBSCRIBED = 1, CG_SUB_DISCONNECTED = 2, CG_SUB_CONNECT_FAILED = 3
 /* Called from the subscriber thread on state changes; msg never holds secrets. */
 typedef void (*cg_sub_log_fn)(void *arg, int event, const char *msg);
 
+/* Called for every invalidation; lag_us < 0 when the message carried no time. */
+typedef void (*cg_sub_inval_fn)(void *arg, int64_t lag_us);
+
 typedef struct cg_sub cg_sub_t;
 
+/*
+ * Messages are "<sha256 hex>" or "<sha256 hex> <unix ms of the write>"; anything
+ * else flushes the whole cache.
+ */
 cg_sub_t *cg_sub_start(const cg_store_cfg_t *cfg, cg_cache_t *cache, cg_sub_log_fn log,
-                       void *arg, char *err, size_t errlen);
+                       cg_sub_inval_fn on_inval, void *arg, char *err, size_t errlen);
 /* Stop and join the thread; frees s. */
 void cg_sub_stop(cg_sub_t *s);
 int cg_sub_healthy(const cg_sub_t *s);

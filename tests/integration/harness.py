@@ -77,10 +77,11 @@ class Redis:
             try:
                 c = self.client()
                 c.ping()
-                # A read-only ACL user, as an operator would give the gate.
+                # The gate's ACL user exactly as docs/operator-guide.md gives it.
                 c.execute_command("ACL", "SETUSER", self.ACL_USER, "on", ">" + self.ACL_PASSWORD,
-                                  "~*", "&*", "+get", "+hgetall", "+select", "+ping",
-                                  "+subscribe")
+                                  "~certgate:*", "~cgx:*", "&certgate:*", "&cgx:*", "+get",
+                                  "+hgetall", "+select", "+ping", "+subscribe", "+eval",
+                                  "+hincrby", "+hget", "+hset")
                 return self
             except redis_py.exceptions.BusyLoadingError:
                 if time.monotonic() > deadline:
@@ -323,6 +324,7 @@ def register(r, cert, app, status="APPROVED", chain=None, activate_at=None, reti
     p.hset(prefix + "reg:" + reg_id, mapping=record)
     p.set(prefix + "fp:" + cert.fingerprint, reg_id)
     p.sadd(prefix + "app:" + app, reg_id)
+    p.sadd(prefix + "regs", reg_id)
     p.set(prefix + "schema", "1")
     p.execute()
     invalidate(r, cert.fingerprint, prefix)

@@ -1,0 +1,49 @@
+/*
+ * Counters shared by every process of a server (the adapter puts this struct
+ * in shared memory before forking) and their Prometheus text rendering.
+ * Lock-free: C11 atomics on shared memory.
+ */
+#ifndef CG_METRICS_H
+#define CG_METRICS_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+#include "cg_decide.h"
+
+#define CG_LAT_BUCKETS 10
+
+typedef struct {
+    _Atomic uint64_t decisions[CG_R__COUNT];
+    _Atomic uint64_t cache_conn_hits, cache_proc_hits, cache_misses;
+    _Atomic uint64_t redis_ok, redis_errors, redis_timeouts, redis_corrupt;
+    _Atomic uint64_t redis_lat[CG_LAT_BUCKETS + 1];   /* last one is +Inf */
+    _Atomic uint64_t redis_lat_sum_us;
+    _Atomic uint64_t invalidations, flushes;
+    _Atomic uint64_t inval_lag[CG_LAT_BUCKETS + 1];
+    _Atomic uint64_t inval_lag_sum_us, inval_lag_count;
+    _Atomic uint64_t usage_flushes, usage_dropped;
+    _Atomic uint64_t expiry_events;
+} cg_metrics_t;
+
+/* Bucket upper bounds in microseconds (shared by both histograms). */
+extern const uint64_t cg_metrics_bounds_us[CG_LAT_BUCKETS];
+
+void cg_metrics_init(cg_metrics_t *m);
+void cg_metrics_decision(cg_metrics_t *m, cg_reason_t r);
+/* rc: 0 ok (found or not), 1 error, 2 timeout, 3 corrupt record. */
+void cg_metrics_redis(cg_metrics_t *m, uint64_t us, int rc);
+void cg_metrics_invalidation(cg_metrics_t *m, int64_t lag_us);   /* lag < 0: unknown */
+
+/* Numbers read from Redis at scrape time. */
+typedef struct {
+    uint64_t by_status[4];          /* PENDING, APPROVED, DECLINED, INACTIVATED (stored) */
+    uint64_t expired;
+    uint64_t expiring[3];           /* within 7, 30, 90 days (approved or pending, not expired) */
+    int ok;                         /* 0 when Redis could not be read */
+} cg_store_stats_t;
+
+/* Render the Prometheus text exposition. Returns a malloc'd string. */
+char *cg_metrics_render(const cg_metrics_t *m, const cg_store_stats_t *st);
+
+#endif
