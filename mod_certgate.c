@@ -3,6 +3,7 @@
  * certificate from mod_ssl's connection, asks the core (src/) for a decision
  * and turns it into a response. No decision logic lives here.
  */
+#include <pthread.h>
 #include <string.h>
 #include <openssl/crypto.h>
 #include <openssl/ssl.h>
@@ -674,6 +675,24 @@ static int cg_init_server(server_rec *s, apr_pool_t *p, int is_proxy, SSL_CTX *c
 static APR_OPTIONAL_FN_TYPE(ap_watchdog_get_instance) *wd_get_instance;
 static APR_OPTIONAL_FN_TYPE(ap_watchdog_register_callback) *wd_register_callback;
 
+/*
+ * mod_watchdog runs child watchdog threads on a pool that outlives the
+ * child's: a scan must never use a store that child exit already freed.
+ * wd_alive is set in child_init and cleared (under wd_lock, so after any scan
+ * in progress) by the first cleanup that runs at child exit.
+ */
+static pthread_mutex_t wd_lock = PTHREAD_MUTEX_INITIALIZER;
+static int wd_alive;
+
+static apr_status_t wd_child_exit(void *data)
+{
+    (void)data;
+    pthread_mutex_lock(&wd_lock);
+    wd_alive = 0;
+    pthread_mutex_unlock(&wd_lock);
+    return APR_SUCCESS;
+}
+
 /* Once per server (a singleton watchdog thread in one child): the expiry scan. */
 static apr_status_t expiry_watchdog(int state, void *data, apr_pool_t *pool)
 {
@@ -682,6 +701,11 @@ static apr_status_t expiry_watchdog(int state, void *data, apr_pool_t *pool)
     (void)pool;
     if (state != AP_WATCHDOG_STATE_RUNNING)
         return APR_SUCCESS;
+    pthread_mutex_lock(&wd_lock);
+    if (!wd_alive) {
+        pthread_mutex_unlock(&wd_lock);
+        return APR_SUCCESS;
+    }
     for (server_rec *v = s; v != NULL; v = v->next) {
         cg_srv_t *sc = srv_conf(v);
         if ((v != s && !sc->own_store) || sc->store == NULL)
@@ -695,7 +719,7 @@ static apr_status_t expiry_watchdog(int state, void *data, apr_pool_t *pool)
         }
         if (n == 0)
             continue;
-        int emitted = cg_admin_expiry_scan(sc->store, 5000, now_sec(sc, apr_time_now()), days, n,
+        int emitted = cg_admin_expiry_scan(sc->store, 2000, now_sec(sc, apr_time_now()), days, n,
                                            err, sizeof(err));
         if (emitted < 0) {
             ap_log_error(APLOG_MARK, APLOG_WARNING, 0, v, "CG08003: expiry scan failed: %s; "
@@ -708,6 +732,7 @@ static apr_status_t expiry_watchdog(int state, void *data, apr_pool_t *pool)
                          "event(s)", emitted);
         }
     }
+    pthread_mutex_unlock(&wd_lock);
     return APR_SUCCESS;
 }
 
@@ -866,6 +891,11 @@ static void cg_child_init(apr_pool_t *p, server_rec *s)
         else
             apr_pool_cleanup_register(p, sc->sub, sub_cleanup, apr_pool_cleanup_null);
     }
+    /* Registered last, so it runs first at child exit, before any store goes. */
+    pthread_mutex_lock(&wd_lock);
+    wd_alive = 1;
+    pthread_mutex_unlock(&wd_lock);
+    apr_pool_cleanup_register(p, NULL, wd_child_exit, apr_pool_cleanup_null);
 }
 
 /* ---------------------------------------------------------------- request */
@@ -1426,10 +1456,7 @@ static void register_hooks(apr_pool_t *p)
     static const char *const after_ssl[] = { "mod_ssl.c", NULL };
     (void)p;
     ap_hook_post_config(cg_post_config, after_ssl, NULL, APR_HOOK_MIDDLE);
-    /* Before mod_watchdog's: our pool cleanups then run after its thread is
-     * joined, so the expiry scan never sees a freed store. */
-    static const char *const before_watchdog[] = { "mod_watchdog.c", NULL };
-    ap_hook_child_init(cg_child_init, NULL, before_watchdog, APR_HOOK_MIDDLE);
+    ap_hook_child_init(cg_child_init, NULL, NULL, APR_HOOK_MIDDLE);
     /* Fixups run for every request whatever Satisfy says, after authn/authz
      * modules that may name the app, and before any handler or proxy. */
     ap_hook_fixups(cg_fixups, NULL, NULL, APR_HOOK_REALLY_FIRST);

@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -224,7 +225,14 @@ cg_sub_t *cg_sub_start(const cg_store_cfg_t *cfg, cg_cache_t *cache, cg_sub_log_
         pthread_mutex_destroy(&s->lock);
         goto nomem;
     }
-    if (pthread_create(&s->thread, NULL, run, s) != 0) {
+    /* Our threads must never take the server's process signals (SIGTERM,
+     * SIGUSR1...): the handler would tear the process down under the MPM. */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    int created = pthread_create(&s->thread, NULL, run, s);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (created != 0) {
         pthread_cond_destroy(&s->wake);
         pthread_mutex_destroy(&s->lock);
         snprintf(err, errlen, "cannot start the subscriber thread");

@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -174,7 +175,14 @@ cg_usage_t *cg_usage_start(cg_store_t *st, size_t cap, int interval_ms, int time
         pthread_mutex_destroy(&u->lock);
         goto fail;
     }
-    if (pthread_create(&u->thread, NULL, run, u) != 0) {
+    /* Our threads must never take the server's process signals (SIGTERM,
+     * SIGUSR1...): the handler would tear the process down under the MPM. */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    int created = pthread_create(&u->thread, NULL, run, u);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (created != 0) {
         pthread_cond_destroy(&u->wake);
         pthread_mutex_destroy(&u->lock);
         goto fail;

@@ -85,7 +85,8 @@ def test_bad_directive_values_stop_startup(line, message):
     with open(conf, "w") as f:
         f.write('ServerRoot "%s"\nLoadModule mpm_event_module %s/mod_mpm_event.so\n'
                 "LoadModule certgate_module %s\n%s\n" % (work, harness.MODDIR, harness.MODULE, line))
-    res = subprocess.run([harness.APACHE, "-t", "-f", conf], capture_output=True, text=True)
+    res = subprocess.run([harness.APACHE, "-t", "-f", conf], capture_output=True, text=True,
+                         env=harness.apache_env(work))
     assert res.returncode != 0
     assert message in res.stderr, res.stderr
 
@@ -100,6 +101,6 @@ def test_gate_without_mod_ssl_refuses_to_start():
                 "<Location /x>\nCertGate On\n</Location>\n"
                 % (work, work, work, harness.MODDIR, harness.MODULE, harness.free_port()))
     res = subprocess.run([harness.APACHE, "-f", conf, "-DFOREGROUND"], capture_output=True,
-                         text=True, timeout=30)
+                         text=True, timeout=30, env=harness.apache_env(work))
     assert res.returncode != 0
     assert "CG04002" in open(os.path.join(work, "err.log")).read() + res.stderr
