@@ -3,7 +3,7 @@ APXS    ?= apxs
 CC      ?= cc
 PYTEST  ?= /usr/bin/python3 -m pytest
 CFLAGS_COMMON = -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -O2 -g -fPIC
-CORE_SRC = src/cg_fp.c src/cg_reg.c src/cg_decide.c src/cg_store.c src/cg_tls.c src/cg_cert.c src/cg_policy.c src/cg_admin.c src/cg_cache.c src/cg_sub.c src/cg_metrics.c src/cg_usage.c
+CORE_SRC = src/cg_fp.c src/cg_reg.c src/cg_decide.c src/cg_store.c src/cg_tls.c src/cg_cert.c src/cg_policy.c src/cg_admin.c src/cg_cache.c src/cg_sub.c src/cg_metrics.c src/cg_usage.c src/cg_thread.c
 CORE_OBJ = $(CORE_SRC:src/%.c=build/core/%.o)
 CORE_LIB = build/libcertgate.a
 LIBS     = -ljansson -lhiredis -lssl -lcrypto -lpthread
@@ -29,7 +29,7 @@ $(MODULE): mod_certgate.c $(CORE_LIB) src/*.h
 	cp mod_certgate.c build/apxs/mod_certgate.c
 	cd build/apxs && $(APXS) -c -Wc,-std=c11 -Wc,-Wall -Wc,-Wextra -Wc,-Werror \
 	  -I$(CURDIR)/src -o mod_certgate.so mod_certgate.c $(CURDIR)/$(CORE_LIB) $(LIBS) >/dev/null
-	cp build/apxs/.libs/mod_certgate.so $@
+	cp build/apxs/.libs/mod_certgate.so $@.tmp && mv -f $@.tmp $@   # new inode: a running httpd keeps its copy
 
 module: $(MODULE)
 
@@ -94,7 +94,7 @@ build/asan/mod_certgate.so: mod_certgate.c $(CORE_SRC) src/*.h
 	cd build/asan/apxs && $(APXS) -c -Wc,-std=c11 -Wc,-Wall -Wc,-Wextra -Wc,-Werror -Wc,-O1 \
 	  $(SAN_FLAGS:%=-Wc,%) $(SAN_FLAGS:%=-Wl,%) -I. -o mod_certgate.so mod_certgate.c \
 	  $(notdir $(CORE_SRC)) $(LIBS) >/dev/null
-	cp build/asan/apxs/.libs/mod_certgate.so $@
+	cp build/asan/apxs/.libs/mod_certgate.so $@.tmp && mv -f $@.tmp $@
 
 test-asan: deps build/asan/test_core build/asan/mod_certgate.so
 	ASAN_OPTIONS=detect_leaks=1 ./build/asan/test_core

@@ -466,6 +466,58 @@ static void ev_add(event_t *e, const char *k, const char *v)
     }
 }
 
+/* How a script's error reply (its first word) maps to an API error. */
+typedef struct {
+    const char *word;       /* NULL ends the table */
+    int status;
+    const char *code;
+    const char *message;    /* may hold one %s: the rest of the reply after the word */
+} script_error_t;
+
+/*
+ * Run a write script. 0 when it succeeded; otherwise -1 with resp set: the
+ * table's error for the script's refusal, 503 when Redis did not answer.
+ */
+static int run_script(const cg_admin_cfg_t *cfg, cg_store_t *st, const char *script, int nkeys,
+                      const char **keys, int nargs, const char **args,
+                      const script_error_t *errors, cg_admin_resp_t *resp)
+{
+    char err[200];
+    redisReply *r = NULL;
+    if (eval(cfg, st, script, nkeys, keys, nargs, args, &r, err, sizeof(err)) != CG_STORE_OK) {
+        store_error(resp, err);
+        return -1;
+    }
+    if (r->type != REDIS_REPLY_ERROR) {
+        cg_store_reply_free(r);
+        return 0;
+    }
+    /* Redis prefixes "ERR " to a one-word error; "WORD detail" keeps its word. */
+    const char *text = strncmp(r->str, "ERR ", 4) == 0 ? r->str + 4 : r->str;
+    const script_error_t *e = errors;
+    size_t wl = 0;
+    while (e->word != NULL) {
+        wl = strlen(e->word);
+        if (strncmp(text, e->word, wl) == 0 && (text[wl] == '\0' || text[wl] == ' '))
+            break;
+        e++;
+    }
+    if (e->word == NULL) {
+        errorf(resp, 503, "Store.Unavailable", "the store refused the write: %.200s", r->str);
+    } else {
+        char msg[300];
+        const char *rest = text[wl] == ' ' ? text + wl + 1 : "in that state";
+        /* The messages are our own constants with at most one %s. */
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wformat-nonliteral"
+        snprintf(msg, sizeof(msg), e->message, rest);
+#pragma GCC diagnostic pop
+        cg_admin_error(resp, e->status, e->code, msg);
+    }
+    cg_store_reply_free(r);
+    return -1;
+}
+
 /* ------------------------------------------------------------ upload */
 
 static const char UPLOAD_LUA[] =
@@ -840,21 +892,12 @@ static void do_upload(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_admin_req_t 
         args[na++] = rec[i];
     for (int i = 0; i < ev.n; i++)
         args[na++] = ev.kv[i];
-    redisReply *r = NULL;
-    if (eval(cfg, st, UPLOAD_LUA, 7, keys, na, args, &r, err, sizeof(err)) != CG_STORE_OK) {
-        store_error(resp, err);
+    static const script_error_t upload_errors[] = {
+        { "DUPLICATE", 409, "Certificate.Duplicate", "this certificate is already registered" },
+        { NULL, 0, NULL, NULL }
+    };
+    if (run_script(cfg, st, UPLOAD_LUA, 7, keys, na, args, upload_errors, resp) != 0)
         goto done;
-    }
-    if (r->type == REDIS_REPLY_ERROR) {
-        if (strstr(r->str, "DUPLICATE") != NULL)
-            cg_admin_error(resp, 409, "Certificate.Duplicate",
-                           "this certificate is already registered");
-        else
-            errorf(resp, 503, "Store.Unavailable", "the store refused the write: %.200s", r->str);
-        cg_store_reply_free(r);
-        goto done;
-    }
-    cg_store_reply_free(r);
 
     json_t *recj = NULL;
     if (load_rec(cfg, st, id, &recj, resp) != 0) {
@@ -903,7 +946,6 @@ static void do_transition(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_admin_re
     const char *from, *to, *verb;
     int reason_required;
     json_t *rec = NULL, *doc = NULL;
-    char err[200];
 
     if (strcmp(action, "approve") == 0) {
         from = "PENDING"; to = "APPROVED"; verb = "approve"; reason_required = 0;
@@ -983,26 +1025,17 @@ static void do_transition(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_admin_re
         snprintf(im, sizeof(im), "%.*s", (int)strcspn(p + (*p == '"'), "\""), p + (*p == '"'));
         args[2] = im;
     }
-    redisReply *r = NULL;
-    if (eval(cfg, st, TRANSITION_LUA, 3, keys, na, args, &r, err, sizeof(err)) != CG_STORE_OK) {
-        store_error(resp, err);
+    char illegal[96];
+    snprintf(illegal, sizeof(illegal), "cannot %s a certificate that is %%s", verb);
+    const script_error_t transition_errors[] = {
+        { "PRECONDITION", 412, "Precondition.Failed",
+          "the record changed since your If-Match version; read it again" },
+        { "CONFLICT", 409, "Transition.Illegal", illegal },
+        { "NOTFOUND", 404, "Certificate.NotFound", "no registration with that id" },
+        { NULL, 0, NULL, NULL }
+    };
+    if (run_script(cfg, st, TRANSITION_LUA, 3, keys, na, args, transition_errors, resp) != 0)
         goto done;
-    }
-    if (r->type == REDIS_REPLY_ERROR) {
-        if (strstr(r->str, "PRECONDITION"))
-            cg_admin_error(resp, 412, "Precondition.Failed",
-                           "the record changed since your If-Match version; read it again");
-        else if (strstr(r->str, "CONFLICT"))
-            errorf(resp, 409, "Transition.Illegal", "cannot %s a certificate that is %s", verb,
-                   strstr(r->str, "CONFLICT ") ? strstr(r->str, "CONFLICT ") + 9 : "in that state");
-        else if (strstr(r->str, "NOTFOUND"))
-            cg_admin_error(resp, 404, "Certificate.NotFound", "no registration with that id");
-        else
-            errorf(resp, 503, "Store.Unavailable", "the store refused the write: %.200s", r->str);
-        cg_store_reply_free(r);
-        goto done;
-    }
-    cg_store_reply_free(r);
     json_decref(rec);
     rec = NULL;
     if (load_rec(cfg, st, id, &rec, resp) != 0)
@@ -1353,29 +1386,18 @@ static void do_rotation_create(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_adm
     int na = 9;
     for (int i = 0; i < ev.n; i++)
         args[na++] = ev.kv[i];
-    redisReply *r = NULL;
-    if (eval(cfg, st, ROTATE_LUA, 6, keys, na, args, &r, err, sizeof(err)) != CG_STORE_OK) {
-        store_error(resp, err);
+    static const script_error_t rotate_errors[] = {
+        { "NOTFOUND", 404, "Certificate.NotFound", "newCertId or oldCertId does not exist" },
+        { "NOTINAPP", 400, "Rotation.CertNotInApp",
+          "both certificates must be registered to this app" },
+        { "NEWNOTAPPROVED", 409, "Rotation.NewCertNotApproved",
+          "the new certificate must be APPROVED before a cutover is scheduled" },
+        { "OLDNOTAPPROVED", 409, "Rotation.OldCertNotApproved",
+          "the old certificate is not APPROVED: there is nothing to rotate out" },
+        { NULL, 0, NULL, NULL }
+    };
+    if (run_script(cfg, st, ROTATE_LUA, 6, keys, na, args, rotate_errors, resp) != 0)
         goto done;
-    }
-    if (r->type == REDIS_REPLY_ERROR) {
-        if (strstr(r->str, "NOTFOUND"))
-            cg_admin_error(resp, 404, "Certificate.NotFound", "newCertId or oldCertId does not exist");
-        else if (strstr(r->str, "NOTINAPP"))
-            cg_admin_error(resp, 400, "Rotation.CertNotInApp",
-                           "both certificates must be registered to this app");
-        else if (strstr(r->str, "NEWNOTAPPROVED"))
-            cg_admin_error(resp, 409, "Rotation.NewCertNotApproved",
-                           "the new certificate must be APPROVED before a cutover is scheduled");
-        else if (strstr(r->str, "OLDNOTAPPROVED"))
-            cg_admin_error(resp, 409, "Rotation.OldCertNotApproved",
-                           "the old certificate is not APPROVED: there is nothing to rotate out");
-        else
-            errorf(resp, 503, "Store.Unavailable", "the store refused the write: %.200s", r->str);
-        cg_store_reply_free(r);
-        goto done;
-    }
-    cg_store_reply_free(r);
     {
         redisReply *rr = NULL;
         if (cmd2(cfg, st, "HGETALL", k_rot, &rr, err, sizeof(err)) != CG_STORE_OK) {
@@ -1486,24 +1508,15 @@ static void do_rotation_cancel(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_adm
     int na = 4;
     for (int i = 0; i < ev.n; i++)
         args[na++] = ev.kv[i];
-    if (eval(cfg, st, CANCEL_LUA, 5, keys, na, args, &r, err, sizeof(err)) != CG_STORE_OK) {
-        store_error(resp, err);
+    static const script_error_t cancel_errors[] = {
+        { "STARTED", 409, "Rotation.Started",
+          "the rotation has started (activateAt has passed) and cannot be cancelled" },
+        { "CANCELLED", 409, "Rotation.Cancelled", "the rotation is already cancelled" },
+        { "NOTFOUND", 404, "Rotation.NotFound", "no rotation with that id for this app" },
+        { NULL, 0, NULL, NULL }
+    };
+    if (run_script(cfg, st, CANCEL_LUA, 5, keys, na, args, cancel_errors, resp) != 0)
         return;
-    }
-    if (r->type == REDIS_REPLY_ERROR) {
-        if (strstr(r->str, "STARTED"))
-            cg_admin_error(resp, 409, "Rotation.Started",
-                           "the rotation has started (activateAt has passed) and cannot be cancelled");
-        else if (strstr(r->str, "CANCELLED"))
-            cg_admin_error(resp, 409, "Rotation.Cancelled", "the rotation is already cancelled");
-        else if (strstr(r->str, "NOTFOUND"))
-            cg_admin_error(resp, 404, "Rotation.NotFound", "no rotation with that id for this app");
-        else
-            errorf(resp, 503, "Store.Unavailable", "the store refused the write: %.200s", r->str);
-        cg_store_reply_free(r);
-        return;
-    }
-    cg_store_reply_free(r);
     resp->status = 204;
     set_body(resp, 204, "application/json", NULL);
 }

@@ -269,6 +269,18 @@ static void release(cg_store_t *st, redisContext *c, int healthy)
         redisFree(c);
 }
 
+/* Take a pooled connection, or make one. *pooled says which. */
+static redisContext *take(cg_store_t *st, int64_t deadline, int *pooled, char *err, size_t errlen)
+{
+    redisContext *c = NULL;
+    pthread_mutex_lock(&st->lock);
+    if (st->n_idle > 0)
+        c = st->idle[--st->n_idle];
+    pthread_mutex_unlock(&st->lock);
+    *pooled = c != NULL;
+    return c != NULL ? c : connect_new(st, deadline, err, errlen);
+}
+
 /* One lookup on one connection. *broken: CONN_OK, or how the context failed. */
 static cg_store_rc_t lookup_on(cg_store_t *st, redisContext *c, int64_t deadline,
                                const cg_fp_t *leaf, cg_reg_t *out, char *err, size_t errlen,
@@ -367,13 +379,7 @@ cg_store_rc_t cg_store_lookup(cg_store_t *st, const cg_fp_t *leaf, cg_reg_t *out
     int broken = 0, pooled = 0;
     redisContext *c = NULL;
 
-    pthread_mutex_lock(&st->lock);
-    if (st->n_idle > 0) {
-        c = st->idle[--st->n_idle];
-        pooled = 1;
-    }
-    pthread_mutex_unlock(&st->lock);
-    if (c == NULL && (c = connect_new(st, deadline, err, errlen)) == NULL)
+    if ((c = take(st, deadline, &pooled, err, errlen)) == NULL)
         return CG_STORE_ERROR;
 
     cg_store_rc_t rc = lookup_on(st, c, deadline, leaf, out, err, errlen, &broken);
@@ -399,18 +405,6 @@ void cg_store_reply_free(struct redisReply *r)
 const char *cg_store_prefix(const cg_store_t *st)
 {
     return st->prefix;
-}
-
-/* Take a pooled connection, or make one. *pooled says which. */
-static redisContext *take(cg_store_t *st, int64_t deadline, int *pooled, char *err, size_t errlen)
-{
-    redisContext *c = NULL;
-    pthread_mutex_lock(&st->lock);
-    if (st->n_idle > 0)
-        c = st->idle[--st->n_idle];
-    pthread_mutex_unlock(&st->lock);
-    *pooled = c != NULL;
-    return c != NULL ? c : connect_new(st, deadline, err, errlen);
 }
 
 /* Pipeline n commands and read n replies within the deadline. */

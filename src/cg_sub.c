@@ -1,8 +1,8 @@
 #include "cg_sub.h"
+#include "cg_thread.h"
 
 #include <errno.h>
 #include <pthread.h>
-#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -44,20 +44,7 @@ static void say(cg_sub_t *s, int event, const char *fmt, const char *detail)
 /* Sleep up to ms unless asked to stop. Returns 1 if stopping. */
 static int nap(cg_sub_t *s, int ms)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_sec += ms / 1000;
-    ts.tv_nsec += (long)(ms % 1000) * 1000000L;
-    if (ts.tv_nsec >= 1000000000L) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000L;
-    }
-    pthread_mutex_lock(&s->lock);
-    while (!s->stop && pthread_cond_timedwait(&s->wake, &s->lock, &ts) != ETIMEDOUT)
-        ;
-    int stop = s->stop;
-    pthread_mutex_unlock(&s->lock);
-    return stop;
+    return cg_thread_nap(&s->lock, &s->wake, &s->stop, ms);
 }
 
 static redisContext *connect_sub(cg_sub_t *s, char *err, size_t errlen)
@@ -225,14 +212,7 @@ cg_sub_t *cg_sub_start(const cg_store_cfg_t *cfg, cg_cache_t *cache, cg_sub_log_
         pthread_mutex_destroy(&s->lock);
         goto nomem;
     }
-    /* Our threads must never take the server's process signals (SIGTERM,
-     * SIGUSR1...): the handler would tear the process down under the MPM. */
-    sigset_t all, old;
-    sigfillset(&all);
-    pthread_sigmask(SIG_BLOCK, &all, &old);
-    int created = pthread_create(&s->thread, NULL, run, s);
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
-    if (created != 0) {
+    if (cg_thread_start(&s->thread, run, s) != 0) {
         pthread_cond_destroy(&s->wake);
         pthread_mutex_destroy(&s->lock);
         snprintf(err, errlen, "cannot start the subscriber thread");

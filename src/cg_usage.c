@@ -1,8 +1,8 @@
 #include "cg_usage.h"
+#include "cg_thread.h"
 
 #include <errno.h>
 #include <pthread.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -136,19 +136,7 @@ static void *run(void *arg)
 {
     cg_usage_t *u = arg;
     for (;;) {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_sec += u->interval_ms / 1000;
-        ts.tv_nsec += (long)(u->interval_ms % 1000) * 1000000L;
-        if (ts.tv_nsec >= 1000000000L) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000L;
-        }
-        pthread_mutex_lock(&u->lock);
-        while (!u->stop && pthread_cond_timedwait(&u->wake, &u->lock, &ts) != ETIMEDOUT)
-            ;
-        int stop = u->stop;
-        pthread_mutex_unlock(&u->lock);
+        int stop = cg_thread_nap(&u->lock, &u->wake, &u->stop, u->interval_ms);
         flush(u);
         if (stop)
             return NULL;
@@ -175,14 +163,7 @@ cg_usage_t *cg_usage_start(cg_store_t *st, size_t cap, int interval_ms, int time
         pthread_mutex_destroy(&u->lock);
         goto fail;
     }
-    /* Our threads must never take the server's process signals (SIGTERM,
-     * SIGUSR1...): the handler would tear the process down under the MPM. */
-    sigset_t all, old;
-    sigfillset(&all);
-    pthread_sigmask(SIG_BLOCK, &all, &old);
-    int created = pthread_create(&u->thread, NULL, run, u);
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
-    if (created != 0) {
+    if (cg_thread_start(&u->thread, run, u) != 0) {
         pthread_cond_destroy(&u->wake);
         pthread_mutex_destroy(&u->lock);
         goto fail;

@@ -15,6 +15,8 @@
 #include "cg_decide.h"
 #include "cg_fp.h"
 #include "cg_reg.h"
+#include "cg_cache.h"
+#include "cg_metrics.h"
 #include "cg_store.h"
 #include "cg_tls.h"
 
@@ -506,6 +508,94 @@ static void test_store_unreachable_is_bounded(void **state)
     cg_store_free(st);
 }
 
+static void test_cache_lru_bound_and_age(void **state)
+{
+    (void)state;
+    cg_cache_t *c = cg_cache_new(2, 1000);
+    assert_non_null(c);
+    cg_reg_t r = approved(), out;
+    cg_fp_t a = fp_of(0xa1), b = fp_of(0xb2), x = fp_of(0xc3);
+    int found;
+    int64_t fetched;
+    uint64_t v = cg_cache_version(c);
+    cg_cache_put(c, &a, 1, &r, 100, v);
+    cg_cache_put(c, &b, 0, NULL, 100, v);          /* negative answers are cached too */
+    assert_int_equal(cg_cache_get(c, &a, 150, &found, &out, &fetched), 1);   /* touch a */
+    assert_int_equal(found, 1);
+    assert_true(fetched == 100);
+    assert_string_equal(out.id, "reg-1");
+    cg_cache_put(c, &x, 1, &r, 200, v);            /* evicts b, the least recent */
+    assert_int_equal(cg_cache_size(c), 2);
+    assert_int_equal(cg_cache_get(c, &b, 210, &found, &out, &fetched), 0);
+    assert_int_equal(cg_cache_get(c, &x, 210, &found, &out, &fetched), 1);
+    /* Max age: at 1000 ms past the fetch the entry is gone. */
+    assert_int_equal(cg_cache_get(c, &a, 1099, &found, &out, &fetched), 1);
+    assert_int_equal(cg_cache_get(c, &a, 1100, &found, &out, &fetched), 0);
+    cg_cache_stats_t st;
+    cg_cache_stats(c, &st);
+    assert_true(st.evictions == 1 && st.stale_drops == 1);
+    cg_cache_free(c);
+}
+
+static void test_cache_invalidation_beats_a_racing_put(void **state)
+{
+    (void)state;
+    cg_cache_t *c = cg_cache_new(8, 5000);
+    cg_reg_t r = approved(), out;
+    cg_fp_t a = fp_of(0xa1);
+    int found;
+    int64_t fetched;
+    uint64_t v = cg_cache_version(c);              /* read before a store lookup */
+    cg_cache_invalidate(c, &a);                    /* the admin write lands meanwhile */
+    cg_cache_put(c, &a, 1, &r, 10, v);             /* the stale answer is not kept */
+    assert_int_equal(cg_cache_get(c, &a, 20, &found, &out, &fetched), 0);
+    v = cg_cache_version(c);
+    cg_cache_put(c, &a, 1, &r, 10, v);
+    assert_int_equal(cg_cache_get(c, &a, 20, &found, &out, &fetched), 1);
+    cg_cache_flush(c);
+    assert_int_equal(cg_cache_get(c, &a, 20, &found, &out, &fetched), 0);
+    assert_true(cg_cache_version(c) > v);
+    cg_cache_free(c);
+}
+
+static void test_metrics_render(void **state)
+{
+    (void)state;
+    cg_metrics_t m;
+    cg_metrics_init(&m);
+    cg_metrics_decision(&m, CG_ALLOW);
+    cg_metrics_decision(&m, CG_ALLOW);
+    cg_metrics_decision(&m, CG_R_PENDING);
+    cg_metrics_redis(&m, 300, 0);       /* bucket 0.0005 */
+    cg_metrics_redis(&m, 300000, 2);    /* +Inf, a timeout */
+    cg_metrics_invalidation(&m, 1200);
+    cg_metrics_invalidation(&m, -1);    /* unknown lag: counted, not observed */
+    cg_store_stats_t st = { .by_status = { 1, 2, 3, 4 }, .expired = 5,
+                            .expiring = { 0, 1, 2 }, .ok = 1 };
+    char *t = cg_metrics_render(&m, &st);
+    assert_non_null(t);
+    assert_non_null(strstr(t, "certgate_decisions_total{result=\"allow\",reason=\"allow\"} 2\n"));
+    assert_non_null(strstr(t, "certgate_decisions_total{result=\"deny\",reason=\"pending\"} 1\n"));
+    assert_non_null(strstr(t, "certgate_redis_lookups_total{outcome=\"timeout\"} 1\n"));
+    assert_non_null(strstr(t, "certgate_redis_lookup_seconds_bucket{le=\"0.00025\"} 0\n"));
+    assert_non_null(strstr(t, "certgate_redis_lookup_seconds_bucket{le=\"0.0005\"} 1\n"));
+    assert_non_null(strstr(t, "certgate_redis_lookup_seconds_bucket{le=\"0.25\"} 1\n"));
+    assert_non_null(strstr(t, "certgate_redis_lookup_seconds_bucket{le=\"+Inf\"} 2\n"));
+    assert_non_null(strstr(t, "certgate_redis_lookup_seconds_count 2\n"));
+    assert_non_null(strstr(t, "certgate_invalidations_total 2\n"));
+    assert_non_null(strstr(t, "certgate_invalidation_lag_seconds_count 1\n"));
+    assert_non_null(strstr(t, "certgate_registrations{status=\"INACTIVATED\"} 4\n"));
+    assert_non_null(strstr(t, "certgate_registrations{status=\"EXPIRED\"} 5\n"));
+    assert_non_null(strstr(t, "certgate_certificates_expiring{within_days=\"90\"} 2\n"));
+    assert_non_null(strstr(t, "certgate_store_up 1\n"));
+    free(t);
+    st.ok = 0;
+    t = cg_metrics_render(&m, &st);
+    assert_null(strstr(t, "certgate_registrations{"));
+    assert_non_null(strstr(t, "certgate_store_up 0\n"));
+    free(t);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -528,6 +618,9 @@ int main(void)
         cmocka_unit_test(test_fingerprint_matches_openssl_cli),
         cmocka_unit_test(test_store_config_checks),
         cmocka_unit_test(test_store_unreachable_is_bounded),
+        cmocka_unit_test(test_cache_lru_bound_and_age),
+        cmocka_unit_test(test_cache_invalidation_beats_a_racing_put),
+        cmocka_unit_test(test_metrics_render),
     };
     return cmocka_run_group_tests_name("certgate core", tests, NULL, NULL);
 }
