@@ -9,7 +9,7 @@ CORE_LIB = build/libcertgate.a
 LIBS     = -ljansson -lhiredis -lssl -lcrypto -lpthread
 MODULE   = build/mod_certgate.so
 
-.PHONY: all deps module unit test test-unit test-integration demo demo-stop clean bench fuzz fuzz-build test-asan test-valgrind
+.PHONY: all deps module unit test test-unit test-integration demo demo-stop clean bench fuzz fuzz-build fuzz-deps test-asan test-valgrind valgrind-deps
 
 all: module
 
@@ -78,7 +78,10 @@ build/fuzz/%: fuzz/%.c $(CORE_SRC) src/*.h
 fuzz-build: $(FUZZ_TARGETS:%=build/fuzz/%)
 
 # Each target runs FUZZ_SECONDS from a seed corpus the build generates.
-fuzz: deps fuzz-build
+fuzz-deps:
+	@bash scripts/deps.sh clang libclang-rt-14-dev
+
+fuzz: fuzz-deps fuzz-build
 	@bash scripts/fuzz.sh $(FUZZ_SECONDS) $(FUZZ_TARGETS)
 
 # ASan+UBSan: the core, the unit tests and the module; the Debian apache2
@@ -101,7 +104,10 @@ test-asan: deps build/asan/test_core build/asan/mod_certgate.so
 	CERTGATE_MODULE=$(CURDIR)/build/asan/mod_certgate.so CERTGATE_SANITIZE=asan \
 	  $(PYTEST) -q tests/integration
 
-test-valgrind: deps build/test_core $(MODULE)
+valgrind-deps:
+	@bash scripts/deps.sh valgrind
+
+test-valgrind: deps valgrind-deps build/test_core $(MODULE)
 	valgrind -q --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite \
 	  --show-leak-kinds=definite ./build/test_core
 	CERTGATE_SANITIZE=valgrind $(PYTEST) -q tests/integration/test_gate.py \

@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Install the Debian packages mod_certgate builds, tests and demos with, when missing.
+# Usage: deps.sh [extra packages...]
 set -euo pipefail
 
 PKGS="apache2 apache2-dev libhiredis-dev redis-server redis-tools libssl-dev openssl libjansson-dev
       libcmocka-dev python3 python3-pytest python3-requests python3-cryptography python3-redis
       curl make gcc pkg-config apache2-utils wrk"
+# Extra packages for one target (make fuzz: clang; make test-valgrind: valgrind).
+PKGS="$PKGS $*"
 
 missing=""
 for p in $PKGS; do
