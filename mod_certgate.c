@@ -19,7 +19,6 @@
 #include "apr_optional_hooks.h"
 #include "apr_strings.h"
 #include "apr_thread_mutex.h"
-#include "mod_ssl.h"
 
 #include "cg_admin.h"
 #include "cg_cache.h"
