@@ -391,6 +391,10 @@ static const char *set_cache_max_age(cmd_parms *cmd, void *d, const char *arg)
 static const char *set_usage_interval(cmd_parms *cmd, void *d, const char *arg)
 {
     (void)d;
+    if (strcasecmp(arg, "off") == 0) {
+        srv_conf(cmd->server)->usage_interval = 0;
+        return NULL;
+    }
     return parse_int(cmd, arg, 1, 3600, &srv_conf(cmd->server)->usage_interval);
 }
 
@@ -607,7 +611,7 @@ static const command_rec cg_cmds[] = {
     AP_INIT_TAKE1("CertGateCacheMaxAge", set_cache_max_age, NULL, RSRC_CONF,
                   "Seconds a cached registration is trusted at most (default 5)"),
     AP_INIT_TAKE1("CertGateUsageFlushInterval", set_usage_interval, NULL, RSRC_CONF,
-                  "Seconds between batched writes of per-certificate usage (default 5)"),
+                  "Seconds between batched writes of per-certificate usage (default 5), or off"),
     AP_INIT_ITERATE("CertGateExpiryWarnDays", add_expiry_day, NULL, RSRC_CONF,
                     "Days before expiry that emit cert.expiring, decreasing, or off "
                     "(default 90 60 30 7)"),
@@ -866,7 +870,8 @@ static void cg_child_init(apr_pool_t *p, server_rec *s)
         }
         apr_pool_cleanup_register(p, sc->store, store_cleanup, apr_pool_cleanup_null);
         /* Registered after the store, so it stops (with a last flush) before it. */
-        sc->usage = cg_usage_start(sc->store, 4096,
+        if (sc->usage_interval != 0)
+            sc->usage = cg_usage_start(sc->store, 4096,
                                    (sc->usage_interval != UNSET ? sc->usage_interval : 5) * 1000,
                                    2000, usage_flushed, v);
         if (sc->usage != NULL)
