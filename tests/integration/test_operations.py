@@ -1,5 +1,6 @@
 """Operations: Prometheus metrics, per-certificate usage, expiry events."""
-import re
+import os
+import shutil
 import time
 
 import pytest
@@ -139,8 +140,6 @@ def test_expiry_events_once_per_threshold(stack, pki):
 
 
 def test_second_gateway_does_not_repeat_events(pki):
-    import os
-    import shutil
     a = Stack(pki, extra_server=OPS)
     try:
         soon = make_cert("expiring in 5 days", issuer=pki.inter, days=5)
