@@ -1066,19 +1066,11 @@ static int respond_deny(request_rec *r, cg_reason_t reason)
     if (ap_response_code_string(r, ap_index_of_response(status)) != NULL)
         return status;
 
-    const char *error = status == 503 ? "service_unavailable" : "forbidden";
-    const char *body;
-    if (accepts_json(r)) {
-        ap_set_content_type(r, "application/json");
-        /* Names and messages are fixed ASCII without quotes: no escaping needed. */
-        body = apr_psprintf(r->pool, "{\"error\":\"%s\",\"reason\":\"%s\",\"message\":\"%s\"}\n",
-                            error, name, cg_reason_message(reason));
-    } else {
-        ap_set_content_type(r, "text/plain; charset=utf-8");
-        body = apr_psprintf(r->pool, "%d %s: %s (%s)\n", status,
-                            status == 503 ? "Service Unavailable" : "Forbidden",
-                            cg_reason_message(reason), name);
-    }
+    char *body = apr_palloc(r->pool, CG_DENY_BODY_MAX);
+    const char *ctype;
+    if (cg_deny_body(reason, accepts_json(r), body, CG_DENY_BODY_MAX, &ctype) < 0)
+        return status;   /* cannot happen with our fixed texts; httpd's page is the fallback */
+    ap_set_content_type(r, ctype);
     if (status == 503)
         apr_table_setn(r->err_headers_out, "Retry-After", "1");
     r->status = status;

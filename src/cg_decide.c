@@ -1,5 +1,6 @@
 #include "cg_decide.h"
 
+#include <stdio.h>
 #include <string.h>
 
 static const char *const reason_names[CG_R__COUNT] = {
@@ -107,4 +108,23 @@ int64_t cg_expire_in_days(const cg_reg_t *reg, int64_t now)
     if (reg->valid_to <= now)
         return 0;
     return (reg->valid_to - now) / 86400;
+}
+
+int cg_deny_body(cg_reason_t r, int json, char *buf, size_t cap, const char **ctype)
+{
+    int status = cg_reason_http_status(r);
+    int n;
+    if (json) {
+        *ctype = "application/json";
+        /* Names and messages are fixed ASCII without quotes: no escaping needed. */
+        n = snprintf(buf, cap, "{\"error\":\"%s\",\"reason\":\"%s\",\"message\":\"%s\"}\n",
+                     status == 503 ? "service_unavailable" : "forbidden", cg_reason_name(r),
+                     cg_reason_message(r));
+    } else {
+        *ctype = "text/plain; charset=utf-8";
+        n = snprintf(buf, cap, "%d %s: %s (%s)\n", status,
+                     status == 503 ? "Service Unavailable" : "Forbidden", cg_reason_message(r),
+                     cg_reason_name(r));
+    }
+    return n < 0 || (size_t)n >= cap ? -1 : n;
 }

@@ -49,6 +49,15 @@ int cg_reason_http_status(cg_reason_t r);
  */
 cg_reason_t cg_decide(const cg_input_t *in);
 
+/*
+ * The body adapters send with a deny when no operator error page is set:
+ * JSON when the client accepts it, else one line of text. Writes at most cap
+ * bytes including the NUL; returns the length, or -1 if cap is too small.
+ * *ctype gets the Content-Type.
+ */
+#define CG_DENY_BODY_MAX 512
+int cg_deny_body(cg_reason_t r, int json, char *buf, size_t cap, const char **ctype);
+
 /* Whole days left until valid_to (floored, 0 if past). */
 int64_t cg_expire_in_days(const cg_reg_t *reg, int64_t now);
 

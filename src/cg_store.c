@@ -143,7 +143,7 @@ static void set_err(char *err, size_t errlen, const char *what, const redisConte
 }
 
 /* Redis answered with an error: WRONGTYPE means a key of ours holds the wrong kind. */
-static cg_store_rc_t error_reply(redisReply *r, const char *what, char *err, size_t errlen)
+static cg_store_rc_t error_reply(const redisReply *r, const char *what, char *err, size_t errlen)
 {
     /* Error text from Redis never holds our password. */
     if (err != NULL && errlen > 0)
@@ -281,70 +281,60 @@ static redisContext *take(cg_store_t *st, int64_t deadline, int *pooled, char *e
     return c != NULL ? c : connect_new(st, deadline, err, errlen);
 }
 
-/* One lookup on one connection. *broken: CONN_OK, or how the context failed. */
-static cg_store_rc_t lookup_on(cg_store_t *st, redisContext *c, int64_t deadline,
-                               const cg_fp_t *leaf, cg_reg_t *out, char *err, size_t errlen,
-                               int *broken)
-{
-    char key[CG_PREFIX_MAX + 16 + CG_ID_MAX + CG_FP_HEX_LEN];
-    char hex[CG_FP_HEX_LEN + 1];
-    cg_store_rc_t rc = CG_STORE_ERROR;
-    redisReply *r = NULL;
+/* ---- The lookup as steps without I/O: the blocking store below and the
+ * nginx adapter's async client run the same two commands through these. ---- */
 
+int cg_lookup_index_cmd(const char *prefix, const cg_fp_t *leaf, char *key, size_t cap)
+{
+    char hex[CG_FP_HEX_LEN + 1];
     cg_fp_to_hex(leaf, hex);
-    int klen = snprintf(key, sizeof(key), "%sfp:%s", st->prefix, hex);
-    const char *gargv[2] = { "GET", key };
-    size_t glens[2] = { 3, (size_t)klen };
-    r = command_st(c, deadline, err, errlen, "GET", 2, gargv, glens, broken);
-    if (r == NULL)
-        return CG_STORE_ERROR;
-    *broken = CONN_BROKEN;  /* error replies: do not reuse */
-    if (r->type == REDIS_REPLY_ERROR) {
-        rc = error_reply(r, "GET", err, errlen);
-        goto done;
-    }
-    *broken = CONN_OK;
-    if (r->type == REDIS_REPLY_NIL) {
-        rc = CG_STORE_NOTFOUND;
-        goto done;
-    }
+    int n = snprintf(key, cap, "%sfp:%s", prefix, hex);
+    return n < 0 || (size_t)n >= cap ? -1 : n;
+}
+
+cg_store_rc_t cg_lookup_index_reply(const char *prefix, const redisReply *r, char *key,
+                                    size_t cap, int *klen, char *err, size_t errlen)
+{
+    if (r->type == REDIS_REPLY_ERROR)
+        return error_reply(r, "GET", err, errlen);
+    if (r->type == REDIS_REPLY_NIL)
+        return CG_STORE_NOTFOUND;
     if (r->type != REDIS_REPLY_STRING || !cg_id_valid(r->str, r->len)) {
         snprintf(err, errlen, "fingerprint index holds no valid registration id");
-        rc = CG_STORE_CORRUPT;
-        goto done;
+        return CG_STORE_CORRUPT;
     }
-    klen = snprintf(key, sizeof(key), "%sreg:%.*s", st->prefix, (int)r->len, r->str);
-    freeReplyObject(r);
+    int n = snprintf(key, cap, "%sreg:%.*s", prefix, (int)r->len, r->str);
+    if (n < 0 || (size_t)n >= cap) {
+        snprintf(err, errlen, "registration key too long");
+        return CG_STORE_CORRUPT;
+    }
+    *klen = n;
+    return CG_STORE_OK;
+}
 
-    const char *hargv[2] = { "HGETALL", key };
-    size_t hlens[2] = { 7, (size_t)klen };
-    r = command_st(c, deadline, err, errlen, "HGETALL", 2, hargv, hlens, broken);
-    if (r == NULL)
-        return CG_STORE_ERROR;
-    *broken = CONN_BROKEN;
-    if (r->type == REDIS_REPLY_ERROR) {
-        rc = error_reply(r, "HGETALL", err, errlen);
-        goto done;
-    }
-    *broken = CONN_OK;
+cg_store_rc_t cg_lookup_record_reply(const redisReply *r, const cg_fp_t *leaf, cg_reg_t *out,
+                                     char *err, size_t errlen)
+{
+    if (r->type == REDIS_REPLY_ERROR)
+        return error_reply(r, "HGETALL", err, errlen);
     if (r->type != REDIS_REPLY_ARRAY || r->elements % 2 != 0) {
         snprintf(err, errlen, "registration is not a hash");
-        rc = CG_STORE_CORRUPT;
-        goto done;
+        return CG_STORE_CORRUPT;
     }
-    if (r->elements == 0) {
-        /* Index points at a record that is gone: treat as not registered. */
-        rc = CG_STORE_NOTFOUND;
-        goto done;
-    }
+    /* The index points at a record that is gone: not registered. */
+    if (r->elements == 0)
+        return CG_STORE_NOTFOUND;
     cg_field_t fields[64];
     size_t nf = 0;
-    for (size_t i = 0; i + 1 < r->elements && nf < sizeof(fields) / sizeof(fields[0]); i += 2) {
-        redisReply *k = r->element[i], *v = r->element[i + 1];
+    if (r->elements / 2 > sizeof(fields) / sizeof(fields[0])) {
+        snprintf(err, errlen, "registration has too many fields");
+        return CG_STORE_CORRUPT;
+    }
+    for (size_t i = 0; i + 1 < r->elements; i += 2) {
+        const redisReply *k = r->element[i], *v = r->element[i + 1];
         if (k->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING) {
             snprintf(err, errlen, "registration field is not a string");
-            rc = CG_STORE_CORRUPT;
-            goto done;
+            return CG_STORE_CORRUPT;
         }
         fields[nf].name = k->str;
         fields[nf].name_len = k->len;
@@ -352,22 +342,48 @@ static cg_store_rc_t lookup_on(cg_store_t *st, redisContext *c, int64_t deadline
         fields[nf].value_len = v->len;
         nf++;
     }
-    if (r->elements / 2 > nf) {
-        snprintf(err, errlen, "registration has too many fields");
-        rc = CG_STORE_CORRUPT;
-        goto done;
-    }
-    if (cg_reg_decode(fields, nf, out, err, errlen) != 0) {
-        rc = CG_STORE_CORRUPT;
-        goto done;
-    }
+    if (cg_reg_decode(fields, nf, out, err, errlen) != 0)
+        return CG_STORE_CORRUPT;
     if (!cg_fp_eq(&out->fingerprint, leaf)) {
         snprintf(err, errlen, "index and record fingerprints differ");
-        rc = CG_STORE_CORRUPT;
-        goto done;
+        return CG_STORE_CORRUPT;
     }
-    rc = CG_STORE_OK;
-done:
+    return CG_STORE_OK;
+}
+
+/* One lookup on one connection. *broken: CONN_OK, or how the context failed. */
+static cg_store_rc_t lookup_on(cg_store_t *st, redisContext *c, int64_t deadline,
+                               const cg_fp_t *leaf, cg_reg_t *out, char *err, size_t errlen,
+                               int *broken)
+{
+    char key[CG_LOOKUP_KEY_MAX];
+    cg_store_rc_t rc;
+    redisReply *r;
+
+    int klen = cg_lookup_index_cmd(st->prefix, leaf, key, sizeof(key));
+    if (klen < 0) {
+        snprintf(err, errlen, "index key too long");
+        return CG_STORE_ERROR;
+    }
+    const char *gargv[2] = { "GET", key };
+    size_t glens[2] = { 3, (size_t)klen };
+    r = command_st(c, deadline, err, errlen, "GET", 2, gargv, glens, broken);
+    if (r == NULL)
+        return CG_STORE_ERROR;
+    /* After an error reply the connection is not reused. */
+    *broken = r->type == REDIS_REPLY_ERROR ? CONN_BROKEN : CONN_OK;
+    rc = cg_lookup_index_reply(st->prefix, r, key, sizeof(key), &klen, err, errlen);
+    freeReplyObject(r);
+    if (rc != CG_STORE_OK)
+        return rc;
+
+    const char *hargv[2] = { "HGETALL", key };
+    size_t hlens[2] = { 7, (size_t)klen };
+    r = command_st(c, deadline, err, errlen, "HGETALL", 2, hargv, hlens, broken);
+    if (r == NULL)
+        return CG_STORE_ERROR;
+    *broken = r->type == REDIS_REPLY_ERROR ? CONN_BROKEN : CONN_OK;
+    rc = cg_lookup_record_reply(r, leaf, out, err, errlen);
     freeReplyObject(r);
     return rc;
 }

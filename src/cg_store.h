@@ -65,6 +65,19 @@ cg_store_rc_t cg_store_hgetall_many(cg_store_t *st, int timeout_ms, const char *
 
 void cg_store_reply_free(struct redisReply *r);
 
+/*
+ * The lookup without I/O, for clients that do their own (the nginx adapter's
+ * async one): GET the index key, feed the reply to cg_lookup_index_reply, which
+ * on CG_STORE_OK writes the record key; HGETALL that, and feed the reply to
+ * cg_lookup_record_reply. Keys fit in CG_LOOKUP_KEY_MAX bytes.
+ */
+#define CG_LOOKUP_KEY_MAX (CG_PREFIX_MAX + 16 + CG_ID_MAX + CG_FP_HEX_LEN)
+int cg_lookup_index_cmd(const char *prefix, const cg_fp_t *leaf, char *key, size_t cap);
+cg_store_rc_t cg_lookup_index_reply(const char *prefix, const struct redisReply *r, char *key,
+                                    size_t cap, int *klen, char *err, size_t errlen);
+cg_store_rc_t cg_lookup_record_reply(const struct redisReply *r, const cg_fp_t *leaf,
+                                     cg_reg_t *out, char *err, size_t errlen);
+
 const char *cg_store_prefix(const cg_store_t *st);
 
 /* Drop idle connections (after fork, or on shutdown). */

@@ -9,6 +9,7 @@
 #include <time.h>
 #include <unistd.h>
 #include <cmocka.h>
+#include <hiredis/hiredis.h>
 #include <openssl/pem.h>
 #include <openssl/x509.h>
 
@@ -596,10 +597,105 @@ static void test_metrics_render(void **state)
     free(t);
 }
 
+/* The lookup steps the async nginx client shares with the blocking store. */
+static redisReply str_reply(int type, const char *s)
+{
+    redisReply r;
+    memset(&r, 0, sizeof(r));
+    r.type = type;
+    r.str = (char *)s;
+    r.len = s ? strlen(s) : 0;
+    return r;
+}
+
+static void test_lookup_steps(void **state)
+{
+    (void)state;
+    char key[CG_LOOKUP_KEY_MAX], err[128];
+    int klen = 0;
+    cg_fp_t leaf;
+    memset(&leaf, 0xab, sizeof(leaf));
+
+    int n = cg_lookup_index_cmd("p:", &leaf, key, sizeof(key));
+    assert_int_equal(n, 2 + 3 + 64);
+    assert_memory_equal(key, "p:fp:abab", 9);
+    assert_int_equal(cg_lookup_index_cmd("p:", &leaf, key, 10), -1);
+
+    redisReply nil = str_reply(REDIS_REPLY_NIL, NULL);
+    assert_int_equal(cg_lookup_index_reply("p:", &nil, key, sizeof(key), &klen, err,
+                                           sizeof(err)), CG_STORE_NOTFOUND);
+    redisReply id = str_reply(REDIS_REPLY_STRING, "r1");
+    assert_int_equal(cg_lookup_index_reply("p:", &id, key, sizeof(key), &klen, err,
+                                           sizeof(err)), CG_STORE_OK);
+    assert_string_equal(key, "p:reg:r1");
+    assert_int_equal(klen, 8);
+    redisReply bad = str_reply(REDIS_REPLY_STRING, "r 1*");
+    assert_int_equal(cg_lookup_index_reply("p:", &bad, key, sizeof(key), &klen, err,
+                                           sizeof(err)), CG_STORE_CORRUPT);
+    redisReply wrongtype = str_reply(REDIS_REPLY_ERROR, "WRONGTYPE Operation against a key");
+    assert_int_equal(cg_lookup_index_reply("p:", &wrongtype, key, sizeof(key), &klen, err,
+                                           sizeof(err)), CG_STORE_CORRUPT);
+    redisReply noauth = str_reply(REDIS_REPLY_ERROR, "NOAUTH Authentication required.");
+    assert_int_equal(cg_lookup_index_reply("p:", &noauth, key, sizeof(key), &klen, err,
+                                           sizeof(err)), CG_STORE_ERROR);
+    assert_non_null(strstr(err, "NOAUTH"));
+
+    char hex[CG_FP_HEX_LEN + 1];
+    cg_fp_to_hex(&leaf, hex);
+    const char *kv[] = { "id", "r1", "app_id", "app1", "status", "APPROVED", "fingerprint", hex,
+                         "chain", "", "valid_from", "1", "valid_to", "2" };
+    redisReply el[14], *elp[14];
+    for (int i = 0; i < 14; i++) {
+        el[i] = str_reply(REDIS_REPLY_STRING, kv[i]);
+        elp[i] = &el[i];
+    }
+    redisReply arr;
+    memset(&arr, 0, sizeof(arr));
+    arr.type = REDIS_REPLY_ARRAY;
+    arr.elements = 14;
+    arr.element = elp;
+    cg_reg_t reg;
+    assert_int_equal(cg_lookup_record_reply(&arr, &leaf, &reg, err, sizeof(err)), CG_STORE_OK);
+    assert_string_equal(reg.app_id, "app1");
+    cg_fp_t other;
+    memset(&other, 0xcd, sizeof(other));
+    assert_int_equal(cg_lookup_record_reply(&arr, &other, &reg, err, sizeof(err)),
+                     CG_STORE_CORRUPT);
+    arr.elements = 13;     /* odd: not a hash */
+    assert_int_equal(cg_lookup_record_reply(&arr, &leaf, &reg, err, sizeof(err)),
+                     CG_STORE_CORRUPT);
+    arr.elements = 0;      /* the index points at a record that is gone */
+    assert_int_equal(cg_lookup_record_reply(&arr, &leaf, &reg, err, sizeof(err)),
+                     CG_STORE_NOTFOUND);
+}
+
+static void test_deny_body(void **state)
+{
+    (void)state;
+    char buf[CG_DENY_BODY_MAX];
+    const char *ctype;
+    int n = cg_deny_body(CG_R_PENDING, 1, buf, sizeof(buf), &ctype);
+    assert_true(n > 0);
+    assert_string_equal(ctype, "application/json");
+    assert_non_null(strstr(buf, "{\"error\":\"forbidden\",\"reason\":\"pending\""));
+    n = cg_deny_body(CG_R_STORE_UNAVAILABLE, 0, buf, sizeof(buf), &ctype);
+    assert_true(n > 0 && (size_t)n == strlen(buf));
+    assert_true(strncmp(ctype, "text/plain", 10) == 0);
+    assert_true(strncmp(buf, "503 Service Unavailable: ", 25) == 0);
+    assert_non_null(strstr(buf, "(store_unavailable)\n"));
+    assert_int_equal(cg_deny_body(CG_R_PENDING, 1, buf, 16, &ctype), -1);
+    /* Every reason fits the buffer the adapters allocate. */
+    for (int r = 0; r < CG_R__COUNT; r++)
+        for (int json = 0; json < 2; json++)
+            assert_true(cg_deny_body((cg_reason_t)r, json, buf, sizeof(buf), &ctype) > 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_allow),
+        cmocka_unit_test(test_lookup_steps),
+        cmocka_unit_test(test_deny_body),
         cmocka_unit_test(test_no_client_cert),
         cmocka_unit_test(test_unregistered),
         cmocka_unit_test(test_statuses),
