@@ -8,8 +8,9 @@ CORE_OBJ = $(CORE_SRC:src/%.c=build/core/%.o)
 CORE_LIB = build/libcertgate.a
 LIBS     = -ljansson -lhiredis -lssl -lcrypto -lpthread
 MODULE   = build/mod_certgate.so
+NGX_MODULE = build/ngx_http_certgate_module.so
 
-.PHONY: all deps module unit test test-unit test-integration demo demo-stop clean bench fuzz fuzz-build fuzz-deps test-asan test-valgrind valgrind-deps
+.PHONY: all deps module nginx-module unit test test-unit test-integration demo demo-stop clean bench fuzz fuzz-build fuzz-deps test-asan test-valgrind valgrind-deps
 
 all: module
 
@@ -33,6 +34,12 @@ $(MODULE): mod_certgate.c $(CORE_LIB) src/*.h
 
 module: $(MODULE)
 
+# nginx: Debian's nginx-dev sources configured like Debian's binary (scripts/nginx-module.sh).
+$(NGX_MODULE): nginx/*.c nginx/*.h nginx/config $(CORE_LIB) src/*.h scripts/nginx-module.sh
+	bash scripts/nginx-module.sh $@
+
+nginx-module: deps $(NGX_MODULE)
+
 build/test_core: tests/unit/test_core.c $(CORE_LIB)
 	$(CC) $(CFLAGS_COMMON) -Isrc -o $@ $< $(CORE_LIB) -lcmocka $(LIBS)
 
@@ -41,7 +48,7 @@ unit: build/test_core
 test-unit: build/test_core
 	./build/test_core
 
-test-integration: $(MODULE)
+test-integration: $(MODULE) $(NGX_MODULE)
 	$(PYTEST) -q tests/integration
 
 test: deps
@@ -62,7 +69,7 @@ build/wrk_client_cert.so: bench/wrk_client_cert.c
 	$(CC) -std=c11 -Wall -Wextra -Werror -O2 -shared -fPIC -o $@ $< -ldl -lssl
 
 # Not part of make test: minutes of load on both cores.
-bench: deps $(MODULE) build/wrk_client_cert.so
+bench: deps $(MODULE) $(NGX_MODULE) build/wrk_client_cert.so
 	@command -v wrk >/dev/null || { echo "bench needs wrk (apt-get install wrk)"; exit 1; }
 	/usr/bin/python3 bench/run.py $(BENCH_ARGS)
 
@@ -99,7 +106,7 @@ build/asan/mod_certgate.so: mod_certgate.c $(CORE_SRC) src/*.h
 	  $(notdir $(CORE_SRC)) $(LIBS) >/dev/null
 	cp build/asan/apxs/.libs/mod_certgate.so $@.tmp && mv -f $@.tmp $@
 
-test-asan: deps build/asan/test_core build/asan/mod_certgate.so
+test-asan: deps build/asan/test_core build/asan/mod_certgate.so $(NGX_MODULE)
 	ASAN_OPTIONS=detect_leaks=1 ./build/asan/test_core
 	CERTGATE_MODULE=$(CURDIR)/build/asan/mod_certgate.so CERTGATE_SANITIZE=asan \
 	  $(PYTEST) -q tests/integration
@@ -107,8 +114,8 @@ test-asan: deps build/asan/test_core build/asan/mod_certgate.so
 valgrind-deps:
 	@bash scripts/deps.sh valgrind
 
-test-valgrind: deps valgrind-deps build/test_core $(MODULE)
+test-valgrind: deps valgrind-deps build/test_core $(MODULE) $(NGX_MODULE)
 	valgrind -q --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite \
 	  --show-leak-kinds=definite ./build/test_core
 	CERTGATE_SANITIZE=valgrind $(PYTEST) -q tests/integration/test_gate.py \
-	  -k "allowed_and_exported or unregistered or chain_mismatch or forward_headers or app_binding"
+	  -k "httpd and (allowed_and_exported or unregistered or chain_mismatch or forward_headers or app_binding)"

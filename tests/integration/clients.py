@@ -25,7 +25,7 @@ def files_for(stack, cert, **kw):
 
 def get(stack, path, cert=None, headers=None, timeout=10, **kw):
     files = files_for(stack, cert, **kw) if cert is not None else None
-    return requests.get(stack.httpd.url(path), cert=files, verify=stack.server_ca,
+    return requests.get(stack.server.url(path), cert=files, verify=stack.server_ca,
                         headers=headers or {}, timeout=timeout)
 
 
@@ -43,7 +43,7 @@ def curl(stack, urls, cert=None, http2=True, extra=()):
         cmd += ["--cert", c, "--key", k]
     cmd += list(extra)
     for u in urls:
-        cmd += ["-o", "/dev/null", stack.httpd.url(u)]
+        cmd += ["-o", "/dev/null", stack.server.url(u)]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout
     return [tuple(line.split()) for line in out.strip().splitlines()]
 
@@ -58,7 +58,7 @@ def tls_context(stack, cert):
 
 def raw_get(stack, ctx, path, session=None):
     """One HTTP/1.1 request on a fresh TLS connection. Returns (status, reused, session)."""
-    sock = socket.create_connection(("127.0.0.1", stack.httpd.port), timeout=10)
+    sock = socket.create_connection(("127.0.0.1", stack.server.port), timeout=10)
     with ctx.wrap_socket(sock, server_hostname="localhost", session=session) as s:
         s.sendall(("GET %s HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
                    % path).encode())

@@ -11,6 +11,13 @@ from pki import PKI
 def pytest_sessionstart(session):
     if not os.path.exists(harness.MODULE):
         raise pytest.UsageError("build/mod_certgate.so is missing: run 'make module' first")
+    if not os.path.exists(harness.NGX_MODULE):
+        raise pytest.UsageError("build/ngx_http_certgate_module.so is missing: "
+                                "run 'make nginx-module' first")
+
+
+# The shared scenarios run once against each server.
+SERVERS = ["httpd", "nginx"]
 
 
 def make_workdir():
@@ -28,9 +35,12 @@ def pki():
 
 
 class Stack:
-    """One redis-server and one apache2, and the certificate files clients use."""
+    """One redis-server and one web server (apache2, or nginx with server="nginx"),
+    and the certificate files clients use. `server` is the web server; `httpd`
+    is the same object when it is apache2, for the httpd-only suites."""
 
-    def __init__(self, pki, store_conf=None, files=None, **httpd_args):
+    def __init__(self, pki, store_conf=None, files=None, server="httpd", nginx_args=None,
+                 **httpd_args):
         self.work = make_workdir()
         for name, content in (files or {}).items():
             with open(os.path.join(self.work, name), "w") as f:
@@ -43,18 +53,23 @@ class Stack:
         self.redis = harness.Redis(self.work).start()
         if callable(store_conf):
             store_conf = store_conf(self.redis)
-        self.httpd = harness.Httpd(self.work, self.pki_dir, self.redis, store_conf=store_conf,
-                                   **httpd_args)
-        self.httpd.start()
+        if server == "nginx":
+            self.server = harness.Nginx(self.work, self.pki_dir, self.redis,
+                                        store_conf=store_conf, **(nginx_args or {}))
+        else:
+            self.server = self.httpd = harness.Httpd(self.work, self.pki_dir, self.redis,
+                                                      store_conf=store_conf, **httpd_args)
+        self.kind = server
+        self.server.start()
         self.r = self.redis.client()
 
     def client_files(self, cert, name, **kw):
         return cert.write(self.pki_dir, name, **kw)
 
     def close(self):
-        self.httpd.stop()
+        self.server.stop()
         self.redis.stop()
-        reports = self.httpd.sanitizer_reports()
+        reports = self.server.sanitizer_reports()
         if reports:
             keep = os.environ.get("CERTGATE_KEEP_TEST_DIRS")
             raise AssertionError("sanitizer or crash reports in %s:\n%s"

@@ -216,6 +216,8 @@ Listen 127.0.0.1:{port} https
 
 
 class Httpd:
+    kind = "httpd"
+
     def __init__(self, workdir, pki_dir, redis, timeout_ms=200, extra_server="", extra_vhost="",
                  store_conf=None):
         self.work = workdir
@@ -378,3 +380,148 @@ def flush_store(r, prefix="certgate:"):
     r.flushdb()
     r.publish(prefix + "invalidate", "flush")
     time.sleep(0.1)
+
+
+NGINX = "/usr/sbin/nginx"
+NGX_MODULE = os.environ.get("CERTGATE_NGX_MODULE") or os.path.join(
+    ROOT, "build", "ngx_http_certgate_module.so")
+
+# The same locations as HTTPD_CONF, so the shared scenarios run unchanged.
+NGINX_CONF = """
+load_module {module};
+daemon off;
+master_process on;
+worker_processes {workers};
+pid {work}/run/nginx.pid;
+error_log {work}/logs/error.log info;
+{user}
+events {{ worker_connections 1024; }}
+
+http {{
+    types {{ text/plain txt; }}
+    default_type application/octet-stream;
+    client_body_temp_path {work}/run/body;
+    proxy_temp_path {work}/run/proxy;
+    fastcgi_temp_path {work}/run/fastcgi;
+    uwsgi_temp_path {work}/run/uwsgi;
+    scgi_temp_path {work}/run/scgi;
+    log_format cg '$remote_addr "$request" $status reason=$certgate_reason app=$certgate_app_id';
+    access_log {work}/logs/access.log cg;
+
+    {store_conf}
+    certgate_redis_timeout {timeout_ms}ms;
+    {extra_http}
+
+    # Empty values drop a header in add_header: show "-" instead, so a probe is always there.
+    map $http_client_cert $seen_client_cert {{ "" "-"; default $http_client_cert; }}
+    map $http_client_cert_chain $seen_client_cert_chain {{ "" "-"; default $http_client_cert_chain; }}
+    map $http_certgate_app_id $seen_hdr_app {{ "" "-"; default $http_certgate_app_id; }}
+
+    server {{
+        listen 127.0.0.1:{port} ssl http2;
+        server_name localhost;
+        root {work}/htdocs;
+        ssl_certificate {work}/pki/server.pem;
+        ssl_certificate_key {work}/pki/server.key;
+        ssl_verify_client optional_no_ca;
+        ssl_verify_depth 10;
+        ssl_protocols TLSv1.2 TLSv1.3;     # 1.22 leaves 1.3 off by default
+        ssl_session_cache shared:ssl:1m;
+
+        # Show what the gate exported, so tests can assert on it.
+        add_header X-Seen-App $certgate_app_id always;
+        add_header X-Seen-Cert-Id $certgate_cert_id always;
+        add_header X-Seen-Fingerprint $certgate_fingerprint always;
+        add_header X-Seen-Expire-In $certgate_expire_in always;
+        add_header X-Seen-Client-Cert $seen_client_cert always;
+        add_header X-Seen-Client-Cert-Chain $seen_client_cert_chain always;
+        add_header X-Seen-Hdr-App $seen_hdr_app always;
+
+        location /gated/ {{ certgate on; }}
+        location /app/ {{
+            certgate on;
+            certgate_app_from header X-App-Id;
+        }}
+        location /fwd/ {{
+            certgate on;
+            certgate_forward_headers on;
+        }}
+        location /errdoc/ {{
+            certgate on;
+            error_page 403 /open/denied.txt;
+        }}
+        location /open/ {{ error_page 404 /gated/ok.txt; }}
+        {extra_server}
+    }}
+}}
+"""
+
+
+class Nginx:
+    """nginx with ngx_http_certgate_module: the same surface as Httpd for the shared tests."""
+    kind = "nginx"
+    h2 = True
+
+    def __init__(self, workdir, pki_dir, redis, timeout_ms=200, extra_http="", extra_server="",
+                 store_conf=None, workers=2):
+        self.work = workdir
+        self.port = free_port()
+        self.redis = redis
+        self.proc = None
+        for d in ("run", "logs", "htdocs"):
+            os.makedirs(os.path.join(workdir, d), exist_ok=True)
+        os.chmod(os.path.join(workdir, "run"), 0o777)   # temp paths for www-data workers
+        for d in ("gated", "app", "fwd", "open", "errdoc"):
+            os.makedirs(os.path.join(workdir, "htdocs", d), exist_ok=True)
+            with open(os.path.join(workdir, "htdocs", d, "ok.txt"), "w") as f:
+                f.write("ok\n")
+        with open(os.path.join(workdir, "htdocs", "open", "denied.txt"), "w") as f:
+            f.write("custom denied page\n")
+        self.conf = os.path.join(workdir, "nginx.conf")
+        with open(self.conf, "w") as f:
+            f.write(NGINX_CONF.format(
+                work=workdir, module=NGX_MODULE, port=self.port, workers=workers,
+                user="user www-data;" if os.geteuid() == 0 else "",
+                store_conf=store_conf if store_conf is not None else (
+                    "certgate_redis 127.0.0.1:%d;\n    certgate_redis_auth %s;\n"
+                    "    certgate_redis_db %d;" % (redis.port, Redis.PASSWORD, Redis.DB)),
+                timeout_ms=timeout_ms, extra_http=extra_http.replace("{work}", workdir),
+                extra_server=extra_server.replace("{work}", workdir)))
+        self.error_log = os.path.join(workdir, "logs", "error.log")
+
+    def start(self):
+        out = open(os.path.join(self.work, "logs", "stderr.log"), "ab")
+        self.proc = subprocess.Popen([NGINX, "-c", self.conf, "-p", self.work],
+                                     stdout=out, stderr=out)
+        try:
+            wait_port(self.port, self.proc, timeout=10.0 + 3 * SLACK)
+        except RuntimeError:
+            raise RuntimeError("nginx did not start: %s\n%s" % (self.read_log(), open(
+                os.path.join(self.work, "logs", "stderr.log")).read()))
+        return self
+
+    def stop(self):
+        self.log_at_stop = len(self.read_log())
+        stop_pid(self.proc)
+        self.proc = None
+
+    def sanitizer_reports(self):
+        """Crashes of workers while running ("exited on signal") and sanitizer reports."""
+        logs = os.path.join(self.work, "logs")
+        bad = [open(os.path.join(logs, n), errors="replace").read()
+               for n in sorted(os.listdir(logs))
+               if n.startswith(("asan", "ubsan"))]
+        log = self.read_log()
+        if "exited on signal" in log:
+            bad.append("\n".join(l for l in log.splitlines() if "exited on signal" in l))
+        return [b for b in bad if b.strip()]
+
+    def url(self, path):
+        return "https://localhost:%d%s" % (self.port, path)
+
+    def read_log(self):
+        try:
+            with open(self.error_log) as f:
+                return f.read()
+        except FileNotFoundError:
+            return ""

@@ -84,8 +84,41 @@ def test_every_directive_is_merged():
     assert "c->cas = add->cas" in merge_dir
 
 
+NGX_SRC = [os.path.join(ROOT, "nginx", n) for n in
+           ("ngx_http_certgate_module.c", "ngx_certgate_redis.c")]
+
+
+def nginx_directives():
+    src = open(NGX_SRC[0]).read()
+    return sorted(set(re.findall(r'ngx_string\("(certgate\w*)"\)', src.split("cg_commands[]")[1]
+                                 .split("ngx_null_command")[0])))
+
+
+def test_every_nginx_directive_is_documented_in_example_conf_and_merged():
+    names = nginx_directives()
+    assert len(names) >= 12
+    doc = open(os.path.join(ROOT, "docs", "nginx.md")).read()
+    conf = open(os.path.join(ROOT, "conf", "nginx-certgate.conf")).read()
+    for n in names:
+        assert re.search(r"^\| `%s[ `]" % n, doc, re.M), "%s missing in docs/nginx.md" % n
+        assert n in conf, "%s missing in conf/nginx-certgate.conf" % n
+    src = open(NGX_SRC[0]).read()
+    merge = src[src.index("static char *cg_merge_loc_conf(ngx_conf_t *cf, void *parent, "
+                          "void *child)\n{"):]
+    merge = merge[:merge.index("\n}\n")]
+    for field in ("enabled", "app_from", "app_name", "app_var", "forward_headers",
+                  "on_store_error"):
+        assert "c->%s" % field in merge, field
+    init = src[src.index("static char *cg_init_main_conf(ngx_conf_t *cf, void *conf)\n{"):]
+    init = init[:init.index("\n}\n")]
+    for field in ("redis.db", "timeout", "prefix", "cache", "cache_entries", "cache_max_age",
+                  "usage_interval", "redis_set"):
+        assert "c->%s" % field in init, field
+
+
 def test_every_log_tag_is_documented():
     src = open(os.path.join(ROOT, "mod_certgate.c")).read()
+    src += "".join(open(p).read() for p in NGX_SRC)
     tags = set(re.findall(r"CG\d{5}", src))
     # Tags built from parts ("CG%s" with "02003") are listed explicitly.
     tags |= {"CG" + t for t in re.findall(r'"(0\d{4})"', src)}

@@ -5,17 +5,18 @@ import pytest
 
 from clients import get, reason_of
 import harness
-from conftest import Stack
+from conftest import SERVERS, Stack
 from harness import invalidate, register
 
 GATED = "/gated/ok.txt"
 TIMEOUT_S = 0.2 + harness.SLACK   # CertGateRedisTimeout in the harness config
 
 
-@pytest.fixture(scope="module")
-def stack(pki):
+@pytest.fixture(scope="module", params=SERVERS)
+def stack(request, pki):
     # These tests are about the store path itself: no cache in front of it.
-    s = Stack(pki, extra_server="CertGateCache Off")
+    s = Stack(pki, server=request.param, extra_server="CertGateCache Off",
+              nginx_args={"extra_http": "certgate_cache off;"})
     yield s
     s.close()
 
@@ -57,7 +58,7 @@ def test_paused_redis_answers_503_within_timeout(stack, pki):
     finally:
         stack.redis.resume()
     assert wait_for_200(stack, pki.leaf).status_code == 200
-    log = stack.httpd.read_log()
+    log = stack.server.read_log()
     assert "CG02001" in log and "timeout" in log
 
 
@@ -106,11 +107,12 @@ def test_corrupt_record_fails_closed(stack, pki, corrupt):
     resp = get(stack, GATED, pki.leaf)
     assert resp.status_code == 503
     assert reason_of(resp) == "store_unavailable"
-    assert "CG02003" in stack.httpd.read_log()
+    assert "CG02003" in stack.server.read_log()
 
 
 def test_redis_password_never_logged(stack, pki):
     stack.redis.stop()
     get(stack, GATED, pki.leaf)
     stack.redis.start()
-    assert stack.redis.PASSWORD not in stack.httpd.read_log()
+    assert stack.redis.PASSWORD not in stack.server.read_log()
+

@@ -1,0 +1,199 @@
+/* hiredis async contexts on nginx events: see ngx_certgate_redis.h. */
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_event.h>
+
+#include "ngx_certgate_redis.h"
+
+/* The worker's one context. The cleanup hook clears it whenever hiredis frees
+ * it, for whatever reason, so it is always either live or NULL. */
+static redisAsyncContext *current;
+
+static void on_read(ngx_event_t *ev)
+{
+    ngx_connection_t *c = ev->data;
+    redisAsyncHandleRead(c->data);
+}
+
+static void on_write(ngx_event_t *ev)
+{
+    ngx_connection_t *c = ev->data;
+    redisAsyncHandleWrite(c->data);
+}
+
+/* Level-triggered: hiredis reads once per call and expects to be called again
+ * while data is left, which edge-triggered epoll would not do. */
+static void add_read(void *p)
+{
+    ngx_connection_t *c = p;
+    if (!c->read->active && ngx_add_event(c->read, NGX_READ_EVENT, NGX_LEVEL_EVENT) != NGX_OK)
+        ngx_log_error(NGX_LOG_ERR, c->log, 0, "CG09003: cannot watch the Redis socket");
+}
+
+static void del_read(void *p)
+{
+    ngx_connection_t *c = p;
+    if (c->read->active)
+        ngx_del_event(c->read, NGX_READ_EVENT, 0);
+}
+
+static void add_write(void *p)
+{
+    ngx_connection_t *c = p;
+    if (!c->write->active && ngx_add_event(c->write, NGX_WRITE_EVENT, NGX_LEVEL_EVENT) != NGX_OK)
+        ngx_log_error(NGX_LOG_ERR, c->log, 0, "CG09003: cannot watch the Redis socket");
+}
+
+static void del_write(void *p)
+{
+    ngx_connection_t *c = p;
+    if (c->write->active)
+        ngx_del_event(c->write, NGX_WRITE_EVENT, 0);
+}
+
+/* hiredis is about to close the fd and free the context. */
+static void cleanup(void *p)
+{
+    ngx_connection_t *c = p;
+    redisAsyncContext *ac = c->data;
+
+    if (current == ac)
+        current = NULL;
+    del_read(c);
+    del_write(c);
+    if (c->read->posted) {
+        ngx_delete_posted_event(c->read);
+    }
+    if (c->write->posted) {
+        ngx_delete_posted_event(c->write);
+    }
+    c->fd = (ngx_socket_t) -1;    /* hiredis owns and closes the socket */
+    ngx_free_connection(c);
+}
+
+static void on_connect(const redisAsyncContext *ac, int status)
+{
+    if (status != REDIS_OK)
+        ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0, "CG09001: Redis connect failed: %s",
+                      ac->errstr);
+}
+
+static void on_disconnect(const redisAsyncContext *ac, int status)
+{
+    if (status != REDIS_OK)
+        ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0, "CG09002: Redis connection lost: %s",
+                      ac->errstr);
+}
+
+/* AUTH and SELECT: a failure makes the context useless. Redis's error text
+ * never holds the password. */
+static void on_setup_reply(redisAsyncContext *ac, void *reply, void *what)
+{
+    redisReply *r = reply;
+    if (r == NULL)
+        return;    /* the context is going away already */
+    if (r->type == REDIS_REPLY_ERROR) {
+        ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0, "CG09004: Redis %s failed: %*s",
+                      (const char *) what, (int) (r->len > 200 ? 200 : r->len), r->str);
+        cg_ngx_redis_drop(ac);
+    }
+}
+
+static ngx_int_t attach(redisAsyncContext *ac, ngx_log_t *log)
+{
+    ngx_connection_t *c = ngx_get_connection(ac->c.fd, log);
+    if (c == NULL)
+        return NGX_ERROR;
+    c->data = ac;
+    c->log = log;
+    c->read->log = log;
+    c->write->log = log;
+    c->read->handler = on_read;
+    c->write->handler = on_write;
+    ac->ev.data = c;
+    ac->ev.addRead = add_read;
+    ac->ev.delRead = del_read;
+    ac->ev.addWrite = add_write;
+    ac->ev.delWrite = del_write;
+    ac->ev.cleanup = cleanup;
+    return NGX_OK;
+}
+
+redisAsyncContext *cg_ngx_redis_get(const cg_ngx_redis_conf_t *conf, ngx_log_t *log)
+{
+    char path[256], host[256];
+    redisAsyncContext *ac;
+
+    if (current != NULL)
+        return current;
+    if (conf->socket.len > 0) {
+        if (conf->socket.len >= sizeof(path))
+            return NULL;
+        ngx_memcpy(path, conf->socket.data, conf->socket.len);
+        path[conf->socket.len] = '\0';
+        ac = redisAsyncConnectUnix(path);
+    } else {
+        if (conf->host.len == 0 || conf->host.len >= sizeof(host))
+            return NULL;
+        ngx_memcpy(host, conf->host.data, conf->host.len);
+        host[conf->host.len] = '\0';
+        ac = redisAsyncConnect(host, (int) conf->port);
+    }
+    if (ac == NULL) {
+        ngx_log_error(NGX_LOG_ERR, log, 0, "CG09001: Redis connect failed: out of memory");
+        return NULL;
+    }
+    if (ac->err) {
+        ngx_log_error(NGX_LOG_ERR, log, 0, "CG09001: Redis connect failed: %s", ac->errstr);
+        redisAsyncFree(ac);
+        return NULL;
+    }
+    if (attach(ac, log) != NGX_OK) {
+        ngx_log_error(NGX_LOG_ERR, log, 0, "CG09001: Redis connect failed: no free connection");
+        redisAsyncFree(ac);
+        return NULL;
+    }
+    redisAsyncSetConnectCallback(ac, on_connect);
+    redisAsyncSetDisconnectCallback(ac, on_disconnect);
+
+    /* Queued before any lookup on the same connection, so they run first. */
+    int rc = REDIS_OK;
+    if (conf->password.len > 0) {
+        const char *argv[3] = { "AUTH", (const char *) conf->user.data,
+                                (const char *) conf->password.data };
+        size_t lens[3] = { 4, conf->user.len, conf->password.len };
+        if (conf->user.len > 0)
+            rc = redisAsyncCommandArgv(ac, on_setup_reply, "AUTH", 3, argv, lens);
+        else
+            rc = redisAsyncCommandArgv(ac, on_setup_reply, "AUTH", 2,
+                                       (const char *[]) { "AUTH", argv[2] },
+                                       (size_t[]) { 4, lens[2] });
+    }
+    if (rc == REDIS_OK && conf->db > 0) {
+        char db[24];
+        int n = snprintf(db, sizeof(db), "%d", (int) conf->db);
+        const char *argv[2] = { "SELECT", db };
+        size_t lens[2] = { 6, (size_t) n };
+        rc = redisAsyncCommandArgv(ac, on_setup_reply, "SELECT", 2, argv, lens);
+    }
+    if (rc != REDIS_OK) {
+        redisAsyncFree(ac);
+        return NULL;
+    }
+    current = ac;
+    return ac;
+}
+
+void cg_ngx_redis_drop(redisAsyncContext *ac)
+{
+    if (ac == NULL)
+        return;
+    if (current == ac)
+        current = NULL;
+    redisAsyncFree(ac);
+}
+
+void cg_ngx_redis_drop_current(void)
+{
+    cg_ngx_redis_drop(current);
+}

@@ -1,0 +1,1169 @@
+/*
+ * ngx_http_certgate_module: the nginx adapter of mod_certgate. It reads the
+ * client leaf and chain from the connection's SSL*, asks the core (src/) for
+ * the decision, and turns it into a response. Redis I/O never blocks the
+ * worker: lookups go through hiredis's async client on nginx's event loop and
+ * the access handler is re-entered when the reply (or the timeout) arrives.
+ */
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include "cg_cache.h"
+#include "cg_decide.h"
+#include "cg_store.h"
+#include "cg_sub.h"
+#include "cg_tls.h"
+#include "cg_usage.h"
+#include "ngx_certgate_redis.h"
+
+#define CG_ANY_CONF (NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF)
+
+#define APP_FROM_NONE 0
+#define APP_FROM_HEADER 1
+#define APP_FROM_VARIABLE 2
+
+typedef struct {
+    cg_ngx_redis_conf_t redis;
+    ngx_flag_t redis_set;
+    ngx_msec_t timeout;
+    ngx_str_t prefix;
+    ngx_flag_t cache;
+    ngx_uint_t cache_entries;
+    ngx_uint_t cache_max_age;     /* seconds */
+    ngx_uint_t usage_interval;    /* seconds; 0: off */
+    ngx_flag_t used;              /* some location says certgate on */
+} cg_main_conf_t;
+
+typedef struct {
+    ngx_flag_t enabled;
+    ngx_uint_t app_from;
+    ngx_str_t app_name;           /* header name, or variable name without '$' */
+    ngx_int_t app_var;            /* variable index for APP_FROM_VARIABLE */
+    ngx_flag_t forward_headers;
+    ngx_uint_t on_store_error;    /* 0 deny, 1 allow */
+} cg_loc_conf_t;
+
+/* Per TLS connection (HTTP/2 streams share the real connection's). */
+typedef struct {
+    X509 *seen_leaf;
+    unsigned peer_ready:1;
+    unsigned peer_error:1;
+    cg_peer_t peer;
+    ngx_str_t client_cert, client_cert_chain;   /* RFC 9440, built on first use */
+    /* The registration this connection last used, while the cache version holds. */
+    unsigned dc_valid:1;
+    unsigned dc_found:1;
+    cg_fp_t dc_fp;
+    cg_reg_t dc_reg;
+    uint64_t dc_version;
+    int64_t dc_fetched_ms;
+} cg_conn_t;
+
+enum { ST_NEW = 0, ST_PENDING, ST_LOOKED_UP, ST_DECIDED };
+
+typedef struct cg_lookup_s cg_lookup_t;
+
+/* Per request, in r->pool; found again after an internal redirect. */
+typedef struct {
+    ngx_http_request_t *r;
+    int state;
+    cg_lookup_t *lookup;          /* in flight, or NULL */
+    ngx_event_t ev;               /* the timeout, and the resume once the reply is in */
+    cg_store_rc_t rc;
+    cg_reg_t reg;
+    uint64_t version;             /* cache version read before the lookup */
+    int64_t started_ms;
+    char err[160];
+    /* The decision, for variables and for redirects after it. */
+    cg_reason_t reason;
+    ngx_str_t app_id, cert_id, fingerprint, expire_in;
+} cg_req_t;
+
+/* Outlives the request if it must: hiredis owns it until its last callback. */
+struct cg_lookup_s {
+    cg_req_t *req;                /* NULL once the request is gone or gave up */
+    cg_fp_t leaf;
+    int step;                     /* 1: GET index, 2: HGETALL record */
+};
+
+static ngx_int_t cg_init(ngx_conf_t *cf);
+static ngx_int_t cg_add_variables(ngx_conf_t *cf);
+static void *cg_create_main_conf(ngx_conf_t *cf);
+static char *cg_init_main_conf(ngx_conf_t *cf, void *conf);
+static void *cg_create_loc_conf(ngx_conf_t *cf);
+static char *cg_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child);
+static char *cg_set_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+static char *cg_set_redis_auth(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+static char *cg_set_app_from(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+static char *cg_set_gate(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+static ngx_int_t cg_init_process(ngx_cycle_t *cycle);
+static void cg_exit_process(ngx_cycle_t *cycle);
+
+static ngx_conf_enum_t cg_store_error_modes[] = {
+    { ngx_string("deny"), 0 },
+    { ngx_string("allow"), 1 },
+    { ngx_null_string, 0 }
+};
+
+static ngx_conf_num_bounds_t cg_db_bounds = { ngx_conf_check_num_bounds, 0, 15999 };
+static ngx_conf_num_bounds_t cg_entries_bounds = { ngx_conf_check_num_bounds, 1, 10000000 };
+static ngx_conf_num_bounds_t cg_age_bounds = { ngx_conf_check_num_bounds, 1, 3600 };
+static ngx_conf_num_bounds_t cg_usage_bounds = { ngx_conf_check_num_bounds, 0, 3600 };
+
+static ngx_command_t cg_commands[] = {
+    { ngx_string("certgate"), CG_ANY_CONF | NGX_CONF_FLAG,
+      cg_set_gate, NGX_HTTP_LOC_CONF_OFFSET, offsetof(cg_loc_conf_t, enabled), NULL },
+    { ngx_string("certgate_app_from"), CG_ANY_CONF | NGX_CONF_TAKE12,
+      cg_set_app_from, NGX_HTTP_LOC_CONF_OFFSET, 0, NULL },
+    { ngx_string("certgate_forward_headers"), CG_ANY_CONF | NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot, NGX_HTTP_LOC_CONF_OFFSET, offsetof(cg_loc_conf_t, forward_headers),
+      NULL },
+    { ngx_string("certgate_on_store_error"), CG_ANY_CONF | NGX_CONF_TAKE1,
+      ngx_conf_set_enum_slot, NGX_HTTP_LOC_CONF_OFFSET, offsetof(cg_loc_conf_t, on_store_error),
+      cg_store_error_modes },
+    { ngx_string("certgate_redis"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
+      cg_set_redis, NGX_HTTP_MAIN_CONF_OFFSET, 0, NULL },
+    { ngx_string("certgate_redis_auth"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE12,
+      cg_set_redis_auth, NGX_HTTP_MAIN_CONF_OFFSET, 0, NULL },
+    { ngx_string("certgate_redis_db"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
+      ngx_conf_set_num_slot, NGX_HTTP_MAIN_CONF_OFFSET, offsetof(cg_main_conf_t, redis.db),
+      &cg_db_bounds },
+    { ngx_string("certgate_redis_timeout"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot, NGX_HTTP_MAIN_CONF_OFFSET, offsetof(cg_main_conf_t, timeout), NULL },
+    { ngx_string("certgate_key_prefix"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot, NGX_HTTP_MAIN_CONF_OFFSET, offsetof(cg_main_conf_t, prefix), NULL },
+    { ngx_string("certgate_cache"), NGX_HTTP_MAIN_CONF | NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot, NGX_HTTP_MAIN_CONF_OFFSET, offsetof(cg_main_conf_t, cache), NULL },
+    { ngx_string("certgate_cache_entries"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
+      ngx_conf_set_num_slot, NGX_HTTP_MAIN_CONF_OFFSET, offsetof(cg_main_conf_t, cache_entries),
+      &cg_entries_bounds },
+    { ngx_string("certgate_cache_max_age"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
+      ngx_conf_set_num_slot, NGX_HTTP_MAIN_CONF_OFFSET, offsetof(cg_main_conf_t, cache_max_age),
+      &cg_age_bounds },
+    { ngx_string("certgate_usage_flush_interval"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
+      ngx_conf_set_num_slot, NGX_HTTP_MAIN_CONF_OFFSET, offsetof(cg_main_conf_t, usage_interval),
+      &cg_usage_bounds },
+    ngx_null_command
+};
+
+static ngx_http_module_t cg_module_ctx = {
+    cg_add_variables, cg_init,
+    cg_create_main_conf, cg_init_main_conf,
+    NULL, NULL,
+    cg_create_loc_conf, cg_merge_loc_conf
+};
+
+ngx_module_t ngx_http_certgate_module = {
+    NGX_MODULE_V1,
+    &cg_module_ctx, cg_commands, NGX_HTTP_MODULE,
+    NULL, NULL, cg_init_process, NULL, NULL, cg_exit_process, NULL,
+    NGX_MODULE_V1_PADDING
+};
+
+/* Incoming copies are always removed; the gate sets its own on allow. */
+static ngx_str_t cg_forward_headers[] = {
+    ngx_string("CertGate-App-Id"), ngx_string("CertGate-Cert-Id"),
+    ngx_string("CertGate-Fingerprint"), ngx_string("CertGate-Expire-In"),
+    ngx_string("Client-Cert"), ngx_string("Client-Cert-Chain"),
+};
+
+/* Per worker. */
+static cg_main_conf_t *cg_mcf;
+static cg_cache_t *cg_cache;
+static cg_sub_t *cg_sub;
+static cg_store_t *cg_usage_store;
+static cg_usage_t *cg_usage;
+
+/* ------------------------------------------------------------ config */
+
+static void *cg_create_main_conf(ngx_conf_t *cf)
+{
+    cg_main_conf_t *c = ngx_pcalloc(cf->pool, sizeof(*c));
+    if (c == NULL)
+        return NULL;
+    c->redis.port = NGX_CONF_UNSET;
+    c->redis.db = NGX_CONF_UNSET;
+    c->timeout = NGX_CONF_UNSET_MSEC;
+    c->cache = NGX_CONF_UNSET;
+    c->cache_entries = NGX_CONF_UNSET_UINT;
+    c->cache_max_age = NGX_CONF_UNSET_UINT;
+    c->usage_interval = NGX_CONF_UNSET_UINT;
+    return c;
+}
+
+/* Fills the core's store config from ours (strings are NUL-terminated by nginx). */
+static void cg_store_cfg(const cg_main_conf_t *c, cg_store_cfg_t *out)
+{
+    ngx_memzero(out, sizeof(*out));
+    out->host = c->redis.host.len ? (const char *) c->redis.host.data : NULL;
+    out->port = (int) c->redis.port;
+    out->socket = c->redis.socket.len ? (const char *) c->redis.socket.data : NULL;
+    out->user = c->redis.user.len ? (const char *) c->redis.user.data : NULL;
+    out->password = c->redis.password.len ? (const char *) c->redis.password.data : NULL;
+    out->db = (int) c->redis.db;
+    out->prefix = (const char *) c->prefix.data;
+    out->timeout_ms = (int) c->timeout;
+    out->max_idle = 1;
+}
+
+static char *cg_init_main_conf(ngx_conf_t *cf, void *conf)
+{
+    cg_main_conf_t *c = conf;
+    char err[128];
+    cg_store_cfg_t scfg;
+
+    if (!c->redis_set) {
+        ngx_str_set(&c->redis.host, "127.0.0.1");
+        c->redis.port = 6379;
+    }
+    ngx_conf_init_value(c->redis.db, 0);
+    ngx_conf_init_msec_value(c->timeout, 200);
+    if (c->prefix.data == NULL) {
+        ngx_str_set(&c->prefix, "certgate:");
+    }
+    ngx_conf_init_value(c->cache, 1);
+    ngx_conf_init_uint_value(c->cache_entries, 10000);
+    ngx_conf_init_uint_value(c->cache_max_age, 5);
+    ngx_conf_init_uint_value(c->usage_interval, 5);
+    cg_store_cfg(c, &scfg);
+    if (cg_store_cfg_check(&scfg, err, sizeof(err)) != 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "CG04001: certgate: %s", err);
+        return NGX_CONF_ERROR;
+    }
+    return NGX_CONF_OK;
+}
+
+static char *cg_set_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    cg_main_conf_t *c = conf;
+    ngx_str_t *v = cf->args->elts;
+    ngx_str_t a = v[1];
+
+    if (c->redis_set)
+        return "is duplicate";
+    c->redis_set = 1;
+    if (a.len > 5 && ngx_strncmp(a.data, "unix:", 5) == 0) {
+        if (a.data[5] != '/')
+            return "needs an absolute socket path (unix:/path)";
+        c->redis.socket.data = a.data + 5;
+        c->redis.socket.len = a.len - 5;
+        return NGX_CONF_OK;
+    }
+    u_char *colon = ngx_strlchr(a.data, a.data + a.len, ':');
+    if (colon == NULL || colon == a.data)
+        return "expects host:port or unix:/path";
+    c->redis.port = ngx_atoi(colon + 1, (size_t) (a.data + a.len - colon - 1));
+    if (c->redis.port < 1 || c->redis.port > 65535)
+        return "needs a port from 1 to 65535";
+    /* Overwrite the colon so host is NUL-terminated for hiredis. */
+    *colon = '\0';
+    c->redis.host.data = a.data;
+    c->redis.host.len = (size_t) (colon - a.data);
+    return NGX_CONF_OK;
+}
+
+static char *cg_set_redis_auth(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    cg_main_conf_t *c = conf;
+    ngx_str_t *v = cf->args->elts;
+
+    if (c->redis.password.len)
+        return "is duplicate";
+    if (cf->args->nelts == 3) {
+        c->redis.user = v[1];
+        c->redis.password = v[2];
+    } else {
+        c->redis.password = v[1];
+    }
+    if (c->redis.password.len == 0)
+        return "wants a non-empty password";
+    return NGX_CONF_OK;
+}
+
+static char *cg_set_gate(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    char *rv = ngx_conf_set_flag_slot(cf, cmd, conf);
+    cg_loc_conf_t *lc = conf;
+    if (rv == NGX_CONF_OK && lc->enabled == 1) {
+        cg_main_conf_t *mc = ngx_http_conf_get_module_main_conf(cf, ngx_http_certgate_module);
+        mc->used = 1;
+    }
+    return rv;
+}
+
+static char *cg_set_app_from(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    cg_loc_conf_t *lc = conf;
+    ngx_str_t *v = cf->args->elts;
+
+    if (lc->app_from != NGX_CONF_UNSET_UINT)
+        return "is duplicate";
+    if (cf->args->nelts == 2 && ngx_strcmp(v[1].data, "none") == 0) {
+        lc->app_from = APP_FROM_NONE;
+        return NGX_CONF_OK;
+    }
+    if (cf->args->nelts != 3 || v[2].len == 0)
+        return "wants \"header NAME\", \"variable $NAME\" or \"none\"";
+    if (ngx_strcmp(v[1].data, "header") == 0) {
+        lc->app_from = APP_FROM_HEADER;
+        lc->app_name = v[2];
+        return NGX_CONF_OK;
+    }
+    if (ngx_strcmp(v[1].data, "variable") == 0) {
+        ngx_str_t name = v[2];
+        if (name.data[0] == '$') {
+            name.data++;
+            name.len--;
+        }
+        if (name.len == 0)
+            return "wants a variable name";
+        lc->app_from = APP_FROM_VARIABLE;
+        lc->app_name = name;
+        lc->app_var = ngx_http_get_variable_index(cf, &name);
+        return lc->app_var == NGX_ERROR ? NGX_CONF_ERROR : NGX_CONF_OK;
+    }
+    return "wants \"header NAME\", \"variable $NAME\" or \"none\"";
+}
+
+static void *cg_create_loc_conf(ngx_conf_t *cf)
+{
+    cg_loc_conf_t *c = ngx_pcalloc(cf->pool, sizeof(*c));
+    if (c == NULL)
+        return NULL;
+    c->enabled = NGX_CONF_UNSET;
+    c->app_from = NGX_CONF_UNSET_UINT;
+    c->app_var = NGX_CONF_UNSET;
+    c->forward_headers = NGX_CONF_UNSET;
+    c->on_store_error = NGX_CONF_UNSET_UINT;
+    return c;
+}
+
+static char *cg_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
+{
+    cg_loc_conf_t *prev = parent, *c = child;
+    ngx_conf_merge_value(c->enabled, prev->enabled, 0);
+    if (c->app_from == NGX_CONF_UNSET_UINT) {
+        c->app_from = prev->app_from == NGX_CONF_UNSET_UINT ? APP_FROM_NONE : prev->app_from;
+        c->app_name = prev->app_name;
+        c->app_var = prev->app_var;
+    }
+    ngx_conf_merge_value(c->forward_headers, prev->forward_headers, 0);
+    ngx_conf_merge_uint_value(c->on_store_error, prev->on_store_error, 0);
+    if (c->enabled == 1 && c->on_store_error == 1)
+        ngx_conf_log_error(NGX_LOG_WARN, cf, 0, "CG05001: certgate_on_store_error allow: "
+                           "requests pass unchecked while Redis fails");
+    return NGX_CONF_OK;
+}
+
+/* ------------------------------------------------------------ workers */
+
+static void cg_sub_log(void *arg, int event, const char *msg)
+{
+    ngx_log_t *log = arg;
+    /* Called from the subscriber thread: nginx's logger only writes to an fd. */
+    if (event == CG_SUB_SUBSCRIBED) {
+        ngx_log_error(NGX_LOG_INFO, log, 0, "CG07001: %s", msg);
+    } else if (event == CG_SUB_DISCONNECTED) {
+        ngx_log_error(NGX_LOG_WARN, log, 0, "CG07002: %s", msg);
+    } else {
+        ngx_log_error(NGX_LOG_WARN, log, 0, "CG07003: %s", msg);
+    }
+}
+
+static void cg_sub_inval(void *arg, int64_t lag_us)
+{
+    (void) arg;
+    (void) lag_us;
+}
+
+static void cg_usage_flushed(void *arg, size_t written, size_t dropped, const char *err)
+{
+    (void) written;
+    if (dropped > 0)
+        ngx_log_error(NGX_LOG_WARN, (ngx_log_t *) arg, 0, "CG08002: %uz usage records dropped%s%s",
+                      dropped, err ? ": " : "", err ? err : "");
+}
+
+static ngx_int_t cg_init_process(ngx_cycle_t *cycle)
+{
+    char err[256];
+    cg_store_cfg_t scfg;
+
+    cg_mcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_http_certgate_module);
+    if (cg_mcf == NULL || !cg_mcf->used
+        || (ngx_process != NGX_PROCESS_WORKER && ngx_process != NGX_PROCESS_SINGLE))
+        return NGX_OK;
+    cg_store_cfg(cg_mcf, &scfg);
+    if (cg_mcf->usage_interval > 0) {
+        /* The usage thread writes with the blocking store, off the event loop. */
+        cg_usage_store = cg_store_new(&scfg, err, sizeof(err));
+        if (cg_usage_store != NULL)
+            cg_usage = cg_usage_start(cg_usage_store, 4096, (int) cg_mcf->usage_interval * 1000,
+                                      2000, cg_usage_flushed, cycle->log);
+        if (cg_usage == NULL)
+            ngx_log_error(NGX_LOG_ERR, cycle->log, 0, "CG04004: usage recording not started");
+    }
+    if (!cg_mcf->cache)
+        return NGX_OK;
+    cg_cache = cg_cache_new(cg_mcf->cache_entries, (int64_t) cg_mcf->cache_max_age * 1000);
+    if (cg_cache == NULL) {
+        ngx_log_error(NGX_LOG_ERR, cycle->log, 0,
+                      "CG04005: cannot allocate the registration cache; running without it");
+        return NGX_OK;
+    }
+    cg_sub = cg_sub_start(&scfg, cg_cache, cg_sub_log, cg_sub_inval, cycle->log, err, sizeof(err));
+    if (cg_sub == NULL)
+        ngx_log_error(NGX_LOG_ERR, cycle->log, 0, "CG04006: cannot start the invalidation "
+                      "subscriber: %s; cached entries expire by certgate_cache_max_age", err);
+    return NGX_OK;
+}
+
+static void cg_exit_process(ngx_cycle_t *cycle)
+{
+    (void) cycle;
+    /* Stop threads before what they use goes. */
+    if (cg_sub != NULL)
+        cg_sub_stop(cg_sub);
+    cg_sub = NULL;
+    if (cg_usage != NULL)
+        cg_usage_stop(cg_usage);
+    cg_usage = NULL;
+    if (cg_usage_store != NULL)
+        cg_store_free(cg_usage_store);
+    cg_usage_store = NULL;
+    if (cg_cache != NULL)
+        cg_cache_free(cg_cache);
+    cg_cache = NULL;
+}
+
+/* ------------------------------------------------------------ state */
+
+static ngx_connection_t *cg_real_connection(ngx_http_request_t *r)
+{
+#if (NGX_HTTP_V2)
+    if (r->stream != NULL)
+        return r->stream->connection->connection;
+#endif
+    return r->connection;
+}
+
+static void cg_conn_cleanup(void *data)
+{
+    (void) data;    /* the pool frees it; the marker makes it findable */
+}
+
+/* nginx has no per-connection module slot: the state hangs on the pool's
+ * cleanup list, found again by its handler. */
+static cg_conn_t *cg_conn_state(ngx_connection_t *c)
+{
+    for (ngx_pool_cleanup_t *cln = c->pool->cleanup; cln != NULL; cln = cln->next)
+        if (cln->handler == cg_conn_cleanup)
+            return cln->data;
+    ngx_pool_cleanup_t *cln = ngx_pool_cleanup_add(c->pool, sizeof(cg_conn_t));
+    if (cln == NULL)
+        return NULL;
+    ngx_memzero(cln->data, sizeof(cg_conn_t));
+    cln->handler = cg_conn_cleanup;
+    return cln->data;
+}
+
+static void cg_req_cleanup(void *data)
+{
+    cg_req_t *req = data;
+    if (req->lookup != NULL) {
+        req->lookup->req = NULL;
+        req->lookup = NULL;
+    }
+    if (req->ev.timer_set)
+        ngx_del_timer(&req->ev);
+    if (req->ev.posted) {
+        ngx_delete_posted_event(&req->ev);
+    }
+}
+
+static cg_req_t *cg_req_find(ngx_http_request_t *r)
+{
+    cg_req_t *req = ngx_http_get_module_ctx(r, ngx_http_certgate_module);
+    if (req != NULL)
+        return req;
+    /* An internal redirect clears module contexts; the pool keeps ours. */
+    for (ngx_pool_cleanup_t *cln = r->pool->cleanup; cln != NULL; cln = cln->next) {
+        if (cln->handler == cg_req_cleanup) {
+            req = cln->data;
+            req->r = r;
+            ngx_http_set_ctx(r, req, ngx_http_certgate_module);
+            return req;
+        }
+    }
+    return NULL;
+}
+
+static void cg_resume(ngx_event_t *ev);
+
+static cg_req_t *cg_req_new(ngx_http_request_t *r)
+{
+    ngx_pool_cleanup_t *cln = ngx_pool_cleanup_add(r->pool, sizeof(cg_req_t));
+    if (cln == NULL)
+        return NULL;
+    cg_req_t *req = cln->data;
+    ngx_memzero(req, sizeof(*req));
+    req->r = r;
+    req->ev.data = req;
+    req->ev.handler = cg_resume;
+    req->ev.log = r->connection->log;
+    cln->handler = cg_req_cleanup;
+    ngx_http_set_ctx(r, req, ngx_http_certgate_module);
+    return req;
+}
+
+/* ------------------------------------------------------------ Redis lookup */
+
+static void cg_lookup_done(cg_lookup_t *lk, cg_store_rc_t rc)
+{
+    cg_req_t *req = lk->req;
+    ngx_free(lk);
+    if (req == NULL)
+        return;
+    req->lookup = NULL;
+    req->rc = rc;
+    req->state = ST_LOOKED_UP;
+    if (req->ev.timer_set)
+        ngx_del_timer(&req->ev);
+    /* Resume from the event loop, not from inside hiredis. */
+    ngx_post_event(&req->ev, &ngx_posted_events);
+}
+
+static void cg_on_reply(redisAsyncContext *ac, void *reply, void *privdata)
+{
+    cg_lookup_t *lk = privdata;
+    redisReply *r = reply;
+    cg_req_t *req = lk->req;
+    char key[CG_LOOKUP_KEY_MAX], scratch[160];
+    cg_reg_t scratch_reg;
+    char *err = req ? req->err : scratch;
+    size_t errlen = req ? sizeof(req->err) : sizeof(scratch);
+    int klen;
+    cg_store_rc_t rc;
+
+    if (r == NULL) {
+        snprintf(err, errlen, "Redis connection lost%s%s", ac->errstr[0] ? ": " : "",
+                 ac->errstr);
+        cg_lookup_done(lk, CG_STORE_ERROR);
+        return;
+    }
+    if (r->type == REDIS_REPLY_ERROR)
+        cg_ngx_redis_drop(ac);     /* as the blocking store: never reuse after an error */
+    if (lk->step == 2) {
+        cg_lookup_done(lk, cg_lookup_record_reply(r, &lk->leaf, req ? &req->reg : &scratch_reg, err,
+                                                  errlen));
+        return;
+    }
+    rc = cg_lookup_index_reply((const char *) cg_mcf->prefix.data, r, key, sizeof(key), &klen, err,
+                               errlen);
+    if (rc != CG_STORE_OK || req == NULL) {
+        cg_lookup_done(lk, rc);
+        return;
+    }
+    const char *argv[2] = { "HGETALL", key };
+    size_t lens[2] = { 7, (size_t) klen };
+    lk->step = 2;
+    if (redisAsyncCommandArgv(ac, cg_on_reply, lk, 2, argv, lens) != REDIS_OK) {
+        snprintf(err, errlen, "Redis connection is closing");
+        cg_lookup_done(lk, CG_STORE_ERROR);
+    }
+}
+
+/* Start a lookup. NGX_AGAIN: the reply or the timeout will resume the request. */
+static ngx_int_t cg_lookup_start(ngx_http_request_t *r, cg_req_t *req, const cg_fp_t *leaf)
+{
+    char key[CG_LOOKUP_KEY_MAX];
+    int klen = cg_lookup_index_cmd((const char *) cg_mcf->prefix.data, leaf, key, sizeof(key));
+    redisAsyncContext *ac = cg_ngx_redis_get(&cg_mcf->redis, ngx_cycle->log);
+    if (ac == NULL || klen < 0) {
+        snprintf(req->err, sizeof(req->err), "cannot connect to Redis");
+        return NGX_ERROR;
+    }
+    cg_lookup_t *lk = ngx_alloc(sizeof(*lk), r->connection->log);
+    if (lk == NULL) {
+        snprintf(req->err, sizeof(req->err), "out of memory");
+        return NGX_ERROR;
+    }
+    lk->req = req;
+    lk->leaf = *leaf;
+    lk->step = 1;
+    const char *argv[2] = { "GET", key };
+    size_t lens[2] = { 3, (size_t) klen };
+    if (redisAsyncCommandArgv(ac, cg_on_reply, lk, 2, argv, lens) != REDIS_OK) {
+        ngx_free(lk);
+        cg_ngx_redis_drop(ac);
+        snprintf(req->err, sizeof(req->err), "Redis connection is closing");
+        return NGX_ERROR;
+    }
+    req->lookup = lk;
+    req->state = ST_PENDING;
+    req->started_ms = cg_now_ms();
+    ngx_add_timer(&req->ev, cg_mcf->timeout);
+    return NGX_AGAIN;
+}
+
+static void cg_resume(ngx_event_t *ev)
+{
+    cg_req_t *req = ev->data;
+    ngx_http_request_t *r = req->r;
+    ngx_connection_t *c = r->connection;
+
+    if (ev->timedout) {
+        ev->timedout = 0;
+        if (req->lookup != NULL) {
+            req->lookup->req = NULL;
+            req->lookup = NULL;
+        }
+        snprintf(req->err, sizeof(req->err), "Redis timeout after %lu ms",
+                 (unsigned long) cg_mcf->timeout);
+        req->rc = CG_STORE_ERROR;
+        req->state = ST_LOOKED_UP;
+        /* A connection that missed its deadline is in an unknown state. */
+        cg_ngx_redis_drop_current();
+    }
+    ngx_http_core_run_phases(r);
+    ngx_http_run_posted_requests(c);
+}
+
+/* ------------------------------------------------------------ request */
+
+static ngx_int_t cg_header_is(const ngx_table_elt_t *h, const ngx_str_t *name)
+{
+    return h->key.len == name->len && ngx_strncasecmp(h->key.data, name->data, name->len) == 0;
+}
+
+static ngx_int_t cg_strip_incoming(ngx_http_request_t *r)
+{
+    ngx_list_part_t *part;
+    ngx_table_elt_t *h;
+    ngx_uint_t i, k, hit = 0, total = 0;
+    const ngx_uint_t nf = sizeof(cg_forward_headers) / sizeof(cg_forward_headers[0]);
+
+    for (part = &r->headers_in.headers.part; part; part = part->next) {
+        h = part->elts;
+        for (i = 0; i < part->nelts; i++, total++)
+            for (k = 0; k < nf; k++)
+                if (cg_header_is(&h[i], &cg_forward_headers[k]))
+                    hit++;
+    }
+    if (hit == 0)
+        return NGX_OK;
+    /* ngx_list has no removal: rebuild it without them. (A list's last points
+     * into itself, so it is built in place, reading from a copy of the old head.) */
+    ngx_list_t old = r->headers_in.headers;
+    if (ngx_list_init(&r->headers_in.headers, r->pool, total - hit + 8,
+                      sizeof(ngx_table_elt_t)) != NGX_OK) {
+        r->headers_in.headers = old;
+        return NGX_ERROR;
+    }
+    for (part = &old.part; part; part = part->next) {
+        h = part->elts;
+        for (i = 0; i < part->nelts; i++) {
+            for (k = 0; k < nf && !cg_header_is(&h[i], &cg_forward_headers[k]); k++)
+                ;
+            if (k < nf)
+                continue;
+            ngx_table_elt_t *n = ngx_list_push(&r->headers_in.headers);
+            if (n == NULL)
+                return NGX_ERROR;
+            *n = h[i];
+        }
+    }
+    return NGX_OK;
+}
+
+static ngx_int_t cg_add_header(ngx_http_request_t *r, const ngx_str_t *name, ngx_str_t value)
+{
+    ngx_table_elt_t *h = ngx_list_push(&r->headers_in.headers);
+    if (h == NULL)
+        return NGX_ERROR;
+    h->key = *name;
+    h->value = value;
+    h->lowcase_key = ngx_pnalloc(r->pool, name->len);
+    if (h->lowcase_key == NULL)
+        return NGX_ERROR;
+    h->hash = ngx_hash_strlow(h->lowcase_key, name->data, name->len);
+    return NGX_OK;
+}
+
+/* RFC 9440 byte sequence ":base64:" of one certificate, in pool p. */
+static ngx_int_t cg_sf_binary(ngx_pool_t *p, X509 *x, ngx_str_t *out)
+{
+    size_t cap = cg_x509_der_b64_size(x);
+    if (cap == 0)
+        return NGX_ERROR;
+    u_char *buf = ngx_pnalloc(p, cap + 2);
+    if (buf == NULL)
+        return NGX_ERROR;
+    buf[0] = ':';
+    int n = cg_x509_der_b64(x, (char *) buf + 1, cap);
+    if (n < 0)
+        return NGX_ERROR;
+    buf[n + 1] = ':';
+    out->data = buf;
+    out->len = (size_t) n + 2;
+    return NGX_OK;
+}
+
+static void cg_build_forward_values(ngx_connection_t *c, cg_conn_t *cc)
+{
+    SSL *ssl = c->ssl->connection;
+    X509 *leaf = SSL_get0_peer_certificate(ssl);
+    if (cc->client_cert.len > 0 || leaf == NULL || cg_sf_binary(c->pool, leaf, &cc->client_cert))
+        return;
+    STACK_OF(X509) *sk = SSL_get_peer_cert_chain(ssl);
+    int n = sk ? sk_X509_num(sk) : 0;
+    ngx_str_t parts[CG_MAX_CHAIN];
+    size_t total = 0;
+    int k = 0;
+    for (int i = 0; i < n && k < CG_MAX_CHAIN; i++, k++) {
+        if (cg_sf_binary(c->pool, sk_X509_value(sk, i), &parts[k]) != NGX_OK)
+            return;
+        total += parts[k].len + 2;
+    }
+    if (k == 0)
+        return;
+    u_char *buf = ngx_pnalloc(c->pool, total), *p = buf;
+    if (buf == NULL)
+        return;
+    for (int i = 0; i < k; i++) {
+        if (i > 0)
+            p = ngx_cpymem(p, ", ", 2);
+        p = ngx_cpymem(p, parts[i].data, parts[i].len);
+    }
+    cc->client_cert_chain.data = buf;
+    cc->client_cert_chain.len = (size_t) (p - buf);
+}
+
+/* The peer, hashed once per connection. -1 when OpenSSL failed. */
+static int cg_load_peer(ngx_http_request_t *r, ngx_connection_t *c, cg_conn_t *cc)
+{
+    char err[128];
+    X509 *leaf = SSL_get0_peer_certificate(c->ssl->connection);
+    if (!cc->peer_ready || leaf != cc->seen_leaf) {
+        cc->seen_leaf = leaf;
+        ngx_str_null(&cc->client_cert);
+        ngx_str_null(&cc->client_cert_chain);
+        cc->peer_error = cg_tls_peer(c->ssl->connection, &cc->peer, err, sizeof(err)) != 0;
+        if (cc->peer_error)
+            ngx_log_error(NGX_LOG_ERR, r->connection->log, 0, "CG03001: reading the client "
+                          "certificate failed: %s", err);
+        cc->peer_ready = 1;
+    }
+    return cc->peer_error ? -1 : 0;
+}
+
+/*
+ * The registration from this connection's last answer or the process cache.
+ * 1: known (found says whether registered); 0: Redis must be asked.
+ */
+static int cg_cached(cg_conn_t *cc, const cg_fp_t *fp, cg_reg_t *reg, int *found)
+{
+    if (cg_cache == NULL)
+        return 0;
+    int64_t now = cg_now_ms(), fetched = now;
+    uint64_t ver = cg_cache_version(cg_cache);
+    if (cc != NULL && cc->dc_valid && cc->dc_version == ver &&
+        now - cc->dc_fetched_ms < cg_cache_max_age_ms(cg_cache) && cg_fp_eq(&cc->dc_fp, fp)) {
+        *found = cc->dc_found;
+        if (*found)
+            *reg = cc->dc_reg;
+        return 1;
+    }
+    if (!cg_cache_get(cg_cache, fp, now, found, reg, &fetched))
+        return 0;
+    if (cc != NULL) {
+        cc->dc_valid = 1;
+        cc->dc_fp = *fp;
+        cc->dc_found = *found != 0;
+        if (*found)
+            cc->dc_reg = *reg;
+        cc->dc_version = ver;
+        cc->dc_fetched_ms = fetched;
+    }
+    return 1;
+}
+
+static void cg_remember(cg_conn_t *cc, cg_req_t *req, const cg_fp_t *fp, int found)
+{
+    if (cg_cache == NULL)
+        return;
+    /* Stamped when the lookup started: errs on the short side. */
+    cg_cache_put(cg_cache, fp, found, &req->reg, req->started_ms, req->version);
+    if (cc != NULL && req->version == cg_cache_version(cg_cache)) {
+        cc->dc_valid = 1;
+        cc->dc_fp = *fp;
+        cc->dc_found = found != 0;
+        if (found)
+            cc->dc_reg = req->reg;
+        cc->dc_version = req->version;
+        cc->dc_fetched_ms = req->started_ms;
+    }
+}
+
+static int cg_accepts_json(ngx_http_request_t *r)
+{
+    ngx_list_part_t *part;
+    ngx_table_elt_t *h;
+    static ngx_str_t accept = ngx_string("Accept");
+    for (part = &r->headers_in.headers.part; part; part = part->next) {
+        h = part->elts;
+        for (ngx_uint_t i = 0; i < part->nelts; i++)
+            if (cg_header_is(&h[i], &accept) &&
+                ngx_strlcasestrn(h[i].value.data, h[i].value.data + h[i].value.len,
+                                 (u_char *) "json", 4 - 1) != NULL)
+                return 1;
+    }
+    return 0;
+}
+
+static ngx_int_t cg_set_out_header(ngx_http_request_t *r, const char *name, const char *value)
+{
+    ngx_table_elt_t *h = ngx_list_push(&r->headers_out.headers);
+    if (h == NULL)
+        return NGX_ERROR;
+    h->hash = 1;
+    h->key.data = (u_char *) name;
+    h->key.len = ngx_strlen(name);
+    h->value.data = (u_char *) value;
+    h->value.len = ngx_strlen(value);
+    return NGX_OK;
+}
+
+static ngx_int_t cg_respond_deny(ngx_http_request_t *r, cg_reason_t reason)
+{
+    ngx_uint_t status = (ngx_uint_t) cg_reason_http_status(reason);
+    ngx_http_core_loc_conf_t *clcf = ngx_http_get_module_loc_conf(r, ngx_http_core_module);
+
+    if (cg_set_out_header(r, "CertGate-Reason", cg_reason_name(reason)) != NGX_OK ||
+        cg_set_out_header(r, "Cache-Control", "no-store") != NGX_OK)
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    if (status == 503 && cg_set_out_header(r, "Retry-After", "1") != NGX_OK)
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    /* An operator's error_page wins; $certgate_reason is there for it. We
+     * finalize here rather than return 403: under "satisfy any" a 403 from an
+     * access handler only means "ask the next one", and the gate must not be
+     * skipped. */
+    if (clcf->error_pages != NULL) {
+        ngx_http_err_page_t *ep = clcf->error_pages->elts;
+        for (ngx_uint_t i = 0; i < clcf->error_pages->nelts; i++) {
+            if (ep[i].status == (ngx_int_t) status) {
+                ngx_http_finalize_request(r, (ngx_int_t) status);
+                return NGX_DONE;
+            }
+        }
+    }
+
+    u_char *body = ngx_pnalloc(r->pool, CG_DENY_BODY_MAX);
+    const char *ctype;
+    if (body == NULL)
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    int n = cg_deny_body(reason, cg_accepts_json(r), (char *) body, CG_DENY_BODY_MAX, &ctype);
+    if (n < 0) {
+        ngx_http_finalize_request(r, (ngx_int_t) status);
+        return NGX_DONE;
+    }
+    if (ngx_http_discard_request_body(r) != NGX_OK)
+        r->keepalive = 0;
+    r->headers_out.status = status;
+    r->headers_out.content_type.data = (u_char *) ctype;
+    r->headers_out.content_type.len = ngx_strlen(ctype);
+    r->headers_out.content_type_len = r->headers_out.content_type.len;
+    r->headers_out.content_length_n = n;
+
+    ngx_int_t rc = ngx_http_send_header(r);
+    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
+        ngx_http_finalize_request(r, rc);
+        return NGX_DONE;
+    }
+    ngx_buf_t *b = ngx_calloc_buf(r->pool);
+    if (b == NULL) {
+        ngx_http_finalize_request(r, NGX_ERROR);
+        return NGX_DONE;
+    }
+    b->pos = body;
+    b->last = body + n;
+    b->memory = 1;
+    b->last_buf = (r == r->main) ? 1 : 0;
+    b->last_in_chain = 1;
+    ngx_chain_t out = { b, NULL };
+    ngx_http_finalize_request(r, ngx_http_output_filter(r, &out));
+    return NGX_DONE;
+}
+
+static ngx_int_t cg_export_allow(ngx_http_request_t *r, cg_loc_conf_t *lc, cg_req_t *req,
+                                 const cg_reg_t *reg, const char *fp_hex, int64_t now,
+                                 ngx_connection_t *c, cg_conn_t *cc)
+{
+    req->app_id.len = ngx_strlen(reg->app_id);
+    req->app_id.data = ngx_pnalloc(r->pool, req->app_id.len);
+    req->cert_id.len = ngx_strlen(reg->id);
+    req->cert_id.data = ngx_pnalloc(r->pool, req->cert_id.len);
+    req->fingerprint.len = CG_FP_HEX_LEN;
+    req->fingerprint.data = ngx_pnalloc(r->pool, CG_FP_HEX_LEN);
+    req->expire_in.data = ngx_pnalloc(r->pool, NGX_INT64_LEN);
+    if (!req->app_id.data || !req->cert_id.data || !req->fingerprint.data || !req->expire_in.data)
+        return NGX_ERROR;
+    ngx_memcpy(req->app_id.data, reg->app_id, req->app_id.len);
+    ngx_memcpy(req->cert_id.data, reg->id, req->cert_id.len);
+    ngx_memcpy(req->fingerprint.data, fp_hex, CG_FP_HEX_LEN);
+    req->expire_in.len = (size_t) (ngx_sprintf(req->expire_in.data, "%L",
+                                               (int64_t) cg_expire_in_days(reg, now))
+                                   - req->expire_in.data);
+    if (lc->forward_headers != 1)
+        return NGX_OK;
+    if (cg_add_header(r, &cg_forward_headers[0], req->app_id) != NGX_OK ||
+        cg_add_header(r, &cg_forward_headers[1], req->cert_id) != NGX_OK ||
+        cg_add_header(r, &cg_forward_headers[2], req->fingerprint) != NGX_OK ||
+        cg_add_header(r, &cg_forward_headers[3], req->expire_in) != NGX_OK)
+        return NGX_ERROR;
+    cg_build_forward_values(c, cc);
+    if (cc->client_cert.len > 0 && cg_add_header(r, &cg_forward_headers[4], cc->client_cert) != NGX_OK)
+        return NGX_ERROR;
+    if (cc->client_cert_chain.len > 0 &&
+        cg_add_header(r, &cg_forward_headers[5], cc->client_cert_chain) != NGX_OK)
+        return NGX_ERROR;
+    return NGX_OK;
+}
+
+static int cg_request_app(ngx_http_request_t *r, cg_loc_conf_t *lc, char *out, size_t cap)
+{
+    ngx_str_t v = ngx_null_string;
+    if (lc->app_from == APP_FROM_HEADER) {
+        ngx_list_part_t *part;
+        for (part = &r->headers_in.headers.part; part && v.data == NULL; part = part->next) {
+            ngx_table_elt_t *h = part->elts;
+            for (ngx_uint_t i = 0; i < part->nelts; i++)
+                if (cg_header_is(&h[i], &lc->app_name)) {
+                    v = h[i].value;
+                    break;
+                }
+        }
+    } else {
+        ngx_http_variable_value_t *vv = ngx_http_get_indexed_variable(r, (ngx_uint_t) lc->app_var);
+        if (vv != NULL && !vv->not_found) {
+            v.data = vv->data;
+            v.len = vv->len;
+        }
+    }
+    /* No app named, or one too long to be valid: nothing can match "". */
+    if (v.data == NULL || v.len >= cap)
+        v.len = 0;
+    ngx_memcpy(out, v.data, v.len);
+    out[v.len] = '\0';
+    return 0;
+}
+
+static ngx_int_t cg_access_handler(ngx_http_request_t *r)
+{
+    cg_loc_conf_t *lc = ngx_http_get_module_loc_conf(r, ngx_http_certgate_module);
+    cg_req_t *req = cg_req_find(r);
+
+    /* The first decision stands after an internal redirect (an error_page for
+     * our 403 is not gated again); an ungated request redirected into a gated
+     * location is checked here. */
+    if (req != NULL && req->state == ST_DECIDED)
+        return NGX_DECLINED;
+    if (req != NULL && req->state == ST_PENDING)
+        return NGX_AGAIN;
+    if (lc->enabled != 1)
+        return NGX_DECLINED;
+    if (req == NULL) {
+        /* Fail closed: a spoofed header must never reach the upstream. */
+        if (cg_strip_incoming(r) != NGX_OK)
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        req = cg_req_new(r);
+        if (req == NULL)
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ngx_connection_t *c = cg_real_connection(r);
+    cg_conn_t *cc = NULL;
+    cg_peer_t none;
+    const cg_peer_t *peer = &none;
+    ngx_memzero(&none, sizeof(none));
+    if (c->ssl != NULL && c->ssl->connection != NULL) {
+        cc = cg_conn_state(c);
+        if (cc == NULL)
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        /* An unreadable certificate is treated like a missing one: deny. */
+        if (cg_load_peer(r, c, cc) == 0)
+            peer = &cc->peer;
+    }
+    char app_buf[CG_APP_MAX + 2];
+    const char *app = NULL;
+    if (lc->app_from != APP_FROM_NONE) {
+        cg_request_app(r, lc, app_buf, sizeof(app_buf));
+        app = app_buf;
+    }
+    char fp_hex[CG_FP_HEX_LEN + 1] = "-";
+    const cg_reg_t *regp = NULL;
+    int64_t now = (int64_t) ngx_time();
+
+    if (peer->has_leaf) {
+        cg_fp_to_hex(&peer->leaf, fp_hex);
+        int found = 0;
+        if (req->state == ST_NEW) {
+            if (cg_cached(cc, &peer->leaf, &req->reg, &found)) {
+                req->rc = found ? CG_STORE_OK : CG_STORE_NOTFOUND;
+            } else {
+                req->version = cg_cache ? cg_cache_version(cg_cache) : 0;
+                ngx_int_t rc = cg_lookup_start(r, req, &peer->leaf);
+                if (rc == NGX_AGAIN)
+                    return NGX_AGAIN;
+                req->rc = CG_STORE_ERROR;
+            }
+        } else if (req->rc == CG_STORE_OK || req->rc == CG_STORE_NOTFOUND) {
+            cg_remember(cc, req, &peer->leaf, req->rc == CG_STORE_OK);
+        }
+        if (req->rc == CG_STORE_OK) {
+            regp = &req->reg;
+        } else if (req->rc != CG_STORE_NOTFOUND) {
+            const char *what = req->rc == CG_STORE_CORRUPT ? "record corrupt" : "unavailable";
+            req->state = ST_DECIDED;
+            req->reason = CG_R_STORE_UNAVAILABLE;
+            if (lc->on_store_error == 1) {
+                ngx_log_error(NGX_LOG_CRIT, r->connection->log, 0, "CG02002: FAIL-OPEN: store %s "
+                              "(%s); request allowed unchecked by certgate_on_store_error allow; "
+                              "fingerprint=%s client=%V", what, req->err, fp_hex,
+                              &r->connection->addr_text);
+                return NGX_DECLINED;
+            }
+            ngx_log_error(NGX_LOG_ERR, r->connection->log, 0, "CG%s: store %s: %s; "
+                          "reason=store_unavailable fingerprint=%s client=%V",
+                          req->rc == CG_STORE_CORRUPT ? "02003" : "02001", what, req->err, fp_hex,
+                          &r->connection->addr_text);
+            return cg_respond_deny(r, CG_R_STORE_UNAVAILABLE);
+        }
+    }
+
+    cg_input_t in = {
+        .leaf = peer->has_leaf ? &peer->leaf : NULL,
+        .chain = peer->chain,
+        .chain_len = peer->chain_len,
+        .chain_known = peer->chain_known,
+        .verify_failed = peer->verify_failed,
+        .app = app,
+        .now = now,
+        .reg = regp,
+    };
+    cg_reason_t reason = cg_decide(&in);
+    req->state = ST_DECIDED;
+    req->reason = reason;
+    if (reason == CG_ALLOW) {
+        if (cg_export_allow(r, lc, req, regp, fp_hex, now, c, cc) != NGX_OK)
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        if (cg_usage != NULL) {
+            char ip[NGX_SOCKADDR_STRLEN + 1];
+            size_t n = ngx_min(r->connection->addr_text.len, sizeof(ip) - 1);
+            ngx_memcpy(ip, r->connection->addr_text.data, n);
+            ip[n] = '\0';
+            cg_usage_hit(cg_usage, regp->id, now, ip);
+        }
+        ngx_log_debug3(NGX_LOG_DEBUG_HTTP, r->connection->log, 0, "CG01002: allow app=%s cert=%s "
+                       "fingerprint=%s", regp->app_id, regp->id, fp_hex);
+        return NGX_DECLINED;
+    }
+    if (reason == CG_R_CHAIN_MISMATCH && !peer->chain_known)
+        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0, "CG03003: resumed TLS session carries "
+                      "no chain record; the client must do a full handshake");
+    /* app comes from the request: log at most a bounded, escaped copy. */
+    u_char app_esc[CG_APP_MAX * 4 + 2];
+    size_t app_len = 0;
+    if (regp == NULL && app != NULL && *app) {
+        size_t alen = ngx_min(ngx_strlen(app), (size_t) CG_APP_MAX);
+        app_len = (size_t) ngx_escape_uri(NULL, (u_char *) app, alen, NGX_ESCAPE_URI_COMPONENT)
+                  * 2 + alen;
+        if (app_len < sizeof(app_esc))
+            ngx_escape_uri(app_esc, (u_char *) app, alen, NGX_ESCAPE_URI_COMPONENT);
+        else
+            app_len = 0;
+    }
+    ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                  "CG01001: deny reason=%s fingerprint=%s app=%*s cert=%s client=%V%s",
+                  cg_reason_name(reason), fp_hex,
+                  regp ? ngx_strlen(regp->app_id) : (app_len ? app_len : 1),
+                  regp ? (u_char *) regp->app_id : (app_len ? app_esc : (u_char *) "-"),
+                  regp ? regp->id : "-", &r->connection->addr_text,
+                  peer->verify_failed ? " (TLS verification failed)" : "");
+    return cg_respond_deny(r, reason);
+}
+
+/* ------------------------------------------------------------ variables */
+
+static ngx_int_t cg_variable(ngx_http_request_t *r, ngx_http_variable_value_t *v, uintptr_t data)
+{
+    cg_req_t *req = cg_req_find(r);
+    ngx_str_t s = ngx_null_string;
+
+    if (req != NULL && req->state == ST_DECIDED) {
+        switch (data) {
+        case 0: s = req->app_id; break;
+        case 1: s = req->cert_id; break;
+        case 2: s = req->fingerprint; break;
+        case 3: s = req->expire_in; break;
+        default: s.data = (u_char *) cg_reason_name(req->reason); s.len = ngx_strlen(s.data);
+        }
+    }
+    if (s.len == 0) {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+    v->data = s.data;
+    v->len = s.len;
+    v->valid = 1;
+    v->no_cacheable = 0;
+    v->not_found = 0;
+    return NGX_OK;
+}
+
+static ngx_http_variable_t cg_vars[] = {
+    { ngx_string("certgate_app_id"), NULL, cg_variable, 0, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+    { ngx_string("certgate_cert_id"), NULL, cg_variable, 1, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+    { ngx_string("certgate_fingerprint"), NULL, cg_variable, 2, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+    { ngx_string("certgate_expire_in"), NULL, cg_variable, 3, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+    { ngx_string("certgate_reason"), NULL, cg_variable, 4, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+    ngx_http_null_variable
+};
+
+static ngx_int_t cg_add_variables(ngx_conf_t *cf)
+{
+    for (ngx_http_variable_t *v = cg_vars; v->name.len; v++) {
+        ngx_http_variable_t *var = ngx_http_add_variable(cf, &v->name, v->flags);
+        if (var == NULL)
+            return NGX_ERROR;
+        var->get_handler = v->get_handler;
+        var->data = v->data;
+    }
+    return NGX_OK;
+}
+
+/* ------------------------------------------------------------ init */
+
+static ngx_int_t cg_init(ngx_conf_t *cf)
+{
+    ngx_http_core_main_conf_t *cmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_core_module);
+    cg_main_conf_t *mc = ngx_http_conf_get_module_main_conf(cf, ngx_http_certgate_module);
+
+    if (!mc->used)
+        return NGX_OK;
+    ngx_http_handler_pt *h = ngx_array_push(&cmcf->phases[NGX_HTTP_ACCESS_PHASE].handlers);
+    if (h == NULL)
+        return NGX_ERROR;
+    *h = cg_access_handler;
+
+    /* Resumed TLS 1.3 sessions carry the chain in the ticket (see cg_tls.h). */
+    ngx_http_core_srv_conf_t **cscf = cmcf->servers.elts;
+    for (ngx_uint_t i = 0; i < cmcf->servers.nelts; i++) {
+        ngx_http_ssl_srv_conf_t *sscf = cscf[i]->ctx->srv_conf[ngx_http_ssl_module.ctx_index];
+        if (sscf != NULL && sscf->ssl.ctx != NULL && cg_tls_install_ticket_cb(sscf->ssl.ctx) != 0)
+            ngx_conf_log_error(NGX_LOG_WARN, cf, 0, "CG04003: the session ticket callback "
+                               "could not be installed; resumed sessions get chain_mismatch");
+    }
+    return NGX_OK;
+}

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Build ngx_http_certgate_module against Debian's nginx-dev sources, with the
+# same configure flags as Debian's nginx binary (--with-compat keeps them binary
+# compatible). Usage: nginx-module.sh OUTPUT.so
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+OUT=$1
+SRC=/usr/share/nginx/src
+WORK=$ROOT/build/nginx
+[ -f "$SRC/conf_flags" ] || { echo "nginx-module: $SRC missing (apt-get install nginx-dev)" >&2; exit 1; }
+
+# Configure once per change of the addon's config script.
+if [ ! -f "$WORK/src/objs/Makefile" ] || [ "$ROOT/nginx/config" -nt "$WORK/src/objs/Makefile" ]; then
+    rm -rf "$WORK"
+    mkdir -p "$WORK"
+    cp -r "$SRC" "$WORK/src"
+    # shellcheck disable=SC1091
+    . "$WORK/src/conf_flags"
+    (cd "$WORK/src" && ./configure "${NGX_CONF_FLAGS[@]}" \
+        --with-cc-opt="-std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wno-unused-parameter -g -O2 -fPIC" \
+        --with-ld-opt="-fPIC" \
+        --add-dynamic-module="$ROOT/nginx" >"$WORK/configure.log" 2>&1) \
+        || { tail -20 "$WORK/configure.log" >&2; exit 1; }
+fi
+make -s -C "$WORK/src" -f objs/Makefile modules >"$WORK/make.log" 2>&1 || { cat "$WORK/make.log" >&2; exit 1; }
+cp "$WORK/src/objs/ngx_http_certgate_module.so" "$OUT.tmp"
+mv -f "$OUT.tmp" "$OUT"
