@@ -106,9 +106,22 @@ build/asan/mod_certgate.so: mod_certgate.c $(CORE_SRC) src/*.h
 	  $(notdir $(CORE_SRC)) $(LIBS) >/dev/null
 	cp build/asan/apxs/.libs/mod_certgate.so $@.tmp && mv -f $@.tmp $@
 
-test-asan: deps build/asan/test_core build/asan/mod_certgate.so $(NGX_MODULE)
+# The nginx module too, linked with a sanitized core; Debian's nginx binary
+# loads the ASan runtime the same way.
+build/asan/core/%.o: src/%.c src/*.h
+	@mkdir -p build/asan/core
+	$(CC) $(CFLAGS_COMMON) -O1 $(SAN_FLAGS) -Isrc -c -o $@ $<
+
+build/asan/libcertgate.a: $(CORE_SRC:src/%.c=build/asan/core/%.o)
+	ar rcs $@ $^
+
+build/asan/ngx_http_certgate_module.so: nginx/*.c nginx/*.h nginx/config build/asan/libcertgate.a src/*.h scripts/nginx-module.sh
+	bash scripts/nginx-module.sh $@ $(CURDIR)/build/asan/libcertgate.a "$(SAN_FLAGS)"
+
+test-asan: deps build/asan/test_core build/asan/mod_certgate.so build/asan/ngx_http_certgate_module.so
 	ASAN_OPTIONS=detect_leaks=1 ./build/asan/test_core
 	CERTGATE_MODULE=$(CURDIR)/build/asan/mod_certgate.so CERTGATE_SANITIZE=asan \
+	  CERTGATE_NGX_MODULE=$(CURDIR)/build/asan/ngx_http_certgate_module.so \
 	  $(PYTEST) -q tests/integration
 
 valgrind-deps:

@@ -401,8 +401,12 @@ static ngx_int_t cg_init_process(ngx_cycle_t *cycle)
         if (cg_usage_store != NULL)
             cg_usage = cg_usage_start(cg_usage_store, 4096, (int) cg_mcf->usage_interval * 1000,
                                       2000, cg_usage_flushed, cycle->log);
-        if (cg_usage == NULL)
-            ngx_log_error(NGX_LOG_ERR, cycle->log, 0, "CG04004: usage recording not started");
+        else
+            ngx_log_error(NGX_LOG_ERR, cycle->log, 0, "CG04004: cannot set up the Redis store "
+                          "for usage recording: %s; usage is not recorded", err);
+        if (cg_usage_store != NULL && cg_usage == NULL)
+            ngx_log_error(NGX_LOG_ERR, cycle->log, 0, "CG04009: the usage recording thread "
+                          "could not start; usage is not recorded");
     }
     if (!cg_mcf->cache)
         return NGX_OK;
@@ -625,6 +629,8 @@ static void cg_resume(ngx_event_t *ev)
         req->state = ST_LOOKED_UP;
         /* A connection that missed its deadline is in an unknown state. */
         cg_ngx_redis_drop_current();
+    } else if (req->state != ST_LOOKED_UP) {
+        return;     /* another event ran the handler first and used the answer */
     }
     ngx_http_core_run_phases(r);
     ngx_http_run_posted_requests(c);
@@ -954,7 +960,8 @@ static int cg_request_app(ngx_http_request_t *r, cg_loc_conf_t *lc, char *out, s
     /* No app named, or one too long to be valid: nothing can match "". */
     if (v.data == NULL || v.len >= cap)
         v.len = 0;
-    ngx_memcpy(out, v.data, v.len);
+    if (v.len > 0)
+        ngx_memcpy(out, v.data, v.len);
     out[v.len] = '\0';
     return 0;
 }
@@ -971,6 +978,11 @@ static ngx_int_t cg_access_handler(ngx_http_request_t *r)
         return NGX_DECLINED;
     if (req != NULL && req->state == ST_PENDING)
         return NGX_AGAIN;
+    /* The answer is in and we run now: the posted resume must not run the
+     * phases a second time. */
+    if (req != NULL && req->state == ST_LOOKED_UP && req->ev.posted) {
+        ngx_delete_posted_event(&req->ev);
+    }
     if (lc->enabled != 1)
         return NGX_DECLINED;
     if (req == NULL) {

@@ -29,6 +29,15 @@ def get(stack, path, cert=None, headers=None, timeout=10, **kw):
                         headers=headers or {}, timeout=timeout)
 
 
+def session(stack, cert):
+    """A keep-alive session presenting cert."""
+    s = requests.Session()
+    s.trust_env = False     # a CA bundle from the environment must not replace ours
+    s.cert = files_for(stack, cert)
+    s.verify = stack.server_ca
+    return s
+
+
 def reason_of(resp):
     return resp.headers.get("CertGate-Reason")
 

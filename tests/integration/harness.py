@@ -17,13 +17,13 @@ SANITIZE = os.environ.get("CERTGATE_SANITIZE", "")
 SLACK = 2.0 if SANITIZE else 0.0
 
 
-def apache_env(logs_dir):
-    """The environment apache2 runs with (the ASan runtime preloaded for test-asan)."""
+def server_env(logs_dir):
+    """The environment apache2 and nginx run with (the ASan runtime preloaded for test-asan)."""
     env = dict(os.environ)
     if SANITIZE == "asan":
         runtime = subprocess.run(["gcc", "-print-file-name=libasan.so"], capture_output=True,
                                  text=True).stdout.strip()
-        # The Debian apache2 binary is not instrumented: the runtime must load first.
+        # The Debian apache2 and nginx binaries are not instrumented: the runtime must load first.
         env["LD_PRELOAD"] = runtime
         env["ASAN_OPTIONS"] = "detect_leaks=0:allow_user_segv_handler=0:log_path=%s/asan" % logs_dir
         env["UBSAN_OPTIONS"] = "print_stacktrace=1:halt_on_error=1:log_path=%s/ubsan" % logs_dir
@@ -215,7 +215,33 @@ Listen 127.0.0.1:{port} https
 """
 
 
-class Httpd:
+class WebServer:
+    """What Httpd and Nginx share: the document tree the tests read, URLs, the log."""
+
+    def _docroot(self, workdir):
+        for d in ("run", "logs", "htdocs"):
+            os.makedirs(os.path.join(workdir, d), exist_ok=True)
+        # Children/workers (www-data when we are root) write sanitizer reports here.
+        os.chmod(os.path.join(workdir, "logs"), 0o777)
+        for d in ("gated", "app", "fwd", "open", "errdoc"):
+            os.makedirs(os.path.join(workdir, "htdocs", d), exist_ok=True)
+            with open(os.path.join(workdir, "htdocs", d, "ok.txt"), "w") as f:
+                f.write("ok\n")
+        with open(os.path.join(workdir, "htdocs", "open", "denied.txt"), "w") as f:
+            f.write("custom denied page\n")
+
+    def url(self, path):
+        return "https://localhost:%d%s" % (self.port, path)
+
+    def read_log(self):
+        try:
+            with open(self.error_log) as f:
+                return f.read()
+        except FileNotFoundError:
+            return ""
+
+
+class Httpd(WebServer):
     kind = "httpd"
 
     def __init__(self, workdir, pki_dir, redis, timeout_ms=200, extra_server="", extra_vhost="",
@@ -224,16 +250,7 @@ class Httpd:
         self.port = free_port()
         self.redis = redis
         self.proc = None
-        for d in ("run", "logs", "htdocs"):
-            os.makedirs(os.path.join(workdir, d), exist_ok=True)
-        # Children (www-data when we are root) must be able to write sanitizer reports.
-        os.chmod(os.path.join(workdir, "logs"), 0o777)
-        for d in ("gated", "app", "fwd", "open", "errdoc"):
-            os.makedirs(os.path.join(workdir, "htdocs", d), exist_ok=True)
-            with open(os.path.join(workdir, "htdocs", d, "ok.txt"), "w") as f:
-                f.write("ok\n")
-        with open(os.path.join(workdir, "htdocs", "open", "denied.txt"), "w") as f:
-            f.write("custom denied page\n")
+        self._docroot(workdir)
         self.admin_users = {u: "pw-" + u for u in
                             ("dev1", "dev2", "devmgr", "mgr1", "mgr2", "sup1", "aud1", "nobody1")}
         pw = os.path.join(workdir, "admin.htpasswd")
@@ -262,7 +279,7 @@ class Httpd:
     def start(self):
         out = open(os.path.join(self.work, "logs", "stderr.log"), "ab")
         logs = os.path.join(self.work, "logs")
-        env = apache_env(logs)
+        env = server_env(logs)
         cmd = [APACHE, "-f", self.conf, "-DFOREGROUND"]
         wait = 10.0 + 3 * SLACK
         if SANITIZE == "valgrind":
@@ -326,16 +343,6 @@ class Httpd:
             print("\n[child crash while stopping]\n" +
                   "\n".join(l for l in stopping.splitlines() if "exit signal" in l))
         return bad
-
-    def url(self, path):
-        return "https://localhost:%d%s" % (self.port, path)
-
-    def read_log(self):
-        try:
-            with open(self.error_log) as f:
-                return f.read()
-        except FileNotFoundError:
-            return ""
 
 
 def register(r, cert, app, status="APPROVED", chain=None, activate_at=None, retire_at=None,
@@ -457,7 +464,7 @@ http {{
 """
 
 
-class Nginx:
+class Nginx(WebServer):
     """nginx with ngx_http_certgate_module: the same surface as Httpd for the shared tests."""
     kind = "nginx"
     h2 = True
@@ -468,15 +475,8 @@ class Nginx:
         self.port = free_port()
         self.redis = redis
         self.proc = None
-        for d in ("run", "logs", "htdocs"):
-            os.makedirs(os.path.join(workdir, d), exist_ok=True)
+        self._docroot(workdir)
         os.chmod(os.path.join(workdir, "run"), 0o777)   # temp paths for www-data workers
-        for d in ("gated", "app", "fwd", "open", "errdoc"):
-            os.makedirs(os.path.join(workdir, "htdocs", d), exist_ok=True)
-            with open(os.path.join(workdir, "htdocs", d, "ok.txt"), "w") as f:
-                f.write("ok\n")
-        with open(os.path.join(workdir, "htdocs", "open", "denied.txt"), "w") as f:
-            f.write("custom denied page\n")
         self.conf = os.path.join(workdir, "nginx.conf")
         with open(self.conf, "w") as f:
             f.write(NGINX_CONF.format(
@@ -492,7 +492,8 @@ class Nginx:
     def start(self):
         out = open(os.path.join(self.work, "logs", "stderr.log"), "ab")
         self.proc = subprocess.Popen([NGINX, "-c", self.conf, "-p", self.work],
-                                     stdout=out, stderr=out)
+                                     stdout=out, stderr=out,
+                                     env=server_env(os.path.join(self.work, "logs")))
         try:
             wait_port(self.port, self.proc, timeout=10.0 + 3 * SLACK)
         except RuntimeError:
@@ -505,23 +506,18 @@ class Nginx:
         stop_pid(self.proc)
         self.proc = None
 
+    # A worker's stderr is the error log: sanitizer reports may land there too.
+    BAD_LINES = ("exited on signal", "runtime error:", "AddressSanitizer", "LeakSanitizer")
+
     def sanitizer_reports(self):
-        """Crashes of workers while running ("exited on signal") and sanitizer reports."""
+        """Worker crashes or failed exits, and sanitizer reports (files or error log)."""
         logs = os.path.join(self.work, "logs")
         bad = [open(os.path.join(logs, n), errors="replace").read()
                for n in sorted(os.listdir(logs))
                if n.startswith(("asan", "ubsan"))]
-        log = self.read_log()
-        if "exited on signal" in log:
-            bad.append("\n".join(l for l in log.splitlines() if "exited on signal" in l))
+        lines = [l for l in self.read_log().splitlines()
+                 if any(b in l for b in self.BAD_LINES) or
+                 ("exited with code" in l and not l.endswith("exited with code 0"))]
+        if lines:
+            bad.append("\n".join(lines))
         return [b for b in bad if b.strip()]
-
-    def url(self, path):
-        return "https://localhost:%d%s" % (self.port, path)
-
-    def read_log(self):
-        try:
-            with open(self.error_log) as f:
-                return f.read()
-        except FileNotFoundError:
-            return ""

@@ -1,7 +1,6 @@
 """A table of hostile inputs to the admin API and the gate. Each gets the expected
 status and code, and Redis is exactly as it was."""
 import base64
-import json
 
 import pytest
 from cryptography import x509

@@ -7,9 +7,9 @@ import pytest
 import requests
 
 from admin import Admin
-from clients import files_for, get, reason_of
+from clients import get, reason_of, session
 from conftest import Stack
-from harness import flush_store, invalidate, register
+from harness import flush_store, register
 
 GATED = "/gated/ok.txt"
 MAX_AGE = 2
@@ -28,14 +28,6 @@ def stack(pki):
 @pytest.fixture(autouse=True)
 def clean(stack):
     flush_store(stack.r)
-
-
-def session(stack, cert):
-    s = requests.Session()
-    s.trust_env = False     # a CA bundle from the environment must not replace ours
-    s.cert = files_for(stack, cert)
-    s.verify = stack.server_ca
-    return s
 
 
 def redis_calls(r, cmd):
@@ -62,7 +54,6 @@ def test_revocation_on_a_live_keepalive_connection_within_1s(stack, pki):
     for _ in range(50):                    # steady state: no Redis at all
         assert s.get(stack.httpd.url(GATED)).status_code == 200
     assert redis_calls(stack.r, "get") == gets
-    t0 = time.monotonic()
     resp = requests.post(stack.httpd.url("/admin/certs/%s/inactivate" % cid),
                          auth=("mgr1", stack.httpd.admin_users["mgr1"]),
                          json={"reason": "revoked"}, verify=stack.server_ca, timeout=10)

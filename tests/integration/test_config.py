@@ -1,7 +1,6 @@
 """Store settings (unix socket, ACL user, DB, prefix), fail-open, and startup validation."""
 import os
 import subprocess
-import time
 
 import pytest
 
@@ -86,7 +85,7 @@ def test_bad_directive_values_stop_startup(line, message):
         f.write('ServerRoot "%s"\nLoadModule mpm_event_module %s/mod_mpm_event.so\n'
                 "LoadModule certgate_module %s\n%s\n" % (work, harness.MODDIR, harness.MODULE, line))
     res = subprocess.run([harness.APACHE, "-t", "-f", conf], capture_output=True, text=True,
-                         env=harness.apache_env(work))
+                         env=harness.server_env(work))
     assert res.returncode != 0
     assert message in res.stderr, res.stderr
 
@@ -101,6 +100,6 @@ def test_gate_without_mod_ssl_refuses_to_start():
                 "<Location /x>\nCertGate On\n</Location>\n"
                 % (work, work, work, harness.MODDIR, harness.MODULE, harness.free_port()))
     res = subprocess.run([harness.APACHE, "-f", conf, "-DFOREGROUND"], capture_output=True,
-                         text=True, timeout=30, env=harness.apache_env(work))
+                         text=True, timeout=30, env=harness.server_env(work))
     assert res.returncode != 0
     assert "CG04002" in open(os.path.join(work, "err.log")).read() + res.stderr

@@ -7,7 +7,6 @@ import subprocess
 
 import pytest
 
-import harness
 from harness import ROOT, free_port
 
 

@@ -2,14 +2,12 @@
 (apache2 with mod_certgate, nginx with ngx_http_certgate_module): one scenario
 code, run against both."""
 import base64
-import json
-import os
 import time
 
 import pytest
 import requests
 
-from clients import curl, files_for, get, raw_get, reason_of, tls_context
+from clients import curl, get, raw_get, reason_of, session, tls_context
 from conftest import SERVERS, Stack
 from harness import flush_store, invalidate, register
 
@@ -195,10 +193,7 @@ def test_deny_is_logged_with_tag(stack, pki):
 def test_revocation_on_a_live_keepalive_connection_within_1s(stack, pki):
     # What the admin API's inactivate does to the store: record, then publish.
     reg_id = register(stack.r, pki.leaf, "app1")
-    s = requests.Session()
-    s.trust_env = False
-    s.cert = files_for(stack, pki.leaf)
-    s.verify = stack.server_ca
+    s = session(stack, pki.leaf)
     for _ in range(5):
         assert s.get(stack.server.url(GATED), timeout=10).status_code == 200
     stack.r.hset("certgate:reg:" + reg_id, "status", "INACTIVATED")

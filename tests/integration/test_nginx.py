@@ -7,22 +7,13 @@ import subprocess
 import time
 
 import pytest
-import requests
 
 import harness
-from clients import files_for, get, reason_of
+from clients import get, reason_of, session
 from conftest import Stack, make_workdir
 from harness import Redis, flush_store, register
 
 GATED = "/gated/ok.txt"
-
-
-def session(stack, cert):
-    s = requests.Session()
-    s.trust_env = False
-    s.cert = files_for(stack, cert)
-    s.verify = stack.server_ca
-    return s
 
 
 def redis_calls(r, cmd):
@@ -187,7 +178,7 @@ def test_bad_directive_values_stop_startup(line, message):
     with open(conf, "w") as f:
         f.write(HTTP_HEAD % (harness.NGX_MODULE, work, line, harness.free_port()))
     res = subprocess.run([harness.NGINX, "-t", "-c", conf, "-p", work], capture_output=True,
-                         text=True, timeout=30)
+                         text=True, timeout=30, env=harness.server_env(work))
     assert res.returncode != 0
     assert message in res.stderr, res.stderr
 
@@ -205,5 +196,5 @@ def test_example_conf_passes_nginx_t(pki):
     with open(path, "w") as f:
         f.write("pid %s/nginx.pid;\nerror_log stderr;\n%s" % (work, conf))
     res = subprocess.run([harness.NGINX, "-t", "-c", path, "-p", work], capture_output=True,
-                         text=True, timeout=30)
+                         text=True, timeout=30, env=harness.server_env(work))
     assert res.returncode == 0, res.stderr
