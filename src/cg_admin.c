@@ -1050,58 +1050,108 @@ done:
 /* ------------------------------------------------------------ reading */
 
 /* Load all records of a set (app or all) that the user may see. */
+enum { LOAD_STORE = 0, LOAD_CORRUPT, LOAD_NOMEM };
+
+/*
+ * Every record of an index set, in one pipeline: whole (HGETALL, names NULL)
+ * or only the fields named (HMGET), which is what scans over every
+ * registration (metrics, expiry) read at 10^5 records. Records that are gone
+ * are skipped. NULL on failure, with *why (LOAD_*) and err.
+ */
+static json_t *load_records(const cg_admin_cfg_t *cfg, cg_store_t *st, const char *setkey,
+                            const char *const *names, int nnames, int *why, char *err,
+                            size_t errlen)
+{
+    redisReply *r = NULL;
+    *why = LOAD_STORE;
+    if (cmd2(cfg, st, "SMEMBERS", setkey, &r, err, errlen) != CG_STORE_OK)
+        return NULL;
+    if (r->type != REDIS_REPLY_ARRAY) {
+        cg_store_reply_free(r);
+        *why = LOAD_CORRUPT;
+        snprintf(err, errlen, "an index set is damaged");
+        return NULL;
+    }
+    size_t n = r->elements ? r->elements : 1, nk = 0;
+    int argc = 2 + (names ? nnames : 0);
+    /* "{prefix}reg:{id}", sized to fit: 10^5 keys of KEY_MAX would be 50 MB. */
+    char (*keys)[CG_PREFIX_MAX + CG_ID_MAX + 8] = malloc(n * sizeof(*keys));
+    const char **argv = malloc(n * (size_t)argc * sizeof(char *));
+    size_t *lens = malloc(n * (size_t)argc * sizeof(size_t));
+    int *argcs = malloc(n * sizeof(int));
+    const char *const **argvs = malloc(n * sizeof(*argvs));
+    const size_t **lensv = malloc(n * sizeof(*lensv));
+    redisReply **out = calloc(n, sizeof(redisReply *));
+    json_t *recs = json_array();
+    if (!keys || !argv || !lens || !argcs || !argvs || !lensv || !out || !recs) {
+        *why = LOAD_NOMEM;
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
+    for (size_t i = 0; i < r->elements; i++) {
+        redisReply *e = r->element[i];
+        if (e->type != REDIS_REPLY_STRING || !cg_id_valid(e->str, e->len))
+            continue;
+        snprintf(keys[nk], sizeof(keys[nk]), "%sreg:%.*s", cg_store_prefix(st), (int)e->len,
+                 e->str);
+        const char **a = &argv[nk * (size_t)argc];
+        a[0] = names ? "HMGET" : "HGETALL";
+        a[1] = keys[nk];
+        for (int f = 2; f < argc; f++)
+            a[f] = names[f - 2];
+        for (int f = 0; f < argc; f++)
+            lens[nk * (size_t)argc + (size_t)f] = strlen(a[f]);
+        argcs[nk] = argc;
+        argvs[nk] = a;
+        lensv[nk] = &lens[nk * (size_t)argc];
+        nk++;
+    }
+    if (nk > 0 && cg_store_pipeline(st, cfg->timeout_ms, nk, argcs, argvs, lensv, out, err,
+                                    errlen) != CG_STORE_OK)
+        goto fail;
+    for (size_t i = 0; i < nk; i++) {
+        redisReply *h = out[i];
+        json_t *o = NULL;
+        if (names == NULL) {
+            o = h->type == REDIS_REPLY_ARRAY && h->elements ? hash_to_obj(h) : NULL;
+        } else if (h->type == REDIS_REPLY_ARRAY && h->elements == (size_t)nnames) {
+            o = json_object();
+            for (int f = 0; o != NULL && f < nnames; f++)
+                if (h->element[f]->type == REDIS_REPLY_STRING)
+                    json_object_set_new(o, names[f], json_stringn(h->element[f]->str,
+                                                                  h->element[f]->len));
+            if (o != NULL && json_object_size(o) == 0) {   /* every field nil: gone */
+                json_decref(o);
+                o = NULL;
+            }
+        }
+        if (o != NULL)
+            json_array_append_new(recs, o);
+        cg_store_reply_free(h);
+    }
+    goto done;
+fail:
+    json_decref(recs);
+    recs = NULL;
+done:
+    cg_store_reply_free(r);
+    free(keys); free(argv); free(lens); free(argcs); free(argvs); free(lensv); free(out);
+    return recs;
+}
+
+/* Every whole record of an index set; NULL with resp set on failure. */
 static json_t *load_set(const cg_admin_cfg_t *cfg, cg_store_t *st, const char *setkey,
                         cg_admin_resp_t *resp)
 {
     char err[200];
-    redisReply *r = NULL;
-    if (cmd2(cfg, st, "SMEMBERS", setkey, &r, err, sizeof(err)) != CG_STORE_OK) {
-        store_error(resp, err);
-        return NULL;
-    }
-    if (r->type != REDIS_REPLY_ARRAY) {
-        cg_store_reply_free(r);
+    int why;
+    json_t *recs = load_records(cfg, st, setkey, NULL, 0, &why, err, sizeof(err));
+    if (recs == NULL && why == LOAD_CORRUPT)
         cg_admin_error(resp, 500, "Store.Corrupt", "an index set is damaged");
-        return NULL;
-    }
-    size_t n = r->elements;
-    char **keys = calloc(n ? n : 1, sizeof(char *));
-    redisReply **out = calloc(n ? n : 1, sizeof(redisReply *));
-    json_t *recs = json_array();
-    size_t nk = 0;
-    for (size_t i = 0; keys && i < n; i++) {
-        redisReply *e = r->element[i];
-        if (e->type == REDIS_REPLY_STRING && cg_id_valid(e->str, e->len)) {
-            keys[nk] = malloc(KEY_MAX);
-            if (keys[nk] == NULL)
-                break;
-            keyf(keys[nk], st, "reg:%.*s", (int)e->len, e->str);
-            nk++;
-        }
-    }
-    cg_store_reply_free(r);
-    if (keys == NULL || out == NULL || recs == NULL) {
+    else if (recs == NULL && why == LOAD_NOMEM)
         cg_admin_error(resp, 500, "Internal", "out of memory");
-        json_decref(recs);
-        recs = NULL;
-    } else if (cg_store_hgetall_many(st, cfg->timeout_ms, (const char *const *)keys, nk, out, err,
-                                     sizeof(err)) != CG_STORE_OK) {
+    else if (recs == NULL)
         store_error(resp, err);
-        json_decref(recs);
-        recs = NULL;
-    } else {
-        for (size_t i = 0; i < nk; i++) {
-            json_t *o = out[i]->type == REDIS_REPLY_ARRAY && out[i]->elements ? hash_to_obj(out[i])
-                                                                              : NULL;
-            if (o != NULL)
-                json_array_append_new(recs, o);
-            cg_store_reply_free(out[i]);
-        }
-    }
-    for (size_t i = 0; keys && i < nk; i++)
-        free(keys[i]);
-    free(keys);
-    free(out);
     return recs;
 }
 
@@ -1795,75 +1845,6 @@ static void attach_usage(const cg_admin_cfg_t *cfg, cg_store_t *st, json_t *item
     free(out);
 }
 
-/*
- * Like load_set, reading only some fields (HMGET) of each record: for scans
- * over every registration (metrics, expiry) at 10^5 records.
- */
-static json_t *load_set_fields(const cg_admin_cfg_t *cfg, cg_store_t *st, const char *setkey,
-                               const char *const *names, int nnames, char *err, size_t errlen)
-{
-    redisReply *r = NULL;
-    if (cmd2(cfg, st, "SMEMBERS", setkey, &r, err, errlen) != CG_STORE_OK)
-        return NULL;
-    if (r->type != REDIS_REPLY_ARRAY) {
-        cg_store_reply_free(r);
-        snprintf(err, errlen, "an index set is damaged");
-        return NULL;
-    }
-    size_t n = r->elements, nk = 0;
-    int argc = 2 + nnames;
-    char (*keys)[CG_PREFIX_MAX + CG_ID_MAX + 8] = malloc((n ? n : 1) * sizeof(*keys));
-    const char **argv = malloc((n ? n : 1) * (size_t)argc * sizeof(char *));
-    size_t *lens = malloc((n ? n : 1) * (size_t)argc * sizeof(size_t));
-    int *argcs = malloc((n ? n : 1) * sizeof(int));
-    const char *const **argvs = malloc((n ? n : 1) * sizeof(*argvs));
-    const size_t **lensv = malloc((n ? n : 1) * sizeof(*lensv));
-    redisReply **out = calloc(n ? n : 1, sizeof(redisReply *));
-    json_t *recs = NULL;
-    if (!keys || !argv || !lens || !argcs || !argvs || !lensv || !out) {
-        snprintf(err, errlen, "out of memory");
-        goto done;
-    }
-    for (size_t i = 0; i < n; i++) {
-        redisReply *e = r->element[i];
-        if (e->type != REDIS_REPLY_STRING || !cg_id_valid(e->str, e->len))
-            continue;
-        snprintf(keys[nk], sizeof(keys[nk]), "%sreg:%.*s", cg_store_prefix(st), (int)e->len,
-                 e->str);
-        const char **a = &argv[nk * (size_t)argc];
-        a[0] = "HMGET";
-        a[1] = keys[nk];
-        for (int f = 0; f < nnames; f++)
-            a[2 + f] = names[f];
-        for (int f = 0; f < argc; f++)
-            lens[nk * (size_t)argc + (size_t)f] = strlen(a[f]);
-        argcs[nk] = argc;
-        argvs[nk] = a;
-        lensv[nk] = &lens[nk * (size_t)argc];
-        nk++;
-    }
-    if (nk > 0 && cg_store_pipeline(st, cfg->timeout_ms, nk, argcs, argvs, lensv, out, err,
-                                    errlen) != CG_STORE_OK)
-        goto done;
-    recs = json_array();
-    for (size_t i = 0; i < nk; i++) {
-        redisReply *h = out[i];
-        if (h->type == REDIS_REPLY_ARRAY && h->elements == (size_t)nnames) {
-            json_t *o = json_object();
-            for (int f = 0; f < nnames; f++)
-                if (h->element[f]->type == REDIS_REPLY_STRING)
-                    json_object_set_new(o, names[f], json_stringn(h->element[f]->str,
-                                                                  h->element[f]->len));
-            json_array_append_new(recs, o);
-        }
-        cg_store_reply_free(h);
-    }
-done:
-    cg_store_reply_free(r);
-    free(keys); free(argv); free(lens); free(argcs); free(argvs); free(lensv); free(out);
-    return recs;
-}
-
 int cg_admin_store_stats(cg_store_t *st, int timeout_ms, int64_t now, int soon_days,
                          cg_store_stats_t *out, char *err, size_t errlen)
 {
@@ -1875,7 +1856,8 @@ int cg_admin_store_stats(cg_store_t *st, int timeout_ms, int64_t now, int soon_d
     cfg.timeout_ms = timeout_ms;
     memset(out, 0, sizeof(*out));
     keyf(key, st, "regs");
-    json_t *recs = load_set_fields(&cfg, st, key, names, 2, err, errlen);
+    int why;
+    json_t *recs = load_records(&cfg, st, key, names, 2, &why, err, errlen);
     if (recs == NULL)
         return -1;
     size_t i;
@@ -1922,7 +1904,8 @@ int cg_admin_expiry_scan(cg_store_t *st, int timeout_ms, int64_t now, const int 
     cfg.timeout_ms = timeout_ms;
     keyf(key, st, "regs");
     keyf(k_ev, st, "events");
-    json_t *recs = load_set_fields(&cfg, st, key, names, 6, err, errlen);
+    int why;
+    json_t *recs = load_records(&cfg, st, key, names, 6, &why, err, errlen);
     if (recs == NULL)
         return -1;
     snprintf(now_s, sizeof(now_s), "%lld", (long long)now);
