@@ -124,12 +124,7 @@ typedef struct {
     const char *client_cert;        /* RFC 9440 values, built on first use */
     const char *client_cert_chain;
     /* The registration this connection last used, while the cache version holds. */
-    int dc_valid;
-    cg_fp_t dc_fp;
-    int dc_found;
-    cg_reg_t dc_reg;
-    uint64_t dc_version;
-    int64_t dc_fetched_ms;
+    cg_conn_entry_t dc;
 } cg_conn_t;
 
 static int gate_configured;     /* some location says CertGate On */
@@ -1003,23 +998,18 @@ static cg_store_rc_t lookup_reg(cg_srv_t *sc, cg_conn_t *cc, const cg_fp_t *fp, 
     if (sc->cache == NULL)
         return store_lookup(sc, fp, reg, err, errlen);
     int64_t now = cg_now_ms(), fetched = now;
-    int64_t max_age = cg_cache_max_age_ms(sc->cache);
     uint64_t ver = cg_cache_version(sc->cache);
     int found = 0;
 
     if (cc != NULL && cc->lock != NULL) {
         apr_thread_mutex_lock(cc->lock);
-        if (cc->dc_valid && cc->dc_version == ver && now - cc->dc_fetched_ms < max_age &&
-            cg_fp_eq(&cc->dc_fp, fp)) {
-            found = cc->dc_found;
-            if (found)
-                *reg = cc->dc_reg;
-            apr_thread_mutex_unlock(cc->lock);
+        int hit = cg_conn_entry_get(&cc->dc, sc->cache, fp, now, &found, reg);
+        apr_thread_mutex_unlock(cc->lock);
+        if (hit) {
             if (metrics)
                 count(&metrics->cache_conn_hits);
             return found ? CG_STORE_OK : CG_STORE_NOTFOUND;
         }
-        apr_thread_mutex_unlock(cc->lock);
     }
     if (cg_cache_get(sc->cache, fp, now, &found, reg, &fetched)) {
         if (metrics)
@@ -1036,13 +1026,7 @@ static cg_store_rc_t lookup_reg(cg_srv_t *sc, cg_conn_t *cc, const cg_fp_t *fp, 
     }
     if (cc != NULL && cc->lock != NULL) {
         apr_thread_mutex_lock(cc->lock);
-        cc->dc_valid = 1;
-        cc->dc_fp = *fp;
-        cc->dc_found = found;
-        if (found)
-            cc->dc_reg = *reg;
-        cc->dc_version = ver;
-        cc->dc_fetched_ms = fetched;
+        cg_conn_entry_set(&cc->dc, fp, found, reg, ver, fetched);
         apr_thread_mutex_unlock(cc->lock);
     }
     return found ? CG_STORE_OK : CG_STORE_NOTFOUND;

@@ -52,12 +52,7 @@ typedef struct {
     cg_peer_t peer;
     ngx_str_t client_cert, client_cert_chain;   /* RFC 9440, built on first use */
     /* The registration this connection last used, while the cache version holds. */
-    unsigned dc_valid:1;
-    unsigned dc_found:1;
-    cg_fp_t dc_fp;
-    cg_reg_t dc_reg;
-    uint64_t dc_version;
-    int64_t dc_fetched_ms;
+    cg_conn_entry_t dc;
 } cg_conn_t;
 
 enum { ST_NEW = 0, ST_PENDING, ST_LOOKED_UP, ST_DECIDED };
@@ -774,24 +769,12 @@ static int cg_cached(cg_conn_t *cc, const cg_fp_t *fp, cg_reg_t *reg, int *found
         return 0;
     int64_t now = cg_now_ms(), fetched = now;
     uint64_t ver = cg_cache_version(cg_cache);
-    if (cc != NULL && cc->dc_valid && cc->dc_version == ver &&
-        now - cc->dc_fetched_ms < cg_cache_max_age_ms(cg_cache) && cg_fp_eq(&cc->dc_fp, fp)) {
-        *found = cc->dc_found;
-        if (*found)
-            *reg = cc->dc_reg;
+    if (cc != NULL && cg_conn_entry_get(&cc->dc, cg_cache, fp, now, found, reg))
         return 1;
-    }
     if (!cg_cache_get(cg_cache, fp, now, found, reg, &fetched))
         return 0;
-    if (cc != NULL) {
-        cc->dc_valid = 1;
-        cc->dc_fp = *fp;
-        cc->dc_found = *found != 0;
-        if (*found)
-            cc->dc_reg = *reg;
-        cc->dc_version = ver;
-        cc->dc_fetched_ms = fetched;
-    }
+    if (cc != NULL)
+        cg_conn_entry_set(&cc->dc, fp, *found, reg, ver, fetched);
     return 1;
 }
 
@@ -801,15 +784,8 @@ static void cg_remember(cg_conn_t *cc, cg_req_t *req, const cg_fp_t *fp, int fou
         return;
     /* Stamped when the lookup started: errs on the short side. */
     cg_cache_put(cg_cache, fp, found, &req->reg, req->started_ms, req->version);
-    if (cc != NULL && req->version == cg_cache_version(cg_cache)) {
-        cc->dc_valid = 1;
-        cc->dc_fp = *fp;
-        cc->dc_found = found != 0;
-        if (found)
-            cc->dc_reg = req->reg;
-        cc->dc_version = req->version;
-        cc->dc_fetched_ms = req->started_ms;
-    }
+    if (cc != NULL && req->version == cg_cache_version(cg_cache))
+        cg_conn_entry_set(&cc->dc, fp, found, &req->reg, req->version, req->started_ms);
 }
 
 static int cg_accepts_json(ngx_http_request_t *r)
@@ -902,22 +878,26 @@ static ngx_int_t cg_respond_deny(ngx_http_request_t *r, cg_reason_t reason)
     return NGX_DONE;
 }
 
+static ngx_int_t cg_pdup(ngx_pool_t *p, const char *s, size_t len, ngx_str_t *out)
+{
+    out->data = ngx_pnalloc(p, len);
+    if (out->data == NULL)
+        return NGX_ERROR;
+    ngx_memcpy(out->data, s, len);
+    out->len = len;
+    return NGX_OK;
+}
+
 static ngx_int_t cg_export_allow(ngx_http_request_t *r, cg_loc_conf_t *lc, cg_req_t *req,
                                  const cg_reg_t *reg, const char *fp_hex, int64_t now,
                                  ngx_connection_t *c, cg_conn_t *cc)
 {
-    req->app_id.len = ngx_strlen(reg->app_id);
-    req->app_id.data = ngx_pnalloc(r->pool, req->app_id.len);
-    req->cert_id.len = ngx_strlen(reg->id);
-    req->cert_id.data = ngx_pnalloc(r->pool, req->cert_id.len);
-    req->fingerprint.len = CG_FP_HEX_LEN;
-    req->fingerprint.data = ngx_pnalloc(r->pool, CG_FP_HEX_LEN);
     req->expire_in.data = ngx_pnalloc(r->pool, NGX_INT64_LEN);
-    if (!req->app_id.data || !req->cert_id.data || !req->fingerprint.data || !req->expire_in.data)
+    if (cg_pdup(r->pool, reg->app_id, ngx_strlen(reg->app_id), &req->app_id) != NGX_OK ||
+        cg_pdup(r->pool, reg->id, ngx_strlen(reg->id), &req->cert_id) != NGX_OK ||
+        cg_pdup(r->pool, fp_hex, CG_FP_HEX_LEN, &req->fingerprint) != NGX_OK ||
+        req->expire_in.data == NULL)
         return NGX_ERROR;
-    ngx_memcpy(req->app_id.data, reg->app_id, req->app_id.len);
-    ngx_memcpy(req->cert_id.data, reg->id, req->cert_id.len);
-    ngx_memcpy(req->fingerprint.data, fp_hex, CG_FP_HEX_LEN);
     req->expire_in.len = (size_t) (ngx_sprintf(req->expire_in.data, "%L",
                                                (int64_t) cg_expire_in_days(reg, now))
                                    - req->expire_in.data);
@@ -937,7 +917,7 @@ static ngx_int_t cg_export_allow(ngx_http_request_t *r, cg_loc_conf_t *lc, cg_re
     return NGX_OK;
 }
 
-static int cg_request_app(ngx_http_request_t *r, cg_loc_conf_t *lc, char *out, size_t cap)
+static void cg_request_app(ngx_http_request_t *r, cg_loc_conf_t *lc, char *out, size_t cap)
 {
     ngx_str_t v = ngx_null_string;
     if (lc->app_from == APP_FROM_HEADER) {
@@ -963,7 +943,6 @@ static int cg_request_app(ngx_http_request_t *r, cg_loc_conf_t *lc, char *out, s
     if (v.len > 0)
         ngx_memcpy(out, v.data, v.len);
     out[v.len] = '\0';
-    return 0;
 }
 
 static ngx_int_t cg_access_handler(ngx_http_request_t *r)

@@ -236,3 +236,27 @@ void cg_cache_stats(cg_cache_t *c, cg_cache_stats_t *out)
     *out = c->stats;
     pthread_mutex_unlock(&c->lock);
 }
+
+int cg_conn_entry_get(const cg_conn_entry_t *e, const cg_cache_t *c, const cg_fp_t *fp,
+                      int64_t now_ms, int *found, cg_reg_t *reg)
+{
+    if (!e->valid || e->version != cg_cache_version(c) ||
+        now_ms - e->fetched_ms >= cg_cache_max_age_ms(c) || !cg_fp_eq(&e->fp, fp))
+        return 0;
+    *found = e->found;
+    if (e->found)
+        *reg = e->reg;
+    return 1;
+}
+
+void cg_conn_entry_set(cg_conn_entry_t *e, const cg_fp_t *fp, int found, const cg_reg_t *reg,
+                       uint64_t version, int64_t fetched_ms)
+{
+    e->valid = 1;
+    e->fp = *fp;
+    e->found = found != 0;
+    if (found)
+        e->reg = *reg;
+    e->version = version;
+    e->fetched_ms = fetched_ms;
+}

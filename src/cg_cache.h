@@ -41,6 +41,27 @@ int64_t cg_cache_max_age_ms(const cg_cache_t *c);
 size_t cg_cache_size(cg_cache_t *c);
 void cg_cache_stats(cg_cache_t *c, cg_cache_stats_t *out);
 
+/*
+ * What one TLS connection last learned of its leaf, kept by the adapter (and
+ * locked by it where HTTP/2 streams share it). It answers while no
+ * invalidation arrived since (the cache version) and within the max age.
+ */
+typedef struct {
+    int valid;
+    int found;
+    cg_fp_t fp;
+    cg_reg_t reg;
+    uint64_t version;
+    int64_t fetched_ms;
+} cg_conn_entry_t;
+
+/* 1 and *found (and *reg when found) if e still answers for fp; 0 otherwise. */
+int cg_conn_entry_get(const cg_conn_entry_t *e, const cg_cache_t *c, const cg_fp_t *fp,
+                      int64_t now_ms, int *found, cg_reg_t *reg);
+/* Remember an answer read at cache version `version`, fetched at fetched_ms. */
+void cg_conn_entry_set(cg_conn_entry_t *e, const cg_fp_t *fp, int found, const cg_reg_t *reg,
+                       uint64_t version, int64_t fetched_ms);
+
 /* Monotonic milliseconds and microseconds. */
 int64_t cg_now_ms(void);
 int64_t cg_now_us(void);

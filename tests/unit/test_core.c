@@ -608,6 +608,31 @@ static redisReply str_reply(int type, const char *s)
     return r;
 }
 
+/* The per-connection answer: dropped by any invalidation, by age, by another leaf. */
+static void test_conn_entry(void **state)
+{
+    (void)state;
+    cg_cache_t *c = cg_cache_new(8, 5000);
+    cg_reg_t r = approved(), out;
+    cg_fp_t a = fp_of(0xa1), b = fp_of(0xb2);
+    cg_conn_entry_t e;
+    int found = -1;
+    memset(&e, 0, sizeof(e));
+    assert_int_equal(cg_conn_entry_get(&e, c, &a, 100, &found, &out), 0);
+    cg_conn_entry_set(&e, &a, 1, &r, cg_cache_version(c), 100);
+    assert_int_equal(cg_conn_entry_get(&e, c, &a, 200, &found, &out), 1);
+    assert_int_equal(found, 1);
+    assert_string_equal(out.app_id, r.app_id);
+    assert_int_equal(cg_conn_entry_get(&e, c, &b, 200, &found, &out), 0);
+    assert_int_equal(cg_conn_entry_get(&e, c, &a, 100 + 5000, &found, &out), 0);
+    cg_cache_invalidate(c, &b);     /* any invalidation bumps the version */
+    assert_int_equal(cg_conn_entry_get(&e, c, &a, 200, &found, &out), 0);
+    cg_conn_entry_set(&e, &a, 0, NULL, cg_cache_version(c), 300);
+    assert_int_equal(cg_conn_entry_get(&e, c, &a, 400, &found, &out), 1);
+    assert_int_equal(found, 0);
+    cg_cache_free(c);
+}
+
 static void test_lookup_steps(void **state)
 {
     (void)state;
@@ -695,6 +720,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_allow),
         cmocka_unit_test(test_lookup_steps),
+        cmocka_unit_test(test_conn_entry),
         cmocka_unit_test(test_deny_body),
         cmocka_unit_test(test_no_client_cert),
         cmocka_unit_test(test_unregistered),
