@@ -115,4 +115,3 @@ def test_redis_password_never_logged(stack, pki):
     get(stack, GATED, pki.leaf)
     stack.redis.start()
     assert stack.redis.PASSWORD not in stack.server.read_log()
-
