@@ -17,6 +17,7 @@
 #include "mod_core.h"
 #include "apr_optional.h"
 #include "apr_optional_hooks.h"
+#include "apr_hash.h"
 #include "apr_strings.h"
 #include "apr_thread_mutex.h"
 
@@ -97,8 +98,11 @@ typedef struct {
     int forward_headers;
     /* Admin handler (SetHandler certgate-admin). */
     const char *admin_base;         /* the <Location> path endpoints live below */
-    apr_table_t *roles;             /* user -> role names, space separated */
-    apr_table_t *customers;         /* user -> customer id */
+    /* Exact keys (apr_hash, not the caseless apr_table): a user is exactly
+     * who httpd says, unless CertGateAdminUserMatch IgnoreCase. */
+    apr_hash_t *roles;              /* user -> role names, space separated */
+    apr_hash_t *customers;          /* user -> customer id */
+    int user_ignore_case;
     int self_approve;
     int soon_days;
     int min_rsa_bits;
@@ -205,6 +209,7 @@ static void *create_dir(apr_pool_t *p, char *dir)
     c->cn_contains_org = UNSET;
     c->max_body = UNSET;
     c->admin_timeout_ms = UNSET;
+    c->user_ignore_case = UNSET;
     return c;
 }
 
@@ -245,6 +250,7 @@ static void *merge_dir(apr_pool_t *p, void *basev, void *addv)
     MERGE_INT(cn_contains_org);
     MERGE_INT(max_body);
     MERGE_INT(admin_timeout_ms);
+    MERGE_INT(user_ignore_case);
     return c;
 }
 
@@ -485,9 +491,10 @@ static const char *add_role(cmd_parms *cmd, void *dv, const char *role, const ch
                             "manager, support or auditor", role);
     /* A fresh table per section, so inner sections do not edit outer ones. */
     if (d->roles == NULL)
-        d->roles = apr_table_make(cmd->pool, 8);
-    const char *have = apr_table_get(d->roles, user);
-    apr_table_set(d->roles, user, have ? apr_pstrcat(cmd->pool, have, " ", role, NULL) : role);
+        d->roles = apr_hash_make(cmd->pool);
+    const char *have = apr_hash_get(d->roles, user, APR_HASH_KEY_STRING);
+    apr_hash_set(d->roles, apr_pstrdup(cmd->pool, user), APR_HASH_KEY_STRING,
+                 have ? apr_pstrcat(cmd->pool, have, " ", role, NULL) : role);
     return NULL;
 }
 
@@ -498,11 +505,24 @@ static const char *add_customer(cmd_parms *cmd, void *dv, const char *customer, 
         return "CertGateAdminCustomer: the customer id must be printable ASCII without spaces "
                "or * ? [ ] : { } \\";
     if (d->customers == NULL)
-        d->customers = apr_table_make(cmd->pool, 8);
-    if (apr_table_get(d->customers, user) != NULL)
+        d->customers = apr_hash_make(cmd->pool);
+    if (apr_hash_get(d->customers, user, APR_HASH_KEY_STRING) != NULL)
         return apr_psprintf(cmd->pool, "CertGateAdminCustomer: user '%s' already has a customer",
                             user);
-    apr_table_set(d->customers, user, customer);
+    apr_hash_set(d->customers, apr_pstrdup(cmd->pool, user), APR_HASH_KEY_STRING, customer);
+    return NULL;
+}
+
+static const char *set_user_match(cmd_parms *cmd, void *dv, const char *arg)
+{
+    cg_dir_t *d = dv;
+    (void)cmd;
+    if (strcasecmp(arg, "Exact") == 0)
+        d->user_ignore_case = 0;
+    else if (strcasecmp(arg, "IgnoreCase") == 0)
+        d->user_ignore_case = 1;
+    else
+        return "CertGateAdminUserMatch: use Exact (default) or IgnoreCase";
     return NULL;
 }
 
@@ -618,6 +638,9 @@ static const command_rec cg_cmds[] = {
                      "CertGateAdminRole developer|manager|support|auditor user..."),
     AP_INIT_ITERATE2("CertGateAdminCustomer", add_customer, NULL, ACCESS_CONF | RSRC_CONF,
                      "CertGateAdminCustomer customerId user...: developers' customer"),
+    AP_INIT_TAKE1("CertGateAdminUserMatch", set_user_match, NULL, ACCESS_CONF | RSRC_CONF,
+                  "Exact (default): user names match byte for byte; IgnoreCase: ASCII case "
+                  "is folded and names are recorded in lower case"),
     AP_INIT_FLAG("CertGateAdminSelfApprove", set_dir_flag, NULL, ACCESS_CONF | RSRC_CONF,
                  "On lets the uploader approve its own certificate (four-eyes off)"),
     AP_INIT_TAKE1("CertGateAdminMaxBody", set_dir_int, NULL, ACCESS_CONF | RSRC_CONF,
@@ -1263,18 +1286,43 @@ static void admin_cfg(const cg_dir_t *d, cg_admin_cfg_t *c, const char **deny_st
     if (d->cn_contains_org != UNSET) c->policy.cn_contains_org = d->cn_contains_org;
 }
 
-static unsigned user_roles(const cg_dir_t *d, const char *user)
+/*
+ * The user's roles and customer under the location's identity rule. With
+ * IgnoreCase, every configured name that folds to the same user counts; two
+ * different customers for one folded name is a configuration error (-1).
+ */
+static int user_identity(const cg_dir_t *d, const char *user, unsigned *roles,
+                         const char **customer)
 {
-    unsigned roles = 0;
-    const char *names = (d->roles && user) ? apr_table_get(d->roles, user) : NULL;
-    if (names == NULL)
+    int fold = d->user_ignore_case == 1;
+    *roles = 0;
+    *customer = NULL;
+    if (user == NULL)
         return 0;
-    char buf[128];
-    apr_cpystrn(buf, names, sizeof(buf));
-    char *last = NULL;
-    for (char *t = apr_strtok(buf, " ", &last); t; t = apr_strtok(NULL, " ", &last))
-        roles |= cg_role_parse(t);
-    return roles;
+    for (int pass = 0; pass < 2; pass++) {
+        apr_hash_t *h = pass == 0 ? d->roles : d->customers;
+        if (h == NULL)
+            continue;
+        for (apr_hash_index_t *hi = apr_hash_first(NULL, h); hi; hi = apr_hash_next(hi)) {
+            const void *k;
+            void *v;
+            apr_hash_this(hi, &k, NULL, &v);
+            if (!(fold ? strcasecmp(k, user) == 0 : strcmp(k, user) == 0))
+                continue;
+            if (pass == 1) {
+                if (*customer != NULL && strcmp(*customer, v) != 0)
+                    return -1;
+                *customer = v;
+                continue;
+            }
+            char buf[128];
+            apr_cpystrn(buf, v, sizeof(buf));
+            char *last = NULL;
+            for (char *t = apr_strtok(buf, " ", &last); t; t = apr_strtok(NULL, " ", &last))
+                *roles |= cg_role_parse(t);
+        }
+    }
+    return 0;
 }
 
 static int send_admin(request_rec *r, cg_admin_resp_t *resp, const char *base)
@@ -1287,6 +1335,8 @@ static int send_admin(request_rec *r, cg_admin_resp_t *resp, const char *base)
     if (resp->location[0])
         apr_table_set(r->headers_out, "Location",
                       apr_pstrcat(r->pool, base ? base : "", "/", resp->location, NULL));
+    if (resp->next[0])
+        apr_table_set(r->headers_out, "CertGate-Next-Cursor", resp->next);
     if (resp->status == 401)
         apr_table_setn(r->err_headers_out, "WWW-Authenticate", "Basic realm=\"certgate admin\"");
     if (resp->body != NULL) {
@@ -1385,9 +1435,15 @@ static int cg_admin_handler(request_rec *r)
         req.method = r->method;
         req.path = path;
         req.query = r->args;
-        req.user = r->user;
-        req.roles = user_roles(d, r->user);
-        req.customer = (d->customers && r->user) ? apr_table_get(d->customers, r->user) : NULL;
+        char user[CG_USER_MAX + 1];
+        req.user = cg_admin_user_canon(r->user, d->user_ignore_case == 1, user, sizeof(user));
+        if (user_identity(d, r->user, &req.roles, &req.customer) != 0) {
+            ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, "CG06002: CertGateAdminCustomer gives "
+                          "user %s two customers under CertGateAdminUserMatch IgnoreCase; "
+                          "the user is refused", ap_escape_logitem(r->pool, r->user));
+            req.roles = 0;
+            req.customer = NULL;
+        }
         req.client_ip = r->useragent_ip;
         req.content_type = apr_table_get(r->headers_in, "Content-Type");
         req.accept = apr_table_get(r->headers_in, "Accept");

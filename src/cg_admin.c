@@ -34,6 +34,21 @@ unsigned cg_role_parse(const char *name)
     return 0;
 }
 
+const char *cg_admin_user_canon(const char *user, int ignore_case, char *out, size_t cap)
+{
+    size_t n = user ? strlen(user) : 0;
+    if (n == 0 || n > CG_USER_MAX || n >= cap)
+        return NULL;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)user[i];
+        if (c < 0x20 || c == 0x7f)
+            return NULL;
+        out[i] = (char)(ignore_case && c >= 'A' && c <= 'Z' ? c - 'A' + 'a' : c);
+    }
+    out[n] = '\0';
+    return out;
+}
+
 void cg_admin_cfg_defaults(cg_admin_cfg_t *c)
 {
     memset(c, 0, sizeof(*c));
@@ -167,9 +182,21 @@ static int need(const cg_admin_req_t *req, cg_admin_resp_t *resp, unsigned mask,
     return 0;
 }
 
+/*
+ * Staff (manager, support, auditor) with no customer see every customer. A
+ * user with a customer is confined to it, whatever its roles.
+ */
 static int sees_all(const cg_admin_req_t *req)
 {
-    return (req->roles & (CG_ROLE_MANAGER | CG_ROLE_SUPPORT | CG_ROLE_AUDITOR)) != 0;
+    return req->customer == NULL &&
+           (req->roles & (CG_ROLE_MANAGER | CG_ROLE_SUPPORT | CG_ROLE_AUDITOR)) != 0;
+}
+
+/* May this user see (or act on) what belongs to customer cust? */
+static int sees_customer(const cg_admin_req_t *req, const char *cust)
+{
+    return sees_all(req) || (req->customer != NULL && cust != NULL &&
+                             strcmp(req->customer, cust) == 0);
 }
 
 static void new_id(char *out)
@@ -185,6 +212,76 @@ static void new_id(char *out)
     snprintf(out, 37, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
              b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12],
              b[13], b[14], b[15]);
+}
+
+/*
+ * If-Match (RFC 9110, 13.1.1) as the condition the write scripts test: "" when
+ * absent, "*" for any current version, else the comma list of the tags that
+ * can match ("v3"). Comparison is strong: a weak tag, or one that is not ours
+ * (such as ""), is kept as "-", which matches nothing. 0, or -1 when the
+ * field is not a valid If-Match (resp set to 400).
+ */
+static int if_match_cond(const char *h, char *out, size_t cap, cg_admin_resp_t *resp)
+{
+    size_t n = 0;
+    int items = 0;
+    const char *p = h;
+    out[0] = '\0';
+    if (h == NULL)
+        return 0;
+    while (*p == ' ' || *p == '\t')
+        p++;
+    if (*p == '*') {
+        for (p++; *p == ' ' || *p == '\t'; p++)
+            ;
+        if (*p != '\0')
+            goto invalid;
+        snprintf(out, cap, "*");
+        return 0;
+    }
+    while (*p) {
+        while (*p == ' ' || *p == '\t' || *p == ',')
+            p++;
+        if (*p == '\0')
+            break;
+        int weak = p[0] == 'W' && p[1] == '/';
+        if (weak)
+            p += 2;
+        if (*p != '"')
+            goto invalid;
+        const char *q = ++p;
+        while (*p && *p != '"') {
+            if ((unsigned char)*p < 0x21 || *p == 0x7f)
+                goto invalid;
+            p++;
+        }
+        if (*p != '"')
+            goto invalid;
+        size_t len = (size_t)(p - q);
+        for (p++; *p == ' ' || *p == '\t'; p++)
+            ;
+        if (*p != '\0' && *p != ',')
+            goto invalid;
+        int ours = !weak && len >= 2 && len <= 20 && q[0] == 'v';
+        for (size_t i = 1; ours && i < len; i++)
+            ours = q[i] >= '0' && q[i] <= '9';
+        const char *tag = ours ? q : "-";
+        size_t tl = ours ? len : 1;
+        if (n + tl + 2 > cap)
+            goto invalid;
+        if (n > 0)
+            out[n++] = ',';
+        memcpy(out + n, tag, tl);
+        n += tl;
+        out[n] = '\0';
+        items++;
+    }
+    if (items > 0)
+        return 0;
+invalid:
+    cg_admin_error(resp, 400, "Request.Invalid",
+                   "If-Match must be * or a list of entity tags like \"v3\"");
+    return -1;
 }
 
 /* ------------------------------------------------------------ Redis helpers */
@@ -260,16 +357,13 @@ static int64_t fi(json_t *rec, const char *f, int64_t dflt)
     return out;
 }
 
-/* Load a record by id. 0 found, 1 absent, -1 store error (resp set). */
-static int load_rec(const cg_admin_cfg_t *cfg, cg_store_t *st, const char *id, json_t **rec,
-                    cg_admin_resp_t *resp)
+/* Load a hash as a JSON object of strings. 0 found, 1 absent, -1 error (resp set). */
+static int load_hash(const cg_admin_cfg_t *cfg, cg_store_t *st, const char *key, json_t **obj,
+                     cg_admin_resp_t *resp)
 {
-    char key[KEY_MAX], err[200];
+    char err[200];
     redisReply *r = NULL;
-    *rec = NULL;
-    if (!cg_id_valid(id, strlen(id)))
-        return 1;
-    keyf(key, st, "reg:%s", id);
+    *obj = NULL;
     if (cmd2(cfg, st, "HGETALL", key, &r, err, sizeof(err)) != CG_STORE_OK) {
         store_error(resp, err);
         return -1;
@@ -278,15 +372,75 @@ static int load_rec(const cg_admin_cfg_t *cfg, cg_store_t *st, const char *id, j
         int wrong = r->type == REDIS_REPLY_ERROR;
         cg_store_reply_free(r);
         if (wrong) {
-            cg_admin_error(resp, 500, "Store.Corrupt", "the registration record is damaged");
+            errorf(resp, 500, "Store.Corrupt", "the store key %.200s is damaged", key);
             return -1;
         }
         return 1;
     }
-    *rec = hash_to_obj(r);
+    *obj = hash_to_obj(r);
     cg_store_reply_free(r);
-    if (*rec == NULL) {
-        cg_admin_error(resp, 500, "Store.Corrupt", "the registration record is damaged");
+    if (*obj == NULL) {
+        errorf(resp, 500, "Store.Corrupt", "the store key %.200s is damaged", key);
+        return -1;
+    }
+    return 0;
+}
+
+/* Load a registration by id. 0 found, 1 absent, -1 store error (resp set). */
+static int load_rec(const cg_admin_cfg_t *cfg, cg_store_t *st, const char *id, json_t **rec,
+                    cg_admin_resp_t *resp)
+{
+    char key[KEY_MAX];
+    *rec = NULL;
+    if (!cg_id_valid(id, strlen(id)))
+        return 1;
+    keyf(key, st, "reg:%s", id);
+    return load_hash(cfg, st, key, rec, resp);
+}
+
+/*
+ * An app or customer record: {p}appinfo:{id} or {p}customer:{id}. A customer
+ * hash written by hand before the customers API (organization only, no
+ * version) does not count as registered.
+ */
+static int load_entity(const cg_admin_cfg_t *cfg, cg_store_t *st, const char *kind,
+                       const char *id, json_t **obj, cg_admin_resp_t *resp)
+{
+    char key[KEY_MAX];
+    *obj = NULL;
+    if (id == NULL || !cg_app_valid(id, strlen(id)))
+        return 1;
+    keyf(key, st, "%s:%s", kind, id);
+    int rc = load_hash(cfg, st, key, obj, resp);
+    if (rc == 0 && json_object_get(*obj, "version") == NULL) {
+        json_decref(*obj);
+        *obj = NULL;
+        return 1;
+    }
+    return rc;
+}
+
+/*
+ * The app a request names, checked against the user's customer: 0 with *app
+ * (the appinfo record) set; -1 with resp set: 404 App.NotFound when no
+ * manager registered it, 403 App.CustomerMismatch when it belongs to another
+ * customer than the user's.
+ */
+static int app_for_user(const cg_admin_cfg_t *cfg, cg_store_t *st, const cg_admin_req_t *req,
+                        const char *id, json_t **app, cg_admin_resp_t *resp)
+{
+    int rc = load_entity(cfg, st, "appinfo", id, app, resp);
+    if (rc < 0)
+        return -1;
+    if (rc > 0) {
+        errorf(resp, 404, "App.NotFound", "no app '%.128s' is registered; a manager registers "
+               "apps with POST /apps", id);
+        return -1;
+    }
+    if (!sees_customer(req, fs(*app, "customer_id"))) {
+        json_decref(*app);
+        *app = NULL;
+        errorf(resp, 403, "App.CustomerMismatch", "app '%.128s' belongs to another customer", id);
         return -1;
     }
     return 0;
@@ -466,6 +620,41 @@ static void ev_add(event_t *e, const char *k, const char *v)
     }
 }
 
+/*
+ * Every write script starts with GUARD: Redis does not roll a script back when
+ * a command fails half-way, so each key it will touch is checked for its type
+ * (and counters and versions for their format) before the first write. A bad
+ * key answers "BADKEY <key>": 500 Store.Corrupt, nothing written.
+ * guard{{key, kind}, ...}: kind is a Redis type, or 'int' for a string counter.
+ * intf(key, field): the hash field is absent or an integer.
+ */
+#define LUA_GUARD \
+    "local function isint(v) return v ~= nil and string.match(v, '^%-?%d+$') ~= nil " \
+    "and #v < 18 end\n" \
+    "local function guard(spec)\n" \
+    "  for _, s in ipairs(spec) do\n" \
+    "    local t = redis.call('TYPE', s[1])\n" \
+    "    if type(t) == 'table' then t = t.ok end\n" \
+    "    if t ~= 'none' then\n" \
+    "      if s[2] == 'int' then\n" \
+    "        if t ~= 'string' or not isint(redis.call('GET', s[1])) then return s[1] end\n" \
+    "      elseif t ~= s[2] then return s[1] end\n" \
+    "    end\n" \
+    "  end\n" \
+    "end\n" \
+    "local function intf(k, f)\n" \
+    "  local v = redis.call('HGET', k, f)\n" \
+    "  return v == false or isint(v)\n" \
+    "end\n" \
+    "local function bad(k) return redis.error_reply('BADKEY ' .. k) end\n" \
+    "local function ifmatch(cond, ver)\n" \
+    "  if cond == '' or cond == '*' then return true end\n" \
+    "  for t in string.gmatch(cond, '[^,]+') do\n" \
+    "    if t == 'v' .. (ver or '1') then return true end\n" \
+    "  end\n" \
+    "  return false\n" \
+    "end\n"
+
 /* How a script's error reply (its first word) maps to an API error. */
 typedef struct {
     const char *word;       /* NULL ends the table */
@@ -494,6 +683,12 @@ static int run_script(const cg_admin_cfg_t *cfg, cg_store_t *st, const char *scr
     }
     /* Redis prefixes "ERR " to a one-word error; "WORD detail" keeps its word. */
     const char *text = strncmp(r->str, "ERR ", 4) == 0 ? r->str + 4 : r->str;
+    if (strncmp(text, "BADKEY ", 7) == 0) {
+        errorf(resp, 500, "Store.Corrupt", "the store key %.200s has the wrong type or format; "
+               "nothing was written", text + 7);
+        cg_store_reply_free(r);
+        return -1;
+    }
     const script_error_t *e = errors;
     size_t wl = 0;
     while (e->word != NULL) {
@@ -520,18 +715,26 @@ static int run_script(const cg_admin_cfg_t *cfg, cg_store_t *st, const char *scr
 
 /* ------------------------------------------------------------ upload */
 
-static const char UPLOAD_LUA[] =
+/* KEYS: fp, reg, app set, regs, events, gen, schema, appinfo.
+ * ARGV: id, channel, customer, n, n record words, event words. */
+static const char UPLOAD_LUA[] = LUA_GUARD
+    "local b = guard({{KEYS[1], 'string'}, {KEYS[2], 'hash'}, {KEYS[3], 'set'},\n"
+    "  {KEYS[4], 'set'}, {KEYS[5], 'stream'}, {KEYS[6], 'int'}, {KEYS[7], 'string'},\n"
+    "  {KEYS[8], 'hash'}})\n"
+    "if b then return bad(b) end\n"
     "if redis.call('EXISTS', KEYS[1]) == 1 then return redis.error_reply('DUPLICATE') end\n"
-    "local n = tonumber(ARGV[3])\n"
+    "if redis.call('HGET', KEYS[8], 'customer_id') ~= ARGV[3] then\n"
+    "  return redis.error_reply('APPOWNER') end\n"
+    "local n = tonumber(ARGV[4])\n"
     "local rec = {}\n"
-    "for i = 4, 3 + n do rec[#rec + 1] = ARGV[i] end\n"
+    "for i = 5, 4 + n do rec[#rec + 1] = ARGV[i] end\n"
     "redis.call('HSET', KEYS[2], unpack(rec))\n"
     "redis.call('SET', KEYS[1], ARGV[1])\n"
     "redis.call('SADD', KEYS[3], ARGV[1])\n"
     "redis.call('SADD', KEYS[4], ARGV[1])\n"
     "redis.call('SET', KEYS[7], '1')\n"
     "local ev = {}\n"
-    "for i = 4 + n, #ARGV do ev[#ev + 1] = ARGV[i] end\n"
+    "for i = 5 + n, #ARGV do ev[#ev + 1] = ARGV[i] end\n"
     "redis.call('XADD', KEYS[5], '*', unpack(ev))\n"
     "redis.call('INCR', KEYS[6])\n"
     "local t = redis.call('TIME')\n"
@@ -756,22 +959,84 @@ static char *fp_list(STACK_OF(X509) *certs, int from)
     return s;
 }
 
-/* The organization recorded for a customer ({p}customer:{id} field organization). */
-static char *customer_org(const cg_admin_cfg_t *cfg, cg_store_t *st, const char *customer)
+/*
+ * Whose registration an upload (or a check) makes. The named app must be
+ * registered and belong to the user's customer; the registration's customer
+ * is the app's owner, and a customerId in the request must name the same one.
+ * 0 with *owner set (malloc'd); -1 with resp set.
+ */
+static int upload_owner(const cg_admin_cfg_t *cfg, cg_store_t *st, const cg_admin_req_t *req,
+                        const upload_t *u, char **owner, cg_admin_resp_t *resp)
 {
-    char key[KEY_MAX], err[200];
-    redisReply *r = NULL;
-    char *out = NULL;
-    if (customer == NULL || *customer == '\0')
-        return NULL;
-    keyf(key, st, "customer:%s", customer);
-    const char *argv[3] = { "HGET", key, "organization" };
-    size_t lens[3] = { 4, strlen(key), 12 };
-    if (cg_store_cmd(st, cfg->timeout_ms, 3, argv, lens, &r, err, sizeof(err)) == CG_STORE_OK &&
-        r->type == REDIS_REPLY_STRING)
-        out = strndup(r->str, r->len);
-    cg_store_reply_free(r);
-    return out;
+    json_t *app = NULL;
+    *owner = NULL;
+    if (app_for_user(cfg, st, req, u->app, &app, resp) != 0)
+        return -1;
+    const char *own = fs(app, "customer_id");
+    if (u->customer != NULL && u->customer[0] != '\0' && strcmp(u->customer, own) != 0) {
+        json_decref(app);
+        cg_admin_error(resp, 403, "Auth.CustomerMismatch",
+                       "customerId is not the customer of the app");
+        return -1;
+    }
+    *owner = strdup(own);
+    json_decref(app);
+    if (*owner == NULL) {
+        cg_admin_error(resp, 500, "Internal", "out of memory");
+        return -1;
+    }
+    return 0;
+}
+
+/*
+ * The upload policy, exactly as an upload applies it and a check reports it:
+ * proof of possession, a readable and unexpired leaf, then the configured
+ * rules (with the owner's organization for CertGatePolicyCnContainsOrg).
+ * 0 with *info filled (free it); 1 refused (*status, *code, msg); -1 store
+ * error (resp set).
+ */
+static int vet_upload(const cg_admin_cfg_t *cfg, cg_store_t *st, const cg_admin_req_t *req,
+                      const upload_t *u, const char *owner, cg_cert_info_t *info, int *status,
+                      const char **code, char *msg, size_t cap, cg_admin_resp_t *resp)
+{
+    char err[200];
+    X509 *leaf = sk_X509_value(u->certs, 0);
+    *status = 400;
+    if (u->pkey != NULL) {
+        int m = cg_cert_key_matches(leaf, u->pkey, u->pkey_len);
+        if (m != 0) {
+            *code = "PrivateKey.Invalid";
+            snprintf(msg, cap, "%s", m < 0 ? "privateKey is not a readable, unencrypted PEM "
+                     "private key" : "privateKey does not belong to the certificate");
+            return 1;
+        }
+    }
+    if (cg_cert_info(leaf, info, err, sizeof(err)) != 0) {
+        *code = "Certificate.Invalid";
+        snprintf(msg, cap, "certificate: %s", err);
+        return 1;
+    }
+    if (info->not_after < req->now) {
+        cg_cert_info_free(info);
+        *code = "Certificate.Expired";
+        snprintf(msg, cap, "the certificate has already expired");
+        return 1;
+    }
+    json_t *cust = NULL;
+    if (cfg->policy.cn_contains_org && owner != NULL &&
+        load_entity(cfg, st, "customer", owner, &cust, resp) < 0) {
+        cg_cert_info_free(info);
+        return -1;
+    }
+    const char *org = cust ? json_string_value(json_object_get(cust, "organization")) : NULL;
+    int pol = cg_policy_check(&cfg->policy, u->certs, org && *org ? org : NULL, req->now, code,
+                              msg, cap);
+    json_decref(cust);
+    if (pol != 0) {
+        cg_cert_info_free(info);
+        return 1;
+    }
+    return 0;
 }
 
 static void do_upload(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_admin_req_t *req,
@@ -780,52 +1045,32 @@ static void do_upload(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_admin_req_t 
     upload_t u;
     cg_cert_info_t info;
     int have_info = 0;
-    char *chain = NULL, *subjects = NULL, *sans = NULL, *org = NULL;
-    char err[200], msg[600];
+    char *chain = NULL, *subjects = NULL, *sans = NULL, *owner = NULL;
+    char msg[600];
     const char *code = NULL;
 
     if (need(req, resp, CG_ROLE_DEVELOPER, "upload certificates") != 0)
         return;
     if (read_upload(req, resp, &u, "Upload.Certificate.Invalid", 1) != 0)
         goto done;
-    if (req->customer != NULL) {
-        if (u.customer != NULL && u.customer[0] != '\0' && strcmp(u.customer, req->customer) != 0) {
-            cg_admin_error(resp, 403, "Auth.CustomerMismatch",
-                           "developers upload for their own customer only");
-            goto done;
-        }
-        free(u.customer);
-        u.customer = strdup(req->customer);
-    } else if (!sees_all(req)) {
+    if (req->customer == NULL && !sees_all(req)) {
         cg_admin_error(resp, 403, "Auth.NoCustomer",
                        "no customer is configured for this developer (CertGateAdminCustomer)");
         goto done;
     }
-    X509 *leaf = sk_X509_value(u.certs, 0);
-    if (u.pkey != NULL) {
-        int m = cg_cert_key_matches(leaf, u.pkey, u.pkey_len);
-        if (m != 0) {
-            cg_admin_error(resp, 400, "PrivateKey.Invalid",
-                           m < 0 ? "privateKey is not a readable, unencrypted PEM private key"
-                                 : "privateKey does not belong to the certificate");
-            goto done;
-        }
-    }
-    if (cg_cert_info(leaf, &info, err, sizeof(err)) != 0) {
-        errorf(resp, 400, "Certificate.Invalid", "certificate: %s", err);
+    if (upload_owner(cfg, st, req, &u, &owner, resp) != 0)
+        goto done;
+    int status, v = vet_upload(cfg, st, req, &u, owner, &info, &status, &code, msg, sizeof(msg),
+                               resp);
+    if (v != 0) {
+        if (v > 0)
+            cg_admin_error(resp, status, code, msg);
         goto done;
     }
     have_info = 1;
-    if (info.not_after < req->now) {
-        cg_admin_error(resp, 400, "Certificate.Expired", "the certificate has already expired");
-        goto done;
-    }
-    if (cfg->policy.cn_contains_org)
-        org = customer_org(cfg, st, u.customer);
-    if (cg_policy_check(&cfg->policy, u.certs, org, req->now, &code, msg, sizeof(msg)) != 0) {
-        cg_admin_error(resp, 400, code, msg);
-        goto done;
-    }
+    free(u.customer);
+    u.customer = owner;
+    owner = NULL;
 
     char id[40], hex[CG_FP_HEX_LEN + 1], vf[24], vt[24], now_s[24];
     new_id(id);
@@ -872,7 +1117,8 @@ static void do_upload(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_admin_req_t 
     ev_add(&ev, "reason", "");
 
     char k_fp[KEY_MAX], k_reg[KEY_MAX], k_app[KEY_MAX], k_all[KEY_MAX], k_ev[KEY_MAX],
-        k_gen[KEY_MAX], k_schema[KEY_MAX], chan[KEY_MAX], nrec_s[16];
+        k_gen[KEY_MAX], k_schema[KEY_MAX], k_appinfo[KEY_MAX], chan[KEY_MAX], nrec_s[16];
+    keyf(k_appinfo, st, "appinfo:%s", u.app);
     keyf(k_fp, st, "fp:%s", hex);
     keyf(k_reg, st, "reg:%s", id);
     keyf(k_app, st, "app:%s", u.app);
@@ -882,11 +1128,12 @@ static void do_upload(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_admin_req_t 
     keyf(k_schema, st, "schema");
     keyf(chan, st, "invalidate");
     snprintf(nrec_s, sizeof(nrec_s), "%d", nrec);
-    const char *keys[] = { k_fp, k_reg, k_app, k_all, k_ev, k_gen, k_schema };
-    const char *args[3 + 64 + 32];
+    const char *keys[] = { k_fp, k_reg, k_app, k_all, k_ev, k_gen, k_schema, k_appinfo };
+    const char *args[4 + 64 + 32];
     int na = 0;
     args[na++] = id;
     args[na++] = chan;
+    args[na++] = u.customer;
     args[na++] = nrec_s;
     for (int i = 0; i < nrec; i++)
         args[na++] = rec[i];
@@ -894,9 +1141,10 @@ static void do_upload(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_admin_req_t 
         args[na++] = ev.kv[i];
     static const script_error_t upload_errors[] = {
         { "DUPLICATE", 409, "Certificate.Duplicate", "this certificate is already registered" },
+        { "APPOWNER", 409, "App.CustomerMismatch", "the app's customer changed during the upload" },
         { NULL, 0, NULL, NULL }
     };
-    if (run_script(cfg, st, UPLOAD_LUA, 7, keys, na, args, upload_errors, resp) != 0)
+    if (run_script(cfg, st, UPLOAD_LUA, 8, keys, na, args, upload_errors, resp) != 0)
         goto done;
 
     json_t *recj = NULL;
@@ -915,17 +1163,21 @@ done:
     free(chain);
     free(subjects);
     free(sans);
-    free(org);
+    free(owner);
     upload_free(&u);
 }
 
 /* ------------------------------------------------------------ transitions */
 
-static const char TRANSITION_LUA[] =
+/* KEYS: reg, events, gen. ARGV: from (list), to, If-Match condition, now, user, reason,
+ * channel, event words. */
+static const char TRANSITION_LUA[] = LUA_GUARD
+    "local b = guard({{KEYS[1], 'hash'}, {KEYS[2], 'stream'}, {KEYS[3], 'int'}})\n"
+    "if b then return bad(b) end\n"
+    "if not intf(KEYS[1], 'version') then return bad(KEYS[1]) end\n"
     "local cur = redis.call('HMGET', KEYS[1], 'status', 'version', 'fingerprint')\n"
     "if not cur[1] then return redis.error_reply('NOTFOUND') end\n"
-    "if ARGV[3] ~= '' and ARGV[3] ~= ('v' .. (cur[2] or '1')) then\n"
-    "  return redis.error_reply('PRECONDITION') end\n"
+    "if not ifmatch(ARGV[3], cur[2]) then return redis.error_reply('PRECONDITION') end\n"
     "local ok = false\n"
     "for s in string.gmatch(ARGV[1], '[^,]+') do if s == cur[1] then ok = true end end\n"
     "if not ok then return redis.error_reply('CONFLICT ' .. cur[1]) end\n"
@@ -977,10 +1229,14 @@ static void do_transition(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_admin_re
         errorf(resp, 400, "Request.Invalid", "the reason is longer than %d bytes", REASON_MAX);
         goto done;
     }
+    char cond[256];
+    if (if_match_cond(req->if_match, cond, sizeof(cond), resp) != 0)
+        goto done;
     int lr = load_rec(cfg, st, id, &rec, resp);
     if (lr < 0)
         goto done;
-    if (lr > 0) {
+    if (lr > 0 || !sees_customer(req, fs(rec, "customer_id"))) {
+        /* Another customer's certificate is reported like a missing one. */
         cg_admin_error(resp, 404, "Certificate.NotFound", "no registration with that id");
         goto done;
     }
@@ -1011,20 +1267,10 @@ static void do_transition(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_admin_re
     ev_add(&ev, "customer_id", fs(rec, "customer_id"));
     ev_add(&ev, "reason", reason);
     const char *keys[] = { k_reg, k_ev, k_gen };
-    const char *args[7 + 32] = { from, to, req->if_match ? req->if_match : "", now_s, req->user,
-                                 reason, chan };
+    const char *args[7 + 32] = { from, to, cond, now_s, req->user, reason, chan };
     int na = 7;
     for (int i = 0; i < ev.n; i++)
         args[na++] = ev.kv[i];
-    /* If-Match may be quoted or weak: compare the bare tag. */
-    char im[40] = "";
-    if (req->if_match != NULL) {
-        const char *p = req->if_match;
-        if (strncmp(p, "W/", 2) == 0)
-            p += 2;
-        snprintf(im, sizeof(im), "%.*s", (int)strcspn(p + (*p == '"'), "\""), p + (*p == '"'));
-        args[2] = im;
-    }
     char illegal[96];
     snprintf(illegal, sizeof(illegal), "cannot %s a certificate that is %%s", verb);
     const script_error_t transition_errors[] = {
@@ -1202,6 +1448,12 @@ static void do_list(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_admin_req_t *r
         cg_admin_error(resp, 400, "Request.Invalid", "appId is not a valid app id");
         goto done;
     }
+    if (app != NULL && !sees_all(req)) {
+        json_t *a = NULL;
+        if (app_for_user(cfg, st, req, app, &a, resp) != 0)
+            goto done;
+        json_decref(a);
+    }
     if (app != NULL)
         keyf(key, st, "app:%s", app);
     else
@@ -1218,8 +1470,7 @@ static void do_list(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_admin_req_t *r
     for (size_t i = 0; i < n; i++) {
         json_t *rec = json_array_get(recs, i);
         char buf[64];
-        if (!sees_all(req) && (req->customer == NULL ||
-                               strcmp(fs(rec, "customer_id"), req->customer) != 0))
+        if (!sees_customer(req, fs(rec, "customer_id")))
             continue;
         if (cust && strcmp(fs(rec, "customer_id"), cust) != 0)
             continue;
@@ -1266,8 +1517,7 @@ static void do_get(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_admin_req_t *re
     int lr = load_rec(cfg, st, id, &rec, resp);
     if (lr < 0)
         return;
-    if (lr > 0 || (!sees_all(req) && (req->customer == NULL ||
-                                      strcmp(fs(rec, "customer_id"), req->customer) != 0))) {
+    if (lr > 0 || !sees_customer(req, fs(rec, "customer_id"))) {
         /* Another customer's certificate is reported like a missing one. */
         cg_admin_error(resp, 404, "Certificate.NotFound", "no registration with that id");
         json_decref(rec);
@@ -1283,11 +1533,21 @@ static void do_get(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_admin_req_t *re
 
 /* ------------------------------------------------------------ rotations */
 
-static const char ROTATE_LUA[] =
-    "local new = redis.call('HMGET', KEYS[1], 'status', 'app_id', 'activate_at', 'fingerprint')\n"
-    "local old = redis.call('HMGET', KEYS[2], 'status', 'app_id', 'retire_at', 'fingerprint')\n"
+/* KEYS: new reg, old reg, rotation, rotations, events, gen, appinfo.
+ * ARGV: app, new id, old id, activate, retire, now, user, rotation id, channel, event. */
+static const char ROTATE_LUA[] = LUA_GUARD
+    "local b = guard({{KEYS[1], 'hash'}, {KEYS[2], 'hash'}, {KEYS[3], 'hash'}, {KEYS[4], 'zset'},\n"
+    "  {KEYS[5], 'stream'}, {KEYS[6], 'int'}, {KEYS[7], 'hash'}})\n"
+    "if b then return bad(b) end\n"
+    "for i = 1, 2 do if not intf(KEYS[i], 'version') then return bad(KEYS[i]) end end\n"
+    "local new = redis.call('HMGET', KEYS[1], 'status', 'app_id', 'activate_at', 'fingerprint',\n"
+    "  'customer_id')\n"
+    "local old = redis.call('HMGET', KEYS[2], 'status', 'app_id', 'retire_at', 'fingerprint',\n"
+    "  'customer_id')\n"
     "if not new[1] or not old[1] then return redis.error_reply('NOTFOUND') end\n"
     "if new[2] ~= ARGV[1] or old[2] ~= ARGV[1] then return redis.error_reply('NOTINAPP') end\n"
+    "local owner = redis.call('HGET', KEYS[7], 'customer_id')\n"
+    "if new[5] ~= owner or old[5] ~= owner then return redis.error_reply('NOTINAPP') end\n"
     "if new[1] ~= 'APPROVED' then return redis.error_reply('NEWNOTAPPROVED ' .. new[1]) end\n"
     "if old[1] ~= 'APPROVED' then return redis.error_reply('OLDNOTAPPROVED ' .. old[1]) end\n"
     "redis.call('HSET', KEYS[3], 'id', ARGV[8], 'app_id', ARGV[1], 'new_cert_id', ARGV[2],\n"
@@ -1309,7 +1569,12 @@ static const char ROTATE_LUA[] =
     "redis.call('PUBLISH', ARGV[9], (old[4] or '') .. ms)\n"
     "return 'OK'\n";
 
-static const char CANCEL_LUA[] =
+/* KEYS: rotation, new reg, old reg, events, gen. ARGV: now, user, app, channel, event. */
+static const char CANCEL_LUA[] = LUA_GUARD
+    "local b = guard({{KEYS[1], 'hash'}, {KEYS[2], 'hash'}, {KEYS[3], 'hash'},\n"
+    "  {KEYS[4], 'stream'}, {KEYS[5], 'int'}})\n"
+    "if b then return bad(b) end\n"
+    "for i = 2, 3 do if not intf(KEYS[i], 'version') then return bad(KEYS[i]) end end\n"
     "local rot = redis.call('HMGET', KEYS[1], 'status', 'activate_at', 'prev_new_activate_at',\n"
     "  'prev_old_retire_at', 'app_id')\n"
     "if not rot[1] or rot[5] ~= ARGV[3] then return redis.error_reply('NOTFOUND') end\n"
@@ -1352,7 +1617,10 @@ static void do_rotation_create(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_adm
     int64_t act, ret;
     const char *old_id = NULL;
 
+    json_t *appinfo = NULL;
     if (need(req, resp, CG_ROLE_SUPPORT, "schedule rotations") != 0)
+        return;
+    if (app_for_user(cfg, st, req, app, &appinfo, resp) != 0)
         return;
     json_error_t je;
     doc = req->body_len ? json_loadb((const char *)req->body, req->body_len,
@@ -1408,7 +1676,8 @@ static void do_rotation_create(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_adm
         goto done;
     }
     char rid[40], k_new[KEY_MAX], k_old[KEY_MAX], k_rot[KEY_MAX], k_rots[KEY_MAX], k_ev[KEY_MAX],
-        k_gen[KEY_MAX], chan[KEY_MAX], act_s[24], ret_s[24], now_s[24];
+        k_gen[KEY_MAX], k_app[KEY_MAX], chan[KEY_MAX], act_s[24], ret_s[24], now_s[24];
+    keyf(k_app, st, "appinfo:%s", app);
     new_id(rid);
     if (rid[0] == '\0') {
         cg_admin_error(resp, 500, "Internal", "no randomness for an id");
@@ -1428,10 +1697,11 @@ static void do_rotation_create(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_adm
     ev_init(&ev, req, "rotation.schedule");
     ev_add(&ev, "rotation_id", rid);
     ev_add(&ev, "app_id", app);
+    ev_add(&ev, "customer_id", fs(appinfo, "customer_id"));
     ev_add(&ev, "cert_id", new_cert);
     ev_add(&ev, "old_cert_id", old_id);
     ev_add(&ev, "reason", json_string_value(ja));
-    const char *keys[] = { k_new, k_old, k_rot, k_rots, k_ev, k_gen };
+    const char *keys[] = { k_new, k_old, k_rot, k_rots, k_ev, k_gen, k_app };
     const char *args[9 + 32] = { app, new_cert, old_id, act_s, ret_s, now_s, req->user, rid, chan };
     int na = 9;
     for (int i = 0; i < ev.n; i++)
@@ -1439,14 +1709,14 @@ static void do_rotation_create(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_adm
     static const script_error_t rotate_errors[] = {
         { "NOTFOUND", 404, "Certificate.NotFound", "newCertId or oldCertId does not exist" },
         { "NOTINAPP", 400, "Rotation.CertNotInApp",
-          "both certificates must be registered to this app" },
+          "both certificates must be registered to this app and its customer" },
         { "NEWNOTAPPROVED", 409, "Rotation.NewCertNotApproved",
           "the new certificate must be APPROVED before a cutover is scheduled" },
         { "OLDNOTAPPROVED", 409, "Rotation.OldCertNotApproved",
           "the old certificate is not APPROVED: there is nothing to rotate out" },
         { NULL, 0, NULL, NULL }
     };
-    if (run_script(cfg, st, ROTATE_LUA, 6, keys, na, args, rotate_errors, resp) != 0)
+    if (run_script(cfg, st, ROTATE_LUA, 7, keys, na, args, rotate_errors, resp) != 0)
         goto done;
     {
         redisReply *rr = NULL;
@@ -1467,6 +1737,7 @@ static void do_rotation_create(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_adm
 done:
     json_decref(recs);
     json_decref(doc);
+    json_decref(appinfo);
 }
 
 static json_t *load_rotations(const cg_admin_cfg_t *cfg, cg_store_t *st, const char *app,
@@ -1523,8 +1794,14 @@ static void do_rotation_cancel(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_adm
     char err[200], k_rot[KEY_MAX], k_new[KEY_MAX], k_old[KEY_MAX], k_ev[KEY_MAX], k_gen[KEY_MAX],
         chan[KEY_MAX], now_s[24];
     redisReply *r = NULL;
+    json_t *appinfo = NULL;
     if (need(req, resp, CG_ROLE_SUPPORT, "cancel rotations") != 0)
         return;
+    if (app_for_user(cfg, st, req, app, &appinfo, resp) != 0)
+        return;
+    char owner[CG_APP_MAX + 1];
+    snprintf(owner, sizeof(owner), "%s", fs(appinfo, "customer_id"));
+    json_decref(appinfo);
     if (!cg_id_valid(rid, strlen(rid))) {
         cg_admin_error(resp, 404, "Rotation.NotFound", "no rotation with that id");
         return;
@@ -1553,6 +1830,7 @@ static void do_rotation_cancel(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_adm
     ev_init(&ev, req, "rotation.cancel");
     ev_add(&ev, "rotation_id", rid);
     ev_add(&ev, "app_id", app);
+    ev_add(&ev, "customer_id", owner);
     const char *keys[] = { k_rot, k_new, k_old, k_ev, k_gen };
     const char *args[4 + 32] = { now_s, req->user, app, chan };
     int na = 4;
@@ -1571,34 +1849,525 @@ static void do_rotation_cancel(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_adm
     set_body(resp, 204, "application/json", NULL);
 }
 
+/* ------------------------------------------------------------ customers and apps */
+
+#define NAME_MAX_LEN 200
+
+/* A customer or app record as the API shows it. */
+static json_t *entity_view(json_t *rec, const char *idname)
+{
+    static const char *const strs[][2] = {
+        { "customer_id", "customerId" }, { "name", "name" }, { "organization", "organization" },
+        { "created_by", "createdBy" }, { "updated_by", "updatedBy" },
+    };
+    json_t *v = json_pack("{s:s}", idname, fs(rec, "id"));
+    for (size_t i = 0; v != NULL && i < sizeof(strs) / sizeof(strs[0]); i++)
+        if (json_object_get(rec, strs[i][0]) != NULL)
+            json_object_set(v, strs[i][1], json_object_get(rec, strs[i][0]));
+    json_object_set_new(v, "created", iso_or_null(fi(rec, "created", INT64_MIN)));
+    json_object_set_new(v, "updated", iso_or_null(fi(rec, "updated", INT64_MIN)));
+    json_object_set_new(v, "version", json_integer((json_int_t)fi(rec, "version", 1)));
+    return v;
+}
+
+/* KEYS: customer, customers, events, gen. ARGV: id, now, user, n, n field words, event. */
+static const char CUSTOMER_CREATE_LUA[] = LUA_GUARD
+    "local b = guard({{KEYS[1], 'hash'}, {KEYS[2], 'set'}, {KEYS[3], 'stream'},\n"
+    "  {KEYS[4], 'int'}})\n"
+    "if b then return bad(b) end\n"
+    "if redis.call('HEXISTS', KEYS[1], 'version') == 1 then\n"
+    "  return redis.error_reply('EXISTS') end\n"
+    "local n = tonumber(ARGV[4])\n"
+    "local f = {'id', ARGV[1], 'created', ARGV[2], 'created_by', ARGV[3], 'updated', ARGV[2],\n"
+    "  'updated_by', ARGV[3], 'version', '1'}\n"
+    "for i = 5, 4 + n do f[#f + 1] = ARGV[i] end\n"
+    "redis.call('HSET', KEYS[1], unpack(f))\n"
+    "redis.call('SADD', KEYS[2], ARGV[1])\n"
+    "local ev = {}\n"
+    "for i = 5 + n, #ARGV do ev[#ev + 1] = ARGV[i] end\n"
+    "redis.call('XADD', KEYS[3], '*', unpack(ev))\n"
+    "redis.call('INCR', KEYS[4])\n"
+    "return 'OK'\n";
+
+/*
+ * KEYS: appinfo, apps, customer, the app's registration set, events, gen.
+ * ARGV: app, customer, now, user, channel, "{p}reg:", n, n field words, event.
+ * The app's live (PENDING, APPROVED) registrations must be the customer's;
+ * those with no customer (uploaded by staff before apps had owners) are
+ * given it.
+ */
+static const char APP_CREATE_LUA[] = LUA_GUARD
+    "local b = guard({{KEYS[1], 'hash'}, {KEYS[2], 'set'}, {KEYS[3], 'hash'}, {KEYS[4], 'set'},\n"
+    "  {KEYS[5], 'stream'}, {KEYS[6], 'int'}})\n"
+    "if b then return bad(b) end\n"
+    "if redis.call('HEXISTS', KEYS[1], 'version') == 1 then\n"
+    "  return redis.error_reply('EXISTS') end\n"
+    "if redis.call('HEXISTS', KEYS[3], 'version') == 0 then\n"
+    "  return redis.error_reply('NOCUSTOMER') end\n"
+    "local regs, other, adopt = {}, {}, {}\n"
+    "for _, id in ipairs(redis.call('SMEMBERS', KEYS[4])) do\n"
+    "  local k = ARGV[6] .. id\n"
+    "  local t = redis.call('TYPE', k)\n"
+    "  if type(t) == 'table' then t = t.ok end\n"
+    "  if t ~= 'none' then\n"
+    "    if t ~= 'hash' or not intf(k, 'version') then return bad(k) end\n"
+    "    local c = redis.call('HMGET', k, 'customer_id', 'fingerprint', 'status')\n"
+    "    regs[#regs + 1] = c[2] or ''\n"
+    "    if not c[1] or c[1] == '' then adopt[#adopt + 1] = k\n"
+    "    elseif c[1] ~= ARGV[2] and (c[3] == 'PENDING' or c[3] == 'APPROVED') and\n"
+    "           #other < 20 then other[#other + 1] = id end\n"
+    "  end\n"
+    "end\n"
+    "if #other > 0 then return redis.error_reply('CONFLICT ' .. table.concat(other, ',')) end\n"
+    "local n = tonumber(ARGV[7])\n"
+    "local f = {'id', ARGV[1], 'customer_id', ARGV[2], 'created', ARGV[3], 'created_by', ARGV[4],\n"
+    "  'updated', ARGV[3], 'updated_by', ARGV[4], 'version', '1'}\n"
+    "for i = 8, 7 + n do f[#f + 1] = ARGV[i] end\n"
+    "redis.call('HSET', KEYS[1], unpack(f))\n"
+    "redis.call('SADD', KEYS[2], ARGV[1])\n"
+    "for _, k in ipairs(adopt) do\n"
+    "  redis.call('HSET', k, 'customer_id', ARGV[2], 'updated', ARGV[3], 'updated_by', ARGV[4])\n"
+    "  redis.call('HINCRBY', k, 'version', 1)\n"
+    "end\n"
+    "local ev = {}\n"
+    "for i = 8 + n, #ARGV do ev[#ev + 1] = ARGV[i] end\n"
+    "redis.call('XADD', KEYS[5], '*', unpack(ev))\n"
+    "redis.call('INCR', KEYS[6])\n"
+    "local t = redis.call('TIME')\n"
+    "local ms = ' ' .. (t[1] * 1000 + math.floor(t[2] / 1000))\n"
+    "for _, fp in ipairs(regs) do redis.call('PUBLISH', ARGV[5], fp .. ms) end\n"
+    "return #adopt\n";
+
+/* KEYS: record, events, gen. ARGV: If-Match condition, now, user, n, n field words, event. */
+static const char ENTITY_UPDATE_LUA[] = LUA_GUARD
+    "local b = guard({{KEYS[1], 'hash'}, {KEYS[2], 'stream'}, {KEYS[3], 'int'}})\n"
+    "if b then return bad(b) end\n"
+    "if not intf(KEYS[1], 'version') then return bad(KEYS[1]) end\n"
+    "local ver = redis.call('HGET', KEYS[1], 'version')\n"
+    "if not ver then return redis.error_reply('NOTFOUND') end\n"
+    "if not ifmatch(ARGV[1], ver) then return redis.error_reply('PRECONDITION') end\n"
+    "local v = tonumber(ver) + 1\n"
+    "local n = tonumber(ARGV[4])\n"
+    "local f = {'updated', ARGV[2], 'updated_by', ARGV[3], 'version', v}\n"
+    "for i = 5, 4 + n do f[#f + 1] = ARGV[i] end\n"
+    "redis.call('HSET', KEYS[1], unpack(f))\n"
+    "local ev = {}\n"
+    "for i = 5 + n, #ARGV do ev[#ev + 1] = ARGV[i] end\n"
+    "redis.call('XADD', KEYS[2], '*', unpack(ev))\n"
+    "redis.call('INCR', KEYS[3])\n"
+    "return v\n";
+
+/*
+ * A JSON object body with only the keys named in `allowed`, each a string
+ * (or null) of at most NAME_MAX_LEN bytes. NULL with resp set on a bad body.
+ */
+static json_t *entity_body(const cg_admin_req_t *req, const char *const *allowed,
+                           cg_admin_resp_t *resp)
+{
+    json_error_t je;
+    json_t *doc = req->body_len ? json_loadb((const char *)req->body, req->body_len,
+                                             JSON_REJECT_DUPLICATES, &je) : NULL;
+    const char *k;
+    json_t *v;
+    if (!json_is_object(doc)) {
+        json_decref(doc);
+        cg_admin_error(resp, 400, "Request.Invalid", "the body must be a JSON object");
+        return NULL;
+    }
+    json_object_foreach(doc, k, v) {
+        int known = 0;
+        for (size_t i = 0; allowed[i] != NULL; i++)
+            known |= strcmp(allowed[i], k) == 0;
+        if (!known || (!json_is_string(v) && !json_is_null(v)) ||
+            (json_is_string(v) && json_string_length(v) > NAME_MAX_LEN) ||
+            (json_is_string(v) && strlen(json_string_value(v)) != json_string_length(v))) {
+            errorf(resp, 400, "Request.Invalid", "field '%.40s' is unknown, not a string, or "
+                   "longer than %d bytes", k, NAME_MAX_LEN);
+            json_decref(doc);
+            return NULL;
+        }
+    }
+    return doc;
+}
+
+static const char *body_str(json_t *doc, const char *k)
+{
+    return json_string_value(json_object_get(doc, k));
+}
+
+/* Staff-only writes: a manager with no customer. */
+static int need_staff_manager(const cg_admin_req_t *req, cg_admin_resp_t *resp, const char *what)
+{
+    if (need(req, resp, CG_ROLE_MANAGER, what) != 0)
+        return -1;
+    if (req->customer != NULL) {
+        errorf(resp, 403, "Auth.Forbidden", "only managers without a customer may %s", what);
+        return -1;
+    }
+    return 0;
+}
+
+/* Read back a record just written and answer with it. */
+static void send_entity(const cg_admin_cfg_t *cfg, cg_store_t *st, const char *kind,
+                        const char *id, const char *idname, int status, const char *location,
+                        cg_admin_resp_t *resp)
+{
+    json_t *rec = NULL;
+    if (load_entity(cfg, st, kind, id, &rec, resp) != 0) {
+        if (resp->body == NULL)
+            cg_admin_error(resp, 500, "Internal", "the record could not be read back");
+        return;
+    }
+    set_etag(resp, rec);
+    if (location != NULL)
+        snprintf(resp->location, sizeof(resp->location), "%s", location);
+    send_json(resp, status, entity_view(rec, idname));
+    json_decref(rec);
+}
+
+static void do_customer_create(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_admin_req_t *req,
+                               cg_admin_resp_t *resp)
+{
+    static const char *const allowed[] = { "customerId", "name", "organization", NULL };
+    if (need_staff_manager(req, resp, "register customers") != 0)
+        return;
+    json_t *doc = entity_body(req, allowed, resp);
+    if (doc == NULL)
+        return;
+    const char *id = body_str(doc, "customerId");
+    if (id == NULL || !cg_app_valid(id, strlen(id))) {
+        cg_admin_error(resp, 400, "Request.Invalid", "customerId is required: 1-128 printable "
+                       "ASCII characters without spaces or * ? [ ] : { } \\");
+        json_decref(doc);
+        return;
+    }
+    const char *fields[4];
+    int nf = 0;
+    event_t ev;
+    ev_init(&ev, req, "customer.create");
+    ev_add(&ev, "customer_id", id);
+    for (int i = 1; i < 3; i++) {
+        const char *v = body_str(doc, allowed[i]);
+        if (v != NULL) {
+            fields[nf++] = allowed[i];
+            fields[nf++] = v;
+            ev_add(&ev, allowed[i], v);
+        }
+    }
+    char k_c[KEY_MAX], k_cs[KEY_MAX], k_ev[KEY_MAX], k_gen[KEY_MAX], now_s[24], nf_s[16];
+    keyf(k_c, st, "customer:%s", id);
+    keyf(k_cs, st, "customers");
+    keyf(k_ev, st, "events");
+    keyf(k_gen, st, "gen");
+    snprintf(now_s, sizeof(now_s), "%lld", (long long)req->now);
+    snprintf(nf_s, sizeof(nf_s), "%d", nf);
+    const char *keys[] = { k_c, k_cs, k_ev, k_gen };
+    const char *args[4 + 4 + 32] = { id, now_s, req->user, nf_s };
+    int na = 4;
+    for (int i = 0; i < nf; i++)
+        args[na++] = fields[i];
+    for (int i = 0; i < ev.n; i++)
+        args[na++] = ev.kv[i];
+    static const script_error_t errors[] = {
+        { "EXISTS", 409, "Customer.Exists", "a customer with that id is already registered" },
+        { NULL, 0, NULL, NULL }
+    };
+    if (run_script(cfg, st, CUSTOMER_CREATE_LUA, 4, keys, na, args, errors, resp) == 0) {
+        char loc[200];
+        snprintf(loc, sizeof(loc), "customers/%s", id);
+        send_entity(cfg, st, "customer", id, "customerId", 201, loc, resp);
+    }
+    json_decref(doc);
+}
+
+static void do_app_create(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_admin_req_t *req,
+                          cg_admin_resp_t *resp)
+{
+    static const char *const allowed[] = { "appId", "customerId", "name", NULL };
+    if (need(req, resp, CG_ROLE_MANAGER, "register apps") != 0)
+        return;
+    json_t *doc = entity_body(req, allowed, resp);
+    if (doc == NULL)
+        return;
+    const char *app = body_str(doc, "appId"), *cust = body_str(doc, "customerId");
+    const char *name = body_str(doc, "name");
+    if (cust == NULL)
+        cust = req->customer;
+    if (app == NULL || !cg_app_valid(app, strlen(app)) || cust == NULL ||
+        !cg_app_valid(cust, strlen(cust))) {
+        cg_admin_error(resp, 400, "Request.Invalid", "appId and customerId are required: 1-128 "
+                       "printable ASCII characters without spaces or * ? [ ] : { } \\");
+        json_decref(doc);
+        return;
+    }
+    if (!sees_customer(req, cust)) {
+        cg_admin_error(resp, 403, "Auth.CustomerMismatch",
+                       "managers with a customer register apps for that customer only");
+        json_decref(doc);
+        return;
+    }
+    event_t ev;
+    ev_init(&ev, req, "app.create");
+    ev_add(&ev, "app_id", app);
+    ev_add(&ev, "customer_id", cust);
+    if (name != NULL)
+        ev_add(&ev, "name", name);
+    char k_a[KEY_MAX], k_as[KEY_MAX], k_c[KEY_MAX], k_regs[KEY_MAX], k_ev[KEY_MAX],
+        k_gen[KEY_MAX], chan[KEY_MAX], regp[KEY_MAX], now_s[24];
+    keyf(k_a, st, "appinfo:%s", app);
+    keyf(k_as, st, "apps");
+    keyf(k_c, st, "customer:%s", cust);
+    keyf(k_regs, st, "app:%s", app);
+    keyf(k_ev, st, "events");
+    keyf(k_gen, st, "gen");
+    keyf(chan, st, "invalidate");
+    keyf(regp, st, "reg:");
+    snprintf(now_s, sizeof(now_s), "%lld", (long long)req->now);
+    const char *keys[] = { k_a, k_as, k_c, k_regs, k_ev, k_gen };
+    const char *args[9 + 32] = { app, cust, now_s, req->user, chan, regp, name ? "2" : "0",
+                                 "name", name };
+    int na = name ? 9 : 7;
+    for (int i = 0; i < ev.n; i++)
+        args[na++] = ev.kv[i];
+    static const script_error_t errors[] = {
+        { "EXISTS", 409, "App.Exists", "an app with that id is already registered" },
+        { "NOCUSTOMER", 404, "Customer.NotFound",
+          "no such customer; register it first with POST /customers" },
+        { "CONFLICT", 409, "App.Conflict", "registrations %s of this app belong to other "
+          "customers; decline or inactivate them first" },
+        { NULL, 0, NULL, NULL }
+    };
+    if (run_script(cfg, st, APP_CREATE_LUA, 6, keys, na, args, errors, resp) == 0) {
+        char loc[200];
+        snprintf(loc, sizeof(loc), "apps/%s", app);
+        send_entity(cfg, st, "appinfo", app, "appId", 201, loc, resp);
+    }
+    json_decref(doc);
+}
+
+/* PATCH a customer (name, organization) or an app (name). */
+static void do_entity_update(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_admin_req_t *req,
+                             cg_admin_resp_t *resp, const char *kind, const char *id)
+{
+    static const char *const customer_fields[] = { "name", "organization", NULL };
+    static const char *const app_fields[] = { "name", "customerId", "appId", NULL };
+    int is_app = strcmp(kind, "appinfo") == 0;
+    const char *idname = is_app ? "appId" : "customerId";
+    json_t *doc = NULL, *rec = NULL;
+    char cond[256];
+    if (is_app ? need(req, resp, CG_ROLE_MANAGER, "change apps")
+               : need_staff_manager(req, resp, "change customers"))
+        return;
+    if ((doc = entity_body(req, is_app ? app_fields : customer_fields, resp)) == NULL)
+        return;
+    if (if_match_cond(req->if_match, cond, sizeof(cond), resp) != 0)
+        goto done;
+    int lr = load_entity(cfg, st, kind, id, &rec, resp);
+    if (lr < 0)
+        goto done;
+    if (lr > 0 || !sees_customer(req, is_app ? fs(rec, "customer_id") : id)) {
+        errorf(resp, 404, is_app ? "App.NotFound" : "Customer.NotFound", "no %s with that id",
+               is_app ? "app" : "customer");
+        goto done;
+    }
+    /* An app stays with its customer: the gate's answers hang on it. */
+    const char *c = body_str(doc, "customerId"), *a = body_str(doc, "appId");
+    if ((c != NULL && strcmp(c, fs(rec, "customer_id")) != 0) || (a != NULL && strcmp(a, id))) {
+        cg_admin_error(resp, 409, "App.OwnerFixed", "an app keeps its id and its customer; "
+                       "register a new app for another customer");
+        goto done;
+    }
+    const char *fields[4];
+    int nf = 0;
+    event_t ev;
+    ev_init(&ev, req, is_app ? "app.update" : "customer.update");
+    if (is_app)
+        ev_add(&ev, "app_id", id);
+    ev_add(&ev, "customer_id", is_app ? fs(rec, "customer_id") : id);
+    for (int i = 0; i < 2; i++) {
+        const char *f = (is_app ? app_fields : customer_fields)[i];
+        const char *v = body_str(doc, f);
+        if (v != NULL && strcmp(f, "customerId") != 0) {
+            fields[nf++] = f;
+            fields[nf++] = v;
+            ev_add(&ev, f, v);
+        }
+    }
+    if (nf == 0) {
+        cg_admin_error(resp, 400, "Request.Invalid", is_app ? "send {\"name\": \"...\"}"
+                       : "send {\"name\": \"...\"} and/or {\"organization\": \"...\"}");
+        goto done;
+    }
+    char k_r[KEY_MAX], k_ev[KEY_MAX], k_gen[KEY_MAX], now_s[24], nf_s[16];
+    keyf(k_r, st, "%s:%s", kind, id);
+    keyf(k_ev, st, "events");
+    keyf(k_gen, st, "gen");
+    snprintf(now_s, sizeof(now_s), "%lld", (long long)req->now);
+    snprintf(nf_s, sizeof(nf_s), "%d", nf);
+    const char *keys[] = { k_r, k_ev, k_gen };
+    const char *args[4 + 4 + 32] = { cond, now_s, req->user, nf_s };
+    int na = 4;
+    for (int i = 0; i < nf; i++)
+        args[na++] = fields[i];
+    for (int i = 0; i < ev.n; i++)
+        args[na++] = ev.kv[i];
+    static const script_error_t errors[] = {
+        { "PRECONDITION", 412, "Precondition.Failed",
+          "the record changed since your If-Match version; read it again" },
+        { "NOTFOUND", 404, "Route.NotFound", "the record is gone" },
+        { NULL, 0, NULL, NULL }
+    };
+    if (run_script(cfg, st, ENTITY_UPDATE_LUA, 3, keys, na, args, errors, resp) == 0)
+        send_entity(cfg, st, kind, id, idname, 200, NULL, resp);
+done:
+    json_decref(rec);
+    json_decref(doc);
+}
+
+static int by_id(const void *a, const void *b)
+{
+    return strcmp(fs(*(json_t *const *)a, "id"), fs(*(json_t *const *)b, "id"));
+}
+
+/* GET /customers or GET /apps: the records the user may see, by id. */
+static void do_entity_list(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_admin_req_t *req,
+                           cg_admin_resp_t *resp, const char *kind)
+{
+    int is_app = strcmp(kind, "appinfo") == 0;
+    char setkey[KEY_MAX], err[200];
+    redisReply *r = NULL;
+    char *cust = qparam(req->query, "customerId");
+    json_t *items = json_array();
+    if (need(req, resp, CG_ROLE_DEVELOPER | CG_ROLE_MANAGER | CG_ROLE_SUPPORT | CG_ROLE_AUDITOR,
+             is_app ? "read apps" : "read customers") != 0)
+        goto done;
+    keyf(setkey, st, is_app ? "apps" : "customers");
+    if (cmd2(cfg, st, "SMEMBERS", setkey, &r, err, sizeof(err)) != CG_STORE_OK) {
+        store_error(resp, err);
+        goto done;
+    }
+    if (r->type != REDIS_REPLY_ARRAY) {
+        errorf(resp, 500, "Store.Corrupt", "the store key %.200s is damaged", setkey);
+        goto done;
+    }
+    size_t n = r->elements, nk = 0;
+    char **keys = calloc(n ? n : 1, sizeof(char *));
+    redisReply **hs = calloc(n ? n : 1, sizeof(redisReply *));
+    json_t **sel = calloc(n ? n : 1, sizeof(json_t *));
+    size_t m = 0;
+    int ok = keys && hs && sel;
+    for (size_t i = 0; ok && i < n; i++) {
+        redisReply *e = r->element[i];
+        if (e->type != REDIS_REPLY_STRING || !cg_app_valid(e->str, e->len))
+            continue;
+        if ((keys[nk] = malloc(KEY_MAX)) == NULL) {
+            ok = 0;
+            break;
+        }
+        keyf(keys[nk], st, "%s:%.*s", kind, (int)e->len, e->str);
+        nk++;
+    }
+    if (!ok) {
+        cg_admin_error(resp, 500, "Internal", "out of memory");
+    } else if (nk > 0 && cg_store_hgetall_many(st, cfg->timeout_ms, (const char *const *)keys,
+                                               nk, hs, err, sizeof(err)) != CG_STORE_OK) {
+        store_error(resp, err);
+        ok = 0;
+    } else {
+        for (size_t i = 0; i < nk; i++) {
+            json_t *o = hash_to_obj(hs[i]);
+            const char *owner = o ? (is_app ? fs(o, "customer_id") : fs(o, "id")) : "";
+            if (o != NULL && json_object_get(o, "version") != NULL &&
+                sees_customer(req, owner) && (cust == NULL || strcmp(cust, owner) == 0))
+                sel[m++] = o;
+            else
+                json_decref(o);
+            cg_store_reply_free(hs[i]);
+        }
+        qsort(sel, m, sizeof(json_t *), by_id);
+        for (size_t i = 0; i < m; i++) {
+            json_array_append_new(items, entity_view(sel[i], is_app ? "appId" : "customerId"));
+            json_decref(sel[i]);
+        }
+    }
+    for (size_t i = 0; keys && i < nk; i++)
+        free(keys[i]);
+    free(keys);
+    free(hs);
+    free(sel);
+    if (ok) {
+        send_json(resp, 200, json_pack("{s:O}", "items", items));
+    }
+done:
+    cg_store_reply_free(r);
+    json_decref(items);
+    free(cust);
+}
+
+/* GET /customers/{id} */
+static void do_customer_get(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_admin_req_t *req,
+                            cg_admin_resp_t *resp, const char *id)
+{
+    json_t *rec = NULL;
+    if (need(req, resp, CG_ROLE_DEVELOPER | CG_ROLE_MANAGER | CG_ROLE_SUPPORT | CG_ROLE_AUDITOR,
+             "read customers") != 0)
+        return;
+    int lr = load_entity(cfg, st, "customer", id, &rec, resp);
+    if (lr < 0)
+        return;
+    if (lr > 0 || !sees_customer(req, id)) {
+        cg_admin_error(resp, 404, "Customer.NotFound", "no customer with that id");
+    } else {
+        set_etag(resp, rec);
+        send_json(resp, 200, entity_view(rec, "customerId"));
+    }
+    json_decref(rec);
+}
+
 static void do_app(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_admin_req_t *req,
                    cg_admin_resp_t *resp, const char *app)
 {
     char key[KEY_MAX];
+    json_t *info = NULL;
     if (need(req, resp, CG_ROLE_DEVELOPER | CG_ROLE_MANAGER | CG_ROLE_SUPPORT | CG_ROLE_AUDITOR,
              "read apps") != 0)
         return;
+    /* Staff also see an app nobody registered yet (records from before apps
+     * had owners: docs/admin-api.md, migration). */
+    if (sees_all(req)) {
+        if (load_entity(cfg, st, "appinfo", app, &info, resp) < 0)
+            return;
+    } else if (app_for_user(cfg, st, req, app, &info, resp) != 0) {
+        return;
+    }
     keyf(key, st, "app:%s", app);
     json_t *recs = load_set(cfg, st, key, resp);
-    if (recs == NULL)
+    if (recs == NULL) {
+        json_decref(info);
         return;
+    }
     json_t *rots = load_rotations(cfg, st, app, req->now, resp);
     if (rots == NULL) {
         json_decref(recs);
+        json_decref(info);
         return;
     }
     size_t n = json_array_size(recs), m = 0;
     json_t **sel = calloc(n ? n : 1, sizeof(json_t *));
     for (size_t i = 0; sel && i < n; i++) {
         json_t *rec = json_array_get(recs, i);
-        if (sees_all(req) || (req->customer && strcmp(fs(rec, "customer_id"), req->customer) == 0))
+        if (sees_customer(req, fs(rec, "customer_id")))
             sel[m++] = rec;
     }
-    if (sel == NULL || (m == 0 && n > 0)) {
+    if (sel == NULL || (info == NULL && m == 0)) {
         free(sel);
         json_decref(recs);
         json_decref(rots);
-        cg_admin_error(resp, 404, "App.NotFound", "no certificates for that app");
+        json_decref(info);
+        if (sel == NULL)
+            cg_admin_error(resp, 500, "Internal", "out of memory");
+        else
+            cg_admin_error(resp, 404, "App.NotFound", "no app with that id");
         return;
     }
     qsort(sel, m, sizeof(json_t *), by_created_desc);
@@ -1632,8 +2401,14 @@ static void do_app(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_admin_req_t *re
     free(sel);
     json_decref(recs);
     attach_usage(cfg, st, items);
-    send_json(resp, 200, json_pack("{s:s,s:o,s:o}", "appId", app, "certificates", items,
-                                   "rotations", rots));
+    json_t *out = info ? entity_view(info, "appId") : json_pack("{s:s,s:n}", "appId", app,
+                                                                "customerId");
+    if (info != NULL)
+        set_etag(resp, info);
+    json_decref(info);
+    json_object_set_new(out, "certificates", items);
+    json_object_set_new(out, "rotations", rots);
+    send_json(resp, 200, out);
 }
 
 /* ------------------------------------------------------------ check */
@@ -1644,6 +2419,7 @@ static void do_check(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_admin_req_t *
     upload_t u;
     char err[200], msg[600];
     const char *code = NULL;
+    char *owner = NULL;
     if (need(req, resp, CG_ROLE_DEVELOPER | CG_ROLE_MANAGER | CG_ROLE_SUPPORT | CG_ROLE_AUDITOR,
              "check certificates") != 0)
         return;
@@ -1651,6 +2427,25 @@ static void do_check(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_admin_req_t *
         upload_free(&u);
         return;
     }
+    /* The policy is the upload's, for the customer the upload would be for. */
+    if (u.app != NULL && u.app[0] != '\0') {
+        if (upload_owner(cfg, st, req, &u, &owner, resp) != 0) {
+            upload_free(&u);
+            return;
+        }
+    } else if (req->customer != NULL || (u.customer != NULL && u.customer[0] != '\0')) {
+        owner = strdup(req->customer ? req->customer : u.customer);
+    }
+    cg_cert_info_t vinfo;
+    int vstatus, pol = vet_upload(cfg, st, req, &u, owner, &vinfo, &vstatus, &code, msg,
+                                  sizeof(msg), resp);
+    free(owner);
+    if (pol < 0) {
+        upload_free(&u);
+        return;
+    }
+    if (pol == 0)
+        cg_cert_info_free(&vinfo);
     int n = sk_X509_num(u.certs);
     json_t *chain = json_array();
     cg_fp_t fps[CG_MAX_CHAIN + 1];
@@ -1685,7 +2480,6 @@ static void do_check(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_admin_req_t *
         if (ok_info)
             cg_cert_info_free(&info);
     }
-    int pol = cg_policy_check(&cfg->policy, u.certs, NULL, req->now, &code, msg, sizeof(msg));
     cg_fp_t leaf;
     cg_reg_t reg;
     const cg_reg_t *regp = NULL;
@@ -1697,8 +2491,12 @@ static void do_check(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_admin_req_t *
         return;
     }
     cg_store_rc_t rc = cg_store_lookup(st, &leaf, &reg, err, sizeof(err));
-    if (rc == CG_STORE_OK)
+    /* Another customer's registration is none of this user's business: for
+     * them the certificate is not registered. */
+    if (rc == CG_STORE_OK && sees_customer(req, reg.customer_id))
         regp = &reg;
+    else if (rc == CG_STORE_OK)
+        rc = CG_STORE_NOTFOUND;
     if (rc == CG_STORE_ERROR || rc == CG_STORE_CORRUPT) {
         reason = CG_R_STORE_UNAVAILABLE;
     } else {
@@ -1708,9 +2506,7 @@ static void do_check(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_admin_req_t *
     }
     char hex[CG_FP_HEX_LEN + 1];
     cg_fp_to_hex(&leaf, hex);
-    /* Only a registration the user may see is named. */
-    int show_reg = regp && (sees_all(req) || (req->customer &&
-                                              strcmp(req->customer, regp->customer_id) == 0));
+    int show_reg = regp != NULL;
     send_json(resp, 200, json_pack("{s:s,s:s,s:i,s:s,s:s?,s:o,s:{s:b,s:s?,s:s?}}",
                                    "decision", reason == CG_ALLOW ? "allow" : "deny",
                                    "reason", cg_reason_name(reason),
@@ -1725,20 +2521,80 @@ static void do_check(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_admin_req_t *
 
 /* ------------------------------------------------------------ events */
 
-static const char *const EVENT_COLS[] = {
-    "id", "time", "user", "ip", "action", "certId", "fingerprint", "appId", "customerId",
-    "oldStatus", "newStatus", "reason", "rotationId"
-};
+#define EVENTS_BATCH 1000
+#define EVENTS_SCAN_MAX 50000       /* entries read by one answer at most */
+#define EVENTS_LIMIT_DEFAULT 1000
 
+/* Every stream field, in the API's spelling and the CSV's column order. */
+static const char *const EVENT_FIELDS[][2] = {
+    { "time", "time" }, { "user", "user" }, { "ip", "ip" }, { "action", "action" },
+    { "cert_id", "certId" }, { "old_cert_id", "oldCertId" }, { "rotation_id", "rotationId" },
+    { "fingerprint", "fingerprint" }, { "app_id", "appId" }, { "customer_id", "customerId" },
+    { "old_status", "oldStatus" }, { "new_status", "newStatus" }, { "reason", "reason" },
+    { "days_left", "daysLeft" }, { "threshold", "threshold" }, { "name", "name" },
+    { "organization", "organization" },
+};
+#define N_EVENT_FIELDS (sizeof(EVENT_FIELDS) / sizeof(EVENT_FIELDS[0]))
+
+/* A stream entry id ("1750841401000-0") or a plain millisecond time. */
+static int stream_id_valid(const char *s)
+{
+    size_t n = strspn(s, "0123456789");
+    if (n == 0 || n > 20)
+        return 0;
+    if (s[n] == '\0')
+        return 1;
+    size_t m = strspn(s + n + 1, "0123456789");
+    return s[n] == '-' && m > 0 && m <= 20 && s[n + 1 + m] == '\0';
+}
+
+/* The API's view of one stream entry: every field, known or not, camelCased. */
+static json_t *event_view(const char *id, json_t *h)
+{
+    json_t *o = json_pack("{s:s}", "id", id);
+    const char *k;
+    json_t *v;
+    json_object_foreach(h, k, v) {
+        char name[64];
+        size_t j = 0;
+        for (size_t i = 0; k[i] && j + 1 < sizeof(name); i++) {
+            if (k[i] == '_' && k[i + 1] != '\0')
+                name[j++] = (char)toupper((unsigned char)k[++i]);
+            else
+                name[j++] = k[i];
+        }
+        name[j] = '\0';
+        json_object_set(o, name, v);
+    }
+    return o;
+}
+
+/*
+ * GET /events: filters are applied while the stream is read, in batches from
+ * the cursor on, so a match is never lost behind unrelated events. An answer
+ * stops at `limit` matches or after EVENTS_SCAN_MAX entries read; then
+ * `next` (and the CertGate-Next-Cursor header) says where the next page
+ * starts. `next` null means the range was read to its end.
+ */
 static void do_events(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_admin_req_t *req,
                       cg_admin_resp_t *resp)
 {
-    char key[KEY_MAX], err[200], min[32] = "-", max[32] = "+", count[16];
+    static const char *const filters[][2] = {
+        { "action", "action" }, { "appId", "app_id" }, { "customerId", "customer_id" },
+        { "certId", "cert_id" }, { "user", "user" },
+    };
+    enum { NF = sizeof(filters) / sizeof(filters[0]) };
+    char key[KEY_MAX], err[200], start[48] = "-", end[32] = "+", count[16], last[48] = "";
     char *from = qparam(req->query, "from"), *to = qparam(req->query, "to");
-    char *action = qparam(req->query, "action"), *app = qparam(req->query, "appId");
-    redisReply *r = NULL;
-    int64_t t;
+    char *cursor = qparam(req->query, "cursor"), *limit_s = qparam(req->query, "limit");
+    char *want[NF];
+    json_t *items = json_array();
+    int64_t t, limit = EVENTS_LIMIT_DEFAULT;
+    size_t scanned = 0;
+    int cut = 0;
 
+    for (size_t f = 0; f < NF; f++)
+        want[f] = qparam(req->query, filters[f][0]);
     if (need(req, resp, CG_ROLE_AUDITOR, "read the audit log") != 0)
         goto done;
     if (from) {
@@ -1746,62 +2602,89 @@ static void do_events(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_admin_req_t 
             cg_admin_error(resp, 400, "Request.Invalid", "from must be like 2025-06-25T08:59:38Z");
             goto done;
         }
-        snprintf(min, sizeof(min), "%lld", (long long)t * 1000);
+        snprintf(start, sizeof(start), "%lld", (long long)t * 1000);
     }
     if (to) {
         if (cg_time_parse_iso(to, &t) != 0) {
             cg_admin_error(resp, 400, "Request.Invalid", "to must be like 2025-06-25T08:59:38Z");
             goto done;
         }
-        snprintf(max, sizeof(max), "%lld", (long long)t * 1000 + 999);
+        snprintf(end, sizeof(end), "%lld", (long long)t * 1000 + 999);
     }
-    keyf(key, st, "events");
-    snprintf(count, sizeof(count), "%d", EVENTS_MAX);
-    const char *argv[6] = { "XRANGE", key, min, max, "COUNT", count };
-    size_t lens[6];
-    for (int i = 0; i < 6; i++)
-        lens[i] = strlen(argv[i]);
-    if (cg_store_cmd(st, cfg->timeout_ms, 6, argv, lens, &r, err, sizeof(err)) != CG_STORE_OK) {
-        store_error(resp, err);
+    if (cursor) {
+        if (!stream_id_valid(cursor)) {
+            cg_admin_error(resp, 400, "Request.Invalid", "cursor must be the next value of an "
+                           "earlier answer");
+            goto done;
+        }
+        snprintf(start, sizeof(start), "(%s", cursor);
+    }
+    if (limit_s && (cg_parse_i64(limit_s, strlen(limit_s), &limit) != 0 || limit < 1 ||
+                    limit > EVENTS_MAX)) {
+        errorf(resp, 400, "Request.Invalid", "limit must be 1..%d", EVENTS_MAX);
         goto done;
     }
-    json_t *items = json_array();
-    static const char *const map[][2] = {
-        { "time", "time" }, { "user", "user" }, { "ip", "ip" }, { "action", "action" },
-        { "cert_id", "certId" }, { "fingerprint", "fingerprint" }, { "app_id", "appId" },
-        { "customer_id", "customerId" }, { "old_status", "oldStatus" },
-        { "new_status", "newStatus" }, { "reason", "reason" }, { "rotation_id", "rotationId" },
-        { "old_cert_id", "oldCertId" },
-    };
-    for (size_t i = 0; r->type == REDIS_REPLY_ARRAY && i < r->elements; i++) {
-        redisReply *e = r->element[i];
-        if (e->type != REDIS_REPLY_ARRAY || e->elements != 2 ||
-            e->element[0]->type != REDIS_REPLY_STRING)
-            continue;
-        json_t *h = hash_to_obj(e->element[1]);
-        if (h == NULL)
-            continue;
-        if ((action && strcmp(fs(h, "action"), action) != 0) ||
-            (app && strcmp(fs(h, "app_id"), app) != 0)) {
-            json_decref(h);
-            continue;
+    keyf(key, st, "events");
+    snprintf(count, sizeof(count), "%d", EVENTS_BATCH);
+    for (;;) {
+        redisReply *r = NULL;
+        const char *argv[6] = { "XRANGE", key, start, end, "COUNT", count };
+        size_t lens[6];
+        for (int i = 0; i < 6; i++)
+            lens[i] = strlen(argv[i]);
+        if (cg_store_cmd(st, cfg->timeout_ms, 6, argv, lens, &r, err, sizeof(err)) != CG_STORE_OK) {
+            store_error(resp, err);
+            goto done;
         }
-        json_t *o = json_pack("{s:s}", "id", e->element[0]->str);
-        for (size_t k = 0; k < sizeof(map) / sizeof(map[0]); k++)
-            if (json_object_get(h, map[k][0]))
-                json_object_set(o, map[k][1], json_object_get(h, map[k][0]));
-        json_decref(h);
-        json_array_append_new(items, o);
+        if (r->type != REDIS_REPLY_ARRAY) {
+            cg_store_reply_free(r);
+            errorf(resp, 500, "Store.Corrupt", "the store key %.200s is not a stream", key);
+            goto done;
+        }
+        size_t i;
+        for (i = 0; i < r->elements && !cut; i++) {
+            redisReply *e = r->element[i];
+            if (e->type != REDIS_REPLY_ARRAY || e->elements != 2 ||
+                e->element[0]->type != REDIS_REPLY_STRING || e->element[0]->len >= sizeof(last))
+                continue;
+            snprintf(last, sizeof(last), "%s", e->element[0]->str);
+            scanned++;
+            json_t *h = hash_to_obj(e->element[1]);
+            int match = h != NULL && sees_customer(req, fs(h, "customer_id"));
+            for (size_t f = 0; match && f < NF; f++)
+                match = want[f] == NULL || strcmp(fs(h, filters[f][1]), want[f]) == 0;
+            if (match)
+                json_array_append_new(items, event_view(last, h));
+            json_decref(h);
+            if ((int64_t)json_array_size(items) >= limit || scanned >= EVENTS_SCAN_MAX)
+                cut = 1;
+        }
+        /* The batch was the range's end only if it was short and read whole. */
+        int end_of_range = r->elements < EVENTS_BATCH && i == r->elements;
+        cg_store_reply_free(r);
+        if (end_of_range)
+            cut = 0;
+        if (cut || end_of_range)
+            break;
+        snprintf(start, sizeof(start), "(%s", last);
     }
-    cg_store_reply_free(r);
+    if (cut)
+        snprintf(resp->next, sizeof(resp->next), "%s", last);
     if (wants_csv(req)) {
-        send_csv(resp, items, EVENT_COLS, sizeof(EVENT_COLS) / sizeof(EVENT_COLS[0]));
-        json_decref(items);
+        const char *cols[1 + N_EVENT_FIELDS];
+        cols[0] = "id";
+        for (size_t c = 0; c < N_EVENT_FIELDS; c++)
+            cols[c + 1] = EVENT_FIELDS[c][1];
+        send_csv(resp, items, cols, 1 + N_EVENT_FIELDS);
     } else {
-        send_json(resp, 200, json_pack("{s:o}", "items", items));
+        send_json(resp, 200, json_pack("{s:O,s:s?}", "items", items, "next",
+                                       cut ? last : NULL));
     }
 done:
-    free(from); free(to); free(action); free(app);
+    json_decref(items);
+    for (size_t f = 0; f < NF; f++)
+        free(want[f]);
+    free(from); free(to); free(cursor); free(limit_s);
 }
 
 /* ------------------------------------------------------------ usage, stats, expiry */
@@ -1884,7 +2767,9 @@ int cg_admin_store_stats(cg_store_t *st, int timeout_ms, int64_t now, int soon_d
     return 0;
 }
 
-static const char EXPIRY_LUA[] =
+static const char EXPIRY_LUA[] = LUA_GUARD
+    "local b = guard({{KEYS[1], 'hash'}, {KEYS[2], 'stream'}})\n"
+    "if b then return bad(b) end\n"
     "if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end\n"
     "for s in string.gmatch(ARGV[3], '[^,]+') do redis.call('HSETNX', KEYS[1], s, ARGV[2]) end\n"
     "local ev = {}\n"
@@ -2018,23 +2903,46 @@ void cg_admin_handle(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_admin_req_t *
             do_transition(cfg, st, req, resp, seg[1], seg[2]);
         else
             cg_admin_error(resp, 405, "Route.MethodNotAllowed", "use POST");
-    } else if (n >= 2 && strcmp(seg[0], "apps") == 0 && !cg_app_valid(seg[1], strlen(seg[1]))) {
-        cg_admin_error(resp, 400, "Request.Invalid", "not a valid app id");
+    } else if (n == 1 && (strcmp(seg[0], "apps") == 0 || strcmp(seg[0], "customers") == 0)) {
+        int apps = seg[0][0] == 'a';
+        if (strcmp(m, "POST") == 0 && apps)
+            do_app_create(cfg, st, req, resp);
+        else if (strcmp(m, "POST") == 0)
+            do_customer_create(cfg, st, req, resp);
+        else if (strcmp(m, "GET") == 0)
+            do_entity_list(cfg, st, req, resp, apps ? "appinfo" : "customer");
+        else
+            cg_admin_error(resp, 405, "Route.MethodNotAllowed", "use GET or POST");
+    } else if (n >= 2 && (strcmp(seg[0], "apps") == 0 || strcmp(seg[0], "customers") == 0) &&
+               !cg_app_valid(seg[1], strlen(seg[1]))) {
+        cg_admin_error(resp, 400, "Request.Invalid", "not a valid app or customer id");
+    } else if (n == 2 && strcmp(seg[0], "customers") == 0) {
+        if (strcmp(m, "GET") == 0)
+            do_customer_get(cfg, st, req, resp, seg[1]);
+        else if (strcmp(m, "PATCH") == 0)
+            do_entity_update(cfg, st, req, resp, "customer", seg[1]);
+        else
+            cg_admin_error(resp, 405, "Route.MethodNotAllowed", "use GET or PATCH");
     } else if (n == 2 && strcmp(seg[0], "apps") == 0) {
         if (strcmp(m, "GET") == 0)
             do_app(cfg, st, req, resp, seg[1]);
+        else if (strcmp(m, "PATCH") == 0)
+            do_entity_update(cfg, st, req, resp, "appinfo", seg[1]);
         else
-            cg_admin_error(resp, 405, "Route.MethodNotAllowed", "use GET");
+            cg_admin_error(resp, 405, "Route.MethodNotAllowed", "use GET or PATCH");
     } else if (n == 3 && strcmp(seg[0], "apps") == 0 && strcmp(seg[2], "rotations") == 0) {
         if (strcmp(m, "POST") == 0) {
             do_rotation_create(cfg, st, req, resp, seg[1]);
         } else if (strcmp(m, "GET") == 0) {
+            json_t *a = NULL;
             if (need(req, resp, CG_ROLE_SUPPORT | CG_ROLE_MANAGER | CG_ROLE_AUDITOR,
-                     "read rotations") == 0) {
+                     "read rotations") == 0 &&
+                (sees_all(req) || app_for_user(cfg, st, req, seg[1], &a, resp) == 0)) {
                 json_t *rots = load_rotations(cfg, st, seg[1], req->now, resp);
                 if (rots != NULL)
                     send_json(resp, 200, json_pack("{s:s,s:o}", "appId", seg[1], "items", rots));
             }
+            json_decref(a);
         } else {
             cg_admin_error(resp, 405, "Route.MethodNotAllowed", "use GET or POST");
         }

@@ -22,6 +22,15 @@ enum {
 /* Role name ("developer", ...) to bit, 0 if unknown. */
 unsigned cg_role_parse(const char *name);
 
+#define CG_USER_MAX 256
+
+/*
+ * The identity the admin API records for an authenticated user name: the name
+ * itself, or with ignore_case its ASCII lower case. NULL (no identity) when
+ * the name is empty, longer than CG_USER_MAX or holds control bytes.
+ */
+const char *cg_admin_user_canon(const char *user, int ignore_case, char *out, size_t cap);
+
 typedef struct {
     cg_policy_t policy;
     int expiring_soon_days;     /* derived "(EXPIRATION SOON)" labels; default 30 */
@@ -35,9 +44,9 @@ typedef struct {
     const char *method;
     const char *path;           /* below the admin base, e.g. "/certs/ab12/approve" */
     const char *query;          /* raw query string, or NULL */
-    const char *user;           /* authenticated user, or NULL */
+    const char *user;           /* canonical identity (cg_admin_user_canon), or NULL */
     unsigned roles;             /* CG_ROLE_* bits of that user */
-    const char *customer;       /* the user's customer (developers), or NULL */
+    const char *customer;       /* the customer the user is confined to, or NULL */
     const char *client_ip;
     const char *content_type;
     const char *accept;
@@ -52,6 +61,7 @@ typedef struct {
     char content_type[48];
     char etag[40];
     char location[320];
+    char next[48];              /* /events: cursor of the next page, "" when complete */
     char *body;                 /* malloc'd, NUL-terminated */
     size_t body_len;
 } cg_admin_resp_t;

@@ -33,6 +33,28 @@ class Admin:
         return cid
 
 
+# Which customer owns which app in the admin suites (what a manager sets up
+# with POST /customers and POST /apps before developers upload).
+APPS = {"app1": "cust-1", "acme": "cust-1", "app3": "cust-1", "app2": "cust-2"}
+
+
+def seed(r, apps=APPS, prefix="certgate:"):
+    """Write customers and apps as the admin API stores them."""
+    now = str(int(time.time()))
+    p = r.pipeline(transaction=True)
+    for cust in sorted(set(apps.values())):
+        p.hset(prefix + "customer:" + cust, mapping={
+            "id": cust, "name": cust, "created": now, "created_by": "seed",
+            "updated": now, "updated_by": "seed", "version": "1"})
+        p.sadd(prefix + "customers", cust)
+    for app, cust in apps.items():
+        p.hset(prefix + "appinfo:" + app, mapping={
+            "id": app, "customer_id": cust, "created": now, "created_by": "seed",
+            "updated": now, "updated_by": "seed", "version": "1"})
+        p.sadd(prefix + "apps", app)
+    p.execute()
+
+
 def error_code(resp):
     try:
         return resp.json().get("code")

@@ -252,7 +252,9 @@ class Httpd(WebServer):
         self.proc = None
         self._docroot(workdir)
         self.admin_users = {u: "pw-" + u for u in
-                            ("dev1", "dev2", "devmgr", "mgr1", "mgr2", "sup1", "aud1", "nobody1")}
+                            ("dev1", "dev2", "devmgr", "mgr1", "mgr2", "sup1", "aud1", "nobody1",
+                             # Names that differ only in case from configured users.
+                             "DEVMGR", "Dev1", "sup2", "aud2")}
         pw = os.path.join(workdir, "admin.htpasswd")
         for i, (u, p) in enumerate(sorted(self.admin_users.items())):
             subprocess.run(["htpasswd", "-b" + ("c" if i == 0 else ""), pw, u, p],

@@ -8,7 +8,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs7
 
-from admin import Admin, error_code
+from admin import Admin, error_code, seed
 from harness import flush_store
 from clients import get, reason_of
 from conftest import Stack
@@ -47,6 +47,7 @@ def stack(pki):
 @pytest.fixture(autouse=True)
 def clean(stack):
     flush_store(stack.r)
+    seed(stack.r)
 
 
 @pytest.fixture
@@ -214,18 +215,19 @@ def test_upload_errors_write_nothing(stack, api, pki, bad, case, code):
 def test_duplicate_upload(stack, api, pki):
     assert api.upload(pki.leaf).status_code == 201
     before = redis_snapshot(stack.r)
-    resp = api.upload(pki.leaf, user="dev2")
+    resp = api.upload(pki.leaf, app="app2", user="dev2")
     assert resp.status_code == 409
     assert error_code(resp) == "Certificate.Duplicate"
     assert redis_snapshot(stack.r) == before
 
 
 def test_body_over_8mb_is_413_by_content_length(stack, api, pki):
+    before = redis_snapshot(stack.r)
     resp = api.call("POST", "/certs", "dev1", data=b"x" * (8 * 1024 * 1024 + 1),
                     headers={"Content-Type": "application/json"})
     assert resp.status_code == 413
     assert error_code(resp) == "Upload.TooLarge"
-    assert stack.r.dbsize() == 0
+    assert redis_snapshot(stack.r) == before
 
 
 def test_chunked_body_over_8mb_is_413(stack, api):
@@ -300,7 +302,7 @@ def test_role_matrix(stack, api, pki):
     rot = {"newCertId": cid2, "oldCertId": cid, "activateAt": "2030-01-01T00:00:00Z",
            "retireOldAt": "2030-02-01T00:00:00Z"}
     calls = {
-        "upload": lambda u: api.upload(pki.leaf_other, app="app2", user=u),
+        "upload": lambda u: api.upload(pki.leaf_other, app="app3", user=u),
         "list": lambda u: api.call("GET", "/certs", u),
         "read": lambda u: api.call("GET", "/certs/" + cid, u),
         "approve": lambda u: api.call("POST", "/certs/%s/approve" % cid, u),
@@ -336,7 +338,7 @@ def test_developers_see_only_their_customer(stack, api, pki):
     items = api.call("GET", "/certs", "dev2").json()["items"]
     assert [i["appId"] for i in items] == ["app2"]
     assert api.call("GET", "/certs", "aud1").json()["total"] == 2
-    resp = api.upload(pki.leaf_b, user="dev2", customerId="cust-1")
+    resp = api.upload(pki.leaf_b, app="app2", user="dev2", customerId="cust-1")
     assert resp.status_code == 403 and error_code(resp) == "Auth.CustomerMismatch"
 
 
@@ -477,7 +479,7 @@ def test_cancel_a_scheduled_rotation(stack, api, pki):
 def test_rotation_input_errors(stack, api, pki):
     old = api.approved(pki.leaf)
     new = api.approved(pki.leaf_b)
-    other = api.approved(pki.leaf_other, app="app2")
+    other = api.approved(pki.leaf_other, app="app3")
     now = int(time.time())
     cases = [
         ({"newCertId": new}, 400, "Rotation.Invalid"),

@@ -6,7 +6,7 @@ import time
 import pytest
 import requests
 
-from admin import Admin
+from admin import Admin, seed
 from clients import get, reason_of, session
 from conftest import Stack
 from harness import flush_store, register
@@ -28,6 +28,7 @@ def stack(pki):
 @pytest.fixture(autouse=True)
 def clean(stack):
     flush_store(stack.r)
+    seed(stack.r)
 
 
 def redis_calls(r, cmd):

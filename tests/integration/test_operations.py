@@ -6,7 +6,7 @@ import time
 import pytest
 import requests
 
-from admin import Admin
+from admin import Admin, seed
 from clients import files_for, get, reason_of
 from conftest import Stack
 from harness import Httpd, flush_store, register
@@ -27,6 +27,7 @@ def stack(pki):
 @pytest.fixture(autouse=True)
 def clean(stack):
     flush_store(stack.r)
+    seed(stack.r)
 
 
 def scrape(stack):
