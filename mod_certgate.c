@@ -805,6 +805,27 @@ static int cg_post_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *ptemp
             ap_log_error(APLOG_MARK, APLOG_WARNING, 0, v,
                          "CG05001: CertGateOnStoreError allow: requests pass unchecked "
                          "while Redis fails");
+        /* httpd answers TRACE in map_to_storage, before the gate's fixups run. */
+        core_server_config *core = ap_get_core_module_config(v->module_config);
+        if (gate_configured && core != NULL && core->trace_enable != AP_TRACE_DISABLE) {
+            const cg_dir_t *dd = ap_get_module_config(v->lookup_defaults, &certgate_module);
+            int gated = dd != NULL && dd->enabled == 1;
+            const apr_array_header_t *secs[2] = { core->sec_dir, core->sec_url };
+            for (int k = 0; k < 2 && !gated; k++) {
+                for (int i = 0; secs[k] != NULL && i < secs[k]->nelts && !gated; i++) {
+                    ap_conf_vector_t *sec = APR_ARRAY_IDX(secs[k], i, ap_conf_vector_t *);
+                    dd = ap_get_module_config(sec, &certgate_module);
+                    gated = dd != NULL && dd->enabled == 1;
+                }
+            }
+            if (gated)
+                ap_log_error(APLOG_MARK, APLOG_WARNING, 0, v,
+                             "CG05002: TraceEnable is on in %s (%s:%u), where CertGate On is "
+                             "used: httpd answers TRACE before the gate runs; set TraceEnable off",
+                             v->server_hostname ? v->server_hostname : "-",
+                             v->defn_name ? v->defn_name : "main server",
+                             v->defn_line_number);
+        }
     }
     return OK;
 }

@@ -9,7 +9,6 @@ DIR=${CERTGATE_DEMO_DIR:-/tmp/certgate-demo}
 PORT=${CERTGATE_DEMO_PORT:-8443}
 RPORT=${CERTGATE_DEMO_REDIS_PORT:-16379}
 MODDIR=/usr/lib/apache2/modules
-PREFIX="certgate:"
 
 stop() {
     if [ -f "$DIR/run/httpd.pid" ]; then
@@ -58,20 +57,47 @@ gen_leaf() {  # name cn issuer ext
         -extfile "$DIR/pki/$name.ext" -out "$DIR/pki/$name.pem" 2>/dev/null
 }
 
-fp() { openssl x509 -in "$1" -outform DER | openssl dgst -sha256 -r | cut -c1-64; }
-epoch() { date -u -d "$(openssl x509 -in "$1" -noout "-$2" | cut -d= -f2)" +%s; }
-
 rcli() { REDISCLI_AUTH=$(cat "$DIR/run/redis.pass") redis-cli -p "$RPORT" "$@" >/dev/null; }
 
-register() {  # name app status
-    local pem="$DIR/pki/$1.pem" id="demo-$1"
-    local f; f=$(fp "$pem")
-    rcli HSET "${PREFIX}reg:$id" id "$id" app_id "$2" customer_id demo-customer \
-        status "$3" fingerprint "$f" chain "$(fp "$DIR/pki/inter.pem"),$(fp "$DIR/pki/root.pem")" \
-        valid_from "$(epoch "$pem" startdate)" valid_to "$(epoch "$pem" enddate)" \
-        activate_at "" retire_at ""
-    rcli SET "${PREFIX}fp:$f" "$id"
-    rcli SADD "${PREFIX}app:$2" "$id"
+# The admin API as its users call it: api USER METHOD PATH [curl args...].
+# Prints the body, then the status on its own line.
+api() {
+    local user=$1 method=$2 path=$3
+    shift 3
+    curl -s --cacert "$DIR/pki/server-ca.pem" -u "$user:$(cat "$DIR/run/$user.pass")" \
+        -X "$method" -w '\n%{http_code}' "$@" "https://localhost:$PORT/admin$path" ||
+        { echo "$method /admin$path: the admin API did not answer (see $DIR/logs)" >&2; exit 1; }
+}
+
+# Create a customer or an app (manager). 201, or 409 when it exists, are fine.
+create() {  # path json
+    local out code
+    out=$(api manager POST "$1" -H 'Content-Type: application/json' -d "$2")
+    code=${out##*$'\n'}
+    case "$code" in
+        201|409) ;;
+        # Temporary: until the admin API has /customers and /apps, apps need no
+        # registration and this answers 404 Route.NotFound. Remove then.
+        404) [[ "$out" == *'"Route.NotFound"'* ]] || { echo "POST $1: $out" >&2; exit 1; } ;;
+        *) echo "POST $1: $out" >&2; exit 1 ;;
+    esac
+}
+
+# The developer uploads a certificate with its chain (leaf, intermediate, root); prints its id.
+upload() {  # name app
+    local out code
+    out=$(cat "$DIR/pki/$1.pem" "$DIR/pki/inter.pem" "$DIR/pki/root.pem" |
+        api developer POST "/certs?appId=$2" -H 'Content-Type: application/x-pem-file' \
+            --data-binary @-)
+    code=${out##*$'\n'}
+    [ "$code" = 201 ] || { echo "upload $1: $out" >&2; exit 1; }
+    jq -r .id <<<"${out%$'\n'*}"
+}
+
+approve() {  # id
+    local out
+    out=$(api manager POST "/certs/$1/approve")
+    [ "${out##*$'\n'}" = 200 ] || { echo "approve $1: $out" >&2; exit 1; }
 }
 
 start() {
@@ -94,19 +120,21 @@ extendedKeyUsage=clientAuth"
         cat "$DIR/pki/$c.pem" "$DIR/pki/inter.pem" > "$DIR/pki/$c-chain.pem"
     done
 
-    openssl rand -hex 12 > "$DIR/run/admin.pass"
-    htpasswd -cb "$DIR/run/admin.htpasswd" manager "$(cat "$DIR/run/admin.pass")" 2>/dev/null
+    # One person per role: a developer uploads, a manager approves, an auditor reads.
+    rm -f "$DIR/run/admin.htpasswd"
+    for u in developer manager auditor; do
+        openssl rand -hex 12 > "$DIR/run/$u.pass"
+        chmod 600 "$DIR/run/$u.pass"
+        htpasswd -b"$([ -f "$DIR/run/admin.htpasswd" ] || echo c)" "$DIR/run/admin.htpasswd" \
+            "$u" "$(cat "$DIR/run/$u.pass")" 2>/dev/null
+    done
     chmod 644 "$DIR/run/admin.htpasswd"
-    chmod 600 "$DIR/run/admin.pass"
     openssl rand -hex 16 > "$DIR/run/redis.pass"
     chmod 600 "$DIR/run/redis.pass"
     redis-server --port "$RPORT" --bind 127.0.0.1 --save "" --appendonly no \
         --dir "$DIR/run" --daemonize yes --pidfile "$DIR/run/redis.pid" \
         --logfile "$DIR/logs/redis.log" --requirepass "$(cat "$DIR/run/redis.pass")" >/dev/null
     for _ in $(seq 50); do rcli PING 2>/dev/null && break; sleep 0.1; done
-    rcli SET "${PREFIX}schema" 1
-    register approved demo-app APPROVED
-    register pending demo-app PENDING
 
     local user=""
     [ "$(id -u)" -eq 0 ] && user=$'User www-data\nGroup www-data'
@@ -120,6 +148,14 @@ extendedKeyUsage=clientAuth"
         curl -s -o /dev/null --cacert "$DIR/pki/server-ca.pem" "https://localhost:$PORT/" && break
         sleep 0.1
     done
+
+    # Registered as a user would: the customer and app first, then uploads and one approval.
+    create /customers '{"customerId":"demo-customer","name":"Demo customer"}'
+    create /apps '{"appId":"demo-app","customerId":"demo-customer"}'
+    local approved_id pending_id
+    approved_id=$(upload approved demo-app)
+    pending_id=$(upload pending demo-app)
+    approve "$approved_id"
 
     local c="curl -s --cacert $DIR/pki/server-ca.pem"
     cat <<MSG
@@ -138,7 +174,10 @@ No client certificate (403, reason no_client_cert):
   $c -H 'Accept: application/json' https://localhost:$PORT/api/hello.json
 
 Approve the pending certificate through the admin API (then its command above gets 200):
-  $c -u manager:$(cat "$DIR/run/admin.pass") -X POST https://localhost:$PORT/admin/certs/demo-pending/approve
+  $c -u manager:$(cat "$DIR/run/manager.pass") -X POST https://localhost:$PORT/admin/certs/$pending_id/approve
+
+List the registrations, as the auditor:
+  $c -u auditor:$(cat "$DIR/run/auditor.pass") https://localhost:$PORT/admin/certs
 
 Logs: $DIR/logs/error.log and $DIR/logs/access.log. Stop with: make demo-stop
 MSG

@@ -40,8 +40,23 @@ def test_demo_commands_answer_as_printed(demo):
             assert json.loads(body)["reason"] == reason
         seen.add((status, reason))
     assert ("200", "") in seen and ("403", "pending") in seen
+    # Registered through the admin API: the auditor lists both, with what an upload records.
+    listing = re.search(r"^List the registrations, as the auditor:\n\s+(curl .*)$", demo, re.M)
+    assert listing, demo
+    res = subprocess.run(shlex.split(listing.group(1)), capture_output=True, text=True, timeout=30)
+    items = {i["commonName"]: i for i in json.loads(res.stdout)["items"]}
+    assert sorted(items) == ["demo approved client", "demo pending client"], res.stdout
+    for cn, status in (("demo approved client", "APPROVED"), ("demo pending client", "PENDING")):
+        rec = items[cn]
+        assert rec["status"] == status and rec["appId"] == "demo-app", rec
+        assert rec["customerId"] == "demo-customer" and rec["createdBy"] == "developer", rec
+        assert "CN=certgate demo client intermediate" in rec["issuer"], rec
+        assert re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$", rec["created"]), rec
+        assert len(rec["chain"]) == 2, rec
+    assert items["demo approved client"]["updatedBy"] == "manager"
     approve = re.search(r"^Approve the pending.*\n\s+(curl .*)$", demo, re.M)
     assert approve, demo
+    assert "/admin/certs/%s/approve" % items["demo pending client"]["id"] in approve.group(1)
     res = subprocess.run(shlex.split(approve.group(1)), capture_output=True, text=True, timeout=30)
     assert json.loads(res.stdout)["status"] == "APPROVED", res.stdout
     pending_cmd = [b[3] for b in blocks if b[2] == "pending"][0]

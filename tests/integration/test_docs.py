@@ -1,6 +1,7 @@
 """The docs' shell examples run as written: every ```sh block of the admin API
 reference, the rotation runbook and the Redis schema page, in order, against a
 real httpd + Redis, with curl failing on any HTTP error."""
+import hashlib
 import os
 import re
 import subprocess
@@ -83,13 +84,15 @@ def run(stack, tmp, doc, env):
 
 
 def files(tmp, pki):
-    leafs = [make_cert("payments-app client %d" % i, issuer=pki.inter) for i in range(3)]
+    leafs = [make_cert("payments-app client %d" % i, issuer=pki.inter) for i in range(5)]
     w = lambda name, data: open(os.path.join(tmp, name), "wb").write(data)
     w("leaf.pem", leafs[0].pem)
     w("chain.pem", pki.inter.pem + pki.root.pem)
     w("intermediate.pem", pki.inter.pem)
     w("root.pem", pki.root.pem)
     w("leaf2.pem", leafs[1].pem)
+    w("leaf3.der", leafs[3].der)
+    w("leaf4.der", leafs[4].der)
     w("bundle.p7b", pkcs7.serialize_certificates([leafs[2].cert, pki.inter.cert, pki.root.cert],
                                                  serialization.Encoding.DER))
 
@@ -121,6 +124,33 @@ def test_admin_api_examples_run(stack, pki, tmp_path):
     out = run(stack, str(tmp_path), "admin-api.md",
               {"ID": pending1, "ID2": pending2, "NEW_ID": new, "OLD_ID": old})
     assert '"status":"PENDING"' in out and '"decision"' in out
+    # The DER examples registered their certificates.
+    for name in ("leaf3.der", "leaf4.der"):
+        fp = hashlib.sha256(open(os.path.join(str(tmp_path), name), "rb").read()).hexdigest()
+        assert stack.r.get("certgate:fp:" + fp), name
+
+
+def test_admin_api_401_and_der_are_as_documented(stack, pki):
+    doc = open(os.path.join(ROOT, "docs", "admin-api.md")).read()
+    assert "unless the\npolicy is relaxed" not in doc
+    # Behind `Require valid-user`, httpd's own 401 page answers, not the API.
+    assert "httpd answers with its own 401 page" in doc
+    resp = Admin(stack).call("GET", "/certs")
+    assert resp.status_code == 401
+    assert resp.headers["WWW-Authenticate"] == 'Basic realm="certgate admin"'
+    assert resp.headers["Content-Type"].startswith("text/html")
+    assert "Auth.Required" not in resp.text
+    # Where unauthenticated requests reach the handler: the JSON error.
+    resp = Admin(stack, "/noauth").call("GET", "/certs")
+    assert resp.status_code == 401
+    assert resp.headers["WWW-Authenticate"] == 'Basic realm="certgate admin"'
+    assert resp.json()["code"] == "Auth.Required"
+    # DER alone holds no chain.
+    api = docs_api(stack)
+    c = make_cert("payments-app der alone", issuer=pki.inter)
+    resp = api.call("POST", "/certs?appId=payments-app", "alice", data=c.der,
+                    headers={"Content-Type": "application/pkix-cert"})
+    assert resp.status_code == 400 and resp.json()["code"] == "Chain.Invalid", resp.text
 
 
 def test_runbook_examples_run(stack, pki, tmp_path):
