@@ -76,9 +76,6 @@ create() {  # path json
     code=${out##*$'\n'}
     case "$code" in
         201|409) ;;
-        # Temporary: until the admin API has /customers and /apps, apps need no
-        # registration and this answers 404 Route.NotFound. Remove then.
-        404) [[ "$out" == *'"Route.NotFound"'* ]] || { echo "POST $1: $out" >&2; exit 1; } ;;
         *) echo "POST $1: $out" >&2; exit 1 ;;
     esac
 }
