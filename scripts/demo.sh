@@ -72,6 +72,8 @@ register() {  # name app status
         activate_at "" retire_at ""
     rcli SET "${PREFIX}fp:$f" "$id"
     rcli SADD "${PREFIX}app:$2" "$id"
+    rcli HSET "${PREFIX}appinfo:$2" id "$2" customer_id demo-customer   # the app's owner
+    rcli SADD "${PREFIX}apps" "$2"
 }
 
 start() {
