@@ -742,9 +742,14 @@ static apr_status_t expiry_watchdog(int state, void *data, apr_pool_t *pool)
             continue;
         int emitted = cg_admin_expiry_scan(sc->store, 2000, now_sec(sc, apr_time_now()), days, n,
                                            err, sizeof(err));
-        if (emitted < 0) {
-            ap_log_error(APLOG_MARK, APLOG_WARNING, 0, v, "CG08003: expiry scan failed: %s; "
-                         "it runs again in CertGateExpiryCheckInterval", err);
+        if (emitted < 0 && -emitted == CG_STORE_PERM) {
+            ap_log_error(APLOG_MARK, APLOG_WARNING, 0, v, "CG08004: expiry scan refused by the "
+                         "Redis ACL (permission): %s; grant the commands of the operator guide",
+                         err);
+        } else if (emitted < 0) {
+            ap_log_error(APLOG_MARK, APLOG_WARNING, 0, v, "CG08003: expiry scan failed (%s): %s; "
+                         "it runs again in CertGateExpiryCheckInterval",
+                         cg_store_rc_name((cg_store_rc_t)-emitted), err);
         } else if (emitted > 0) {
             if (metrics)
                 atomic_fetch_add_explicit(&metrics->expiry_events, (uint64_t)emitted,
@@ -1030,9 +1035,7 @@ static cg_store_rc_t store_lookup(cg_srv_t *sc, const cg_fp_t *fp, cg_reg_t *reg
 {
     int64_t t0 = cg_now_us();
     cg_store_rc_t rc = cg_store_lookup(sc->store, fp, reg, err, errlen);
-    int kind = rc == CG_STORE_OK || rc == CG_STORE_NOTFOUND ? 0
-               : rc == CG_STORE_CORRUPT ? 3 : strstr(err, "timeout") ? 2 : 1;
-    cg_metrics_redis(metrics, (uint64_t)(cg_now_us() - t0), kind);
+    cg_metrics_store(metrics, (uint64_t)(cg_now_us() - t0), rc);
     return rc;
 }
 
@@ -1062,7 +1065,7 @@ static cg_store_rc_t lookup_reg(cg_srv_t *sc, cg_conn_t *cc, const cg_fp_t *fp, 
         if (metrics)
             count(&metrics->cache_misses);
         cg_store_rc_t rc = store_lookup(sc, fp, reg, err, errlen);
-        if (rc != CG_STORE_OK && rc != CG_STORE_NOTFOUND)
+        if (cg_store_failed(rc))
             return rc;
         found = rc == CG_STORE_OK;
         fetched = now;   /* taken before the read: errs on the short side */
@@ -1227,21 +1230,25 @@ static int cg_fixups(request_rec *r)
             snprintf(err, sizeof(err), "store not set up (see CG04004)");
         if (rc == CG_STORE_OK) {
             regp = &reg;
-        } else if (rc == CG_STORE_ERROR || rc == CG_STORE_CORRUPT) {
+        } else if (cg_store_failed(rc)) {
             if (sc->on_store_error_allow == 1) {
                 ap_log_rerror(APLOG_MARK, APLOG_CRIT, 0, r,
                               "CG02002: FAIL-OPEN: store %s (%s); request allowed unchecked by "
                               "CertGateOnStoreError allow; fingerprint=%s client=%s",
-                              rc == CG_STORE_CORRUPT ? "record corrupt" : "error", err,
-                              fp_hex, r->useragent_ip);
+                              cg_store_rc_name(rc), err, fp_hex, r->useragent_ip);
                 apr_table_setn(r->notes, NOTE_DECISION, "store_unavailable");
                 apr_table_setn(r->subprocess_env, "CERTGATE_REASON", "store_unavailable");
                 return DECLINED;
             }
+            /* One tag per kind: CG02001 unavailable, CG02003 corrupt, CG02004 timeout,
+             * CG02005 permission (docs/log-tags.md). */
             ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r,
-                          "CG%s: store %s: %s; reason=store_unavailable fingerprint=%s client=%s",
-                          rc == CG_STORE_CORRUPT ? "02003" : "02001",
-                          rc == CG_STORE_CORRUPT ? "record corrupt" : "unavailable", err,
+                          "CG%s: store %s (%s): %s; reason=store_unavailable fingerprint=%s "
+                          "client=%s",
+                          rc == CG_STORE_CORRUPT ? "02003" : rc == CG_STORE_TIMEOUT ? "02004"
+                          : rc == CG_STORE_PERM ? "02005" : "02001",
+                          rc == CG_STORE_CORRUPT ? "record corrupt" : rc == CG_STORE_PERM
+                          ? "permission denied" : "unavailable", cg_store_rc_name(rc), err,
                           fp_hex, r->useragent_ip);
             apr_table_setn(r->notes, NOTE_DECISION, "store_unavailable");
             cg_metrics_decision(metrics, CG_R_STORE_UNAVAILABLE);
@@ -1491,9 +1498,16 @@ static int cg_metrics_handler(request_rec *r)
     cg_store_stats_t stats;
     char err[200];
     memset(&stats, 0, sizeof(stats));
-    if (sc->store == NULL || cg_admin_store_stats(sc->store, 2000, now_sec(sc, r->request_time),
-                                                  30, &stats, err, sizeof(err)) != 0)
+    int src = sc->store == NULL ? -CG_STORE_CONN
+              : cg_admin_store_stats(sc->store, 2000, now_sec(sc, r->request_time), 30, &stats,
+                                     err, sizeof(err));
+    if (src != 0) {
         stats.ok = 0;
+        stats.fail = (cg_store_rc_t)-src;
+        if (sc->store != NULL)
+            ap_log_rerror(APLOG_MARK, APLOG_WARNING, 0, r, "CG08005: metrics scrape could not "
+                          "read Redis (%s): %s", cg_store_rc_name(stats.fail), err);
+    }
     cg_metrics_t zero;
     cg_metrics_init(&zero);
     char *text = cg_metrics_render(metrics ? metrics : &zero, &stats);

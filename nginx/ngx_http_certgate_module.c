@@ -79,7 +79,8 @@ typedef struct {
 struct cg_lookup_s {
     cg_req_t *req;                /* NULL once the request is gone or gave up */
     cg_fp_t leaf;
-    int step;                     /* 1: GET index, 2: HGETALL record */
+    int step;                     /* 1: GET index, 2: HGETALL record, 3: HGET app owner */
+    char reg_key[CG_LOOKUP_KEY_MAX];   /* step 2 checks the record's id against it */
 };
 
 static ngx_int_t cg_init(ngx_conf_t *cf);
@@ -540,6 +541,7 @@ static void cg_on_reply(redisAsyncContext *ac, void *reply, void *privdata)
     cg_req_t *req = lk->req;
     char key[CG_LOOKUP_KEY_MAX], scratch[160];
     cg_reg_t scratch_reg;
+    cg_reg_t *reg = req ? &req->reg : &scratch_reg;
     char *err = req ? req->err : scratch;
     size_t errlen = req ? sizeof(req->err) : sizeof(scratch);
     int klen;
@@ -548,28 +550,40 @@ static void cg_on_reply(redisAsyncContext *ac, void *reply, void *privdata)
     if (r == NULL) {
         snprintf(err, errlen, "Redis connection lost%s%s", ac->errstr[0] ? ": " : "",
                  ac->errstr);
-        cg_lookup_done(lk, CG_STORE_ERROR);
+        cg_lookup_done(lk, CG_STORE_CONN);
         return;
     }
     if (r->type == REDIS_REPLY_ERROR)
         cg_ngx_redis_drop(ac);     /* as the blocking store: never reuse after an error */
-    if (lk->step == 2) {
-        cg_lookup_done(lk, cg_lookup_record_reply(r, &lk->leaf, req ? &req->reg : &scratch_reg, err,
-                                                  errlen));
+    if (lk->step == 3) {
+        cg_lookup_done(lk, cg_lookup_owner_reply(r, reg, err, errlen));
         return;
     }
-    rc = cg_lookup_index_reply((const char *) cg_mcf->prefix.data, r, key, sizeof(key), &klen, err,
-                               errlen);
+    if (lk->step == 2) {
+        rc = cg_lookup_reg_reply((const char *) cg_mcf->prefix.data, lk->reg_key, r, &lk->leaf,
+                                 reg, key, sizeof(key), &klen, err, errlen);
+    } else {
+        rc = cg_lookup_index_reply((const char *) cg_mcf->prefix.data, r, lk->reg_key,
+                                   sizeof(lk->reg_key), &klen, err, errlen);
+    }
     if (rc != CG_STORE_OK || req == NULL) {
         cg_lookup_done(lk, rc);
         return;
     }
-    const char *argv[2] = { "HGETALL", key };
-    size_t lens[2] = { 7, (size_t) klen };
-    lk->step = 2;
-    if (redisAsyncCommandArgv(ac, cg_on_reply, lk, 2, argv, lens) != REDIS_OK) {
+    /* The next step on the same connection: HGETALL the record, or HGET its app's owner. */
+    const char *argv[3] = { "HGETALL", lk->reg_key, CG_LOOKUP_OWNER_FIELD };
+    size_t lens[3] = { 7, (size_t) klen, sizeof(CG_LOOKUP_OWNER_FIELD) - 1 };
+    int argc = 2;
+    if (lk->step == 2) {
+        argv[0] = "HGET";
+        argv[1] = key;
+        lens[0] = 4;
+        argc = 3;
+    }
+    lk->step++;
+    if (redisAsyncCommandArgv(ac, cg_on_reply, lk, argc, argv, lens) != REDIS_OK) {
         snprintf(err, errlen, "Redis connection is closing");
-        cg_lookup_done(lk, CG_STORE_ERROR);
+        cg_lookup_done(lk, CG_STORE_CONN);
     }
 }
 
@@ -620,7 +634,7 @@ static void cg_resume(ngx_event_t *ev)
         }
         snprintf(req->err, sizeof(req->err), "Redis timeout after %lu ms",
                  (unsigned long) cg_mcf->timeout);
-        req->rc = CG_STORE_ERROR;
+        req->rc = CG_STORE_TIMEOUT;
         req->state = ST_LOOKED_UP;
         /* A connection that missed its deadline is in an unknown state. */
         cg_ngx_redis_drop_current();
@@ -1007,15 +1021,16 @@ static ngx_int_t cg_access_handler(ngx_http_request_t *r)
                 ngx_int_t rc = cg_lookup_start(r, req, &peer->leaf);
                 if (rc == NGX_AGAIN)
                     return NGX_AGAIN;
-                req->rc = CG_STORE_ERROR;
+                req->rc = CG_STORE_CONN;
             }
         } else if (req->rc == CG_STORE_OK || req->rc == CG_STORE_NOTFOUND) {
             cg_remember(cc, req, &peer->leaf, req->rc == CG_STORE_OK);
         }
         if (req->rc == CG_STORE_OK) {
             regp = &req->reg;
-        } else if (req->rc != CG_STORE_NOTFOUND) {
-            const char *what = req->rc == CG_STORE_CORRUPT ? "record corrupt" : "unavailable";
+        } else if (cg_store_failed(req->rc)) {
+            const char *what = req->rc == CG_STORE_CORRUPT ? "record corrupt"
+                               : req->rc == CG_STORE_PERM ? "permission denied" : "unavailable";
             req->state = ST_DECIDED;
             req->reason = CG_R_STORE_UNAVAILABLE;
             if (lc->on_store_error == 1) {
@@ -1025,10 +1040,12 @@ static ngx_int_t cg_access_handler(ngx_http_request_t *r)
                               &r->connection->addr_text);
                 return NGX_DECLINED;
             }
-            ngx_log_error(NGX_LOG_ERR, r->connection->log, 0, "CG%s: store %s: %s; "
+            /* One tag per kind, as the httpd module (docs/log-tags.md). */
+            ngx_log_error(NGX_LOG_ERR, r->connection->log, 0, "CG%s: store %s (%s): %s; "
                           "reason=store_unavailable fingerprint=%s client=%V",
-                          req->rc == CG_STORE_CORRUPT ? "02003" : "02001", what, req->err, fp_hex,
-                          &r->connection->addr_text);
+                          req->rc == CG_STORE_CORRUPT ? "02003" : req->rc == CG_STORE_TIMEOUT
+                          ? "02004" : req->rc == CG_STORE_PERM ? "02005" : "02001", what,
+                          cg_store_rc_name(req->rc), req->err, fp_hex, &r->connection->addr_text);
             return cg_respond_deny(r, CG_R_STORE_UNAVAILABLE);
         }
     }

@@ -119,6 +119,18 @@ static void store_error(cg_admin_resp_t *resp, const char *err)
     errorf(resp, 503, "Store.Unavailable", "the registration store did not answer: %s", err);
 }
 
+/* A store failure by kind: an ACL refusal and damaged data are not outages. */
+static void store_fail(cg_admin_resp_t *resp, cg_store_rc_t rc, const char *err)
+{
+    if (rc == CG_STORE_PERM)
+        errorf(resp, 500, "Store.PermissionDenied", "the store refused a command by ACL: %s",
+               err);
+    else if (rc == CG_STORE_CORRUPT)
+        errorf(resp, 500, "Store.Corrupt", "the store holds damaged data: %s", err);
+    else
+        store_error(resp, err);
+}
+
 static void keyf(char *out, const cg_store_t *st, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
@@ -364,15 +376,21 @@ static int load_hash(const cg_admin_cfg_t *cfg, cg_store_t *st, const char *key,
     char err[200];
     redisReply *r = NULL;
     *obj = NULL;
-    if (cmd2(cfg, st, "HGETALL", key, &r, err, sizeof(err)) != CG_STORE_OK) {
-        store_error(resp, err);
+    cg_store_rc_t rc = cmd2(cfg, st, "HGETALL", key, &r, err, sizeof(err));
+    if (rc != CG_STORE_OK) {
+        store_fail(resp, rc, err);
         return -1;
     }
     if (r->type == REDIS_REPLY_ERROR || (r->type == REDIS_REPLY_ARRAY && r->elements == 0)) {
-        int wrong = r->type == REDIS_REPLY_ERROR;
+        rc = cg_store_reply_kind(r);
+        if (rc != CG_STORE_OK)
+            snprintf(err, sizeof(err), "HGETALL: %.150s", r->str);
         cg_store_reply_free(r);
-        if (wrong) {
+        if (rc == CG_STORE_CORRUPT) {
             errorf(resp, 500, "Store.Corrupt", "the store key %.200s is damaged", key);
+            return -1;
+        } else if (rc != CG_STORE_OK) {
+            store_fail(resp, rc, err);
             return -1;
         }
         return 1;
@@ -698,7 +716,11 @@ static int run_script(const cg_admin_cfg_t *cfg, cg_store_t *st, const char *scr
         e++;
     }
     if (e->word == NULL) {
-        errorf(resp, 503, "Store.Unavailable", "the store refused the write: %.200s", r->str);
+        char why[240];
+        snprintf(why, sizeof(why), "the write was refused: %.200s", r->str);
+        cg_store_rc_t kind = cg_store_reply_kind(r);
+        /* Our own refusals are mapped above; any other is Redis's, by kind. */
+        store_fail(resp, kind == CG_STORE_OK ? CG_STORE_ERROR : kind, why);
     } else {
         char msg[300];
         const char *rest = text[wl] == ' ' ? text + wl + 1 : "in that state";
@@ -1295,8 +1317,8 @@ done:
 
 /* ------------------------------------------------------------ reading */
 
-/* Load all records of a set (app or all) that the user may see. */
-enum { LOAD_STORE = 0, LOAD_CORRUPT, LOAD_NOMEM };
+/* Why load_records failed: a cg_store_rc_t failure kind, or this. */
+enum { LOAD_NOMEM = CG_STORE__COUNT };
 
 /*
  * Every record of an index set, in one pipeline: whole (HGETALL, names NULL)
@@ -1309,13 +1331,18 @@ static json_t *load_records(const cg_admin_cfg_t *cfg, cg_store_t *st, const cha
                             size_t errlen)
 {
     redisReply *r = NULL;
-    *why = LOAD_STORE;
-    if (cmd2(cfg, st, "SMEMBERS", setkey, &r, err, errlen) != CG_STORE_OK)
+    cg_store_rc_t rc = cmd2(cfg, st, "SMEMBERS", setkey, &r, err, errlen);
+    *why = (int)rc;
+    if (rc != CG_STORE_OK)
         return NULL;
     if (r->type != REDIS_REPLY_ARRAY) {
+        /* An error reply says what it is (NOPERM is not damage). */
+        *why = r->type == REDIS_REPLY_ERROR ? (int)cg_store_reply_kind(r) : CG_STORE_CORRUPT;
+        if (*why == CG_STORE_CORRUPT)
+            snprintf(err, errlen, "an index set is damaged");
+        else
+            snprintf(err, errlen, "SMEMBERS: %.150s", r->str);
         cg_store_reply_free(r);
-        *why = LOAD_CORRUPT;
-        snprintf(err, errlen, "an index set is damaged");
         return NULL;
     }
     size_t n = r->elements ? r->elements : 1, nk = 0;
@@ -1352,10 +1379,20 @@ static json_t *load_records(const cg_admin_cfg_t *cfg, cg_store_t *st, const cha
         lensv[nk] = &lens[nk * (size_t)argc];
         nk++;
     }
-    if (nk > 0 && cg_store_pipeline(st, cfg->timeout_ms, nk, argcs, argvs, lensv, out, err,
-                                    errlen) != CG_STORE_OK)
+    if (nk > 0 && (rc = cg_store_pipeline(st, cfg->timeout_ms, nk, argcs, argvs, lensv, out, err,
+                                          errlen)) != CG_STORE_OK) {
+        *why = (int)rc;
         goto fail;
+    }
     for (size_t i = 0; i < nk; i++) {
+        /* An error reply is a failure of the whole read, not a record that is gone. */
+        if ((rc = cg_store_reply_kind(out[i])) != CG_STORE_OK) {
+            *why = (int)rc;
+            snprintf(err, errlen, "%s: %.150s", names ? "HMGET" : "HGETALL", out[i]->str);
+            for (size_t j = i; j < nk; j++)
+                cg_store_reply_free(out[j]);
+            goto fail;
+        }
         redisReply *h = out[i];
         json_t *o = NULL;
         if (names == NULL) {
@@ -1392,12 +1429,10 @@ static json_t *load_set(const cg_admin_cfg_t *cfg, cg_store_t *st, const char *s
     char err[200];
     int why;
     json_t *recs = load_records(cfg, st, setkey, NULL, 0, &why, err, sizeof(err));
-    if (recs == NULL && why == LOAD_CORRUPT)
-        cg_admin_error(resp, 500, "Store.Corrupt", "an index set is damaged");
-    else if (recs == NULL && why == LOAD_NOMEM)
+    if (recs == NULL && why == LOAD_NOMEM)
         cg_admin_error(resp, 500, "Internal", "out of memory");
     else if (recs == NULL)
-        store_error(resp, err);
+        store_fail(resp, (cg_store_rc_t)why, err);
     return recs;
 }
 
@@ -2391,6 +2426,10 @@ static void do_app(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_admin_req_t *re
         }
         char derr[100];
         if (cg_reg_decode(fields, nf, &reg, derr, sizeof(derr)) == 0) {
+            /* The owner as the gate reads it, so the answer is the gate's. */
+            reg.app_owner_state = info ? CG_OWNER_READ : CG_OWNER_NONE;
+            snprintf(reg.app_owner, sizeof(reg.app_owner), "%s", info ? fs(info, "customer_id")
+                                                                       : "");
             cg_input_t in = { .leaf = &reg.fingerprint, .chain = reg.chain,
                               .chain_len = reg.chain_len, .chain_known = 1, .now = req->now,
                               .reg = &reg };
@@ -2497,7 +2536,7 @@ static void do_check(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_admin_req_t *
         regp = &reg;
     else if (rc == CG_STORE_OK)
         rc = CG_STORE_NOTFOUND;
-    if (rc == CG_STORE_ERROR || rc == CG_STORE_CORRUPT) {
+    if (cg_store_failed(rc)) {
         reason = CG_R_STORE_UNAVAILABLE;
     } else {
         cg_input_t in = { .leaf = &leaf, .chain = fps, .chain_len = nfp, .chain_known = 1,
@@ -2742,7 +2781,7 @@ int cg_admin_store_stats(cg_store_t *st, int timeout_ms, int64_t now, int soon_d
     int why;
     json_t *recs = load_records(&cfg, st, key, names, 2, &why, err, errlen);
     if (recs == NULL)
-        return -1;
+        return why == LOAD_NOMEM ? -CG_STORE_ERROR : -why;
     size_t i;
     json_t *rec;
     static const int64_t within[3] = { 7, 30, 90 };
@@ -2792,7 +2831,7 @@ int cg_admin_expiry_scan(cg_store_t *st, int timeout_ms, int64_t now, const int 
     int why;
     json_t *recs = load_records(&cfg, st, key, names, 6, &why, err, errlen);
     if (recs == NULL)
-        return -1;
+        return why == LOAD_NOMEM ? -CG_STORE_ERROR : -why;
     snprintf(now_s, sizeof(now_s), "%lld", (long long)now);
     cg_time_iso(now, time_iso, sizeof(time_iso));
     size_t i;
@@ -2838,10 +2877,16 @@ int cg_admin_expiry_scan(cg_store_t *st, int timeout_ms, int64_t now, const int 
                                "days_left", days_s, "threshold", label,
                                "old_status", status, "new_status", status, "reason", "" };
         redisReply *r = NULL;
-        if (eval(&cfg, st, EXPIRY_LUA, 2, keys, (int)(sizeof(args) / sizeof(args[0])), args, &r,
-                 err, errlen) != CG_STORE_OK) {
+        cg_store_rc_t rc = eval(&cfg, st, EXPIRY_LUA, 2, keys,
+                                (int)(sizeof(args) / sizeof(args[0])), args, &r, err, errlen);
+        if (rc == CG_STORE_OK && (rc = cg_store_reply_kind(r)) != CG_STORE_OK) {
+            /* Refused (an ACL without eval, hsetnx or xadd): say so, not "0 events". */
+            snprintf(err, errlen, "EVAL: %.150s", r->str);
+            cg_store_reply_free(r);
+        }
+        if (rc != CG_STORE_OK) {
             json_decref(recs);
-            return -1;
+            return -(int)rc;
         }
         if (r->type == REDIS_REPLY_INTEGER && r->integer == 1)
             emitted++;

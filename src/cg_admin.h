@@ -69,7 +69,8 @@ typedef struct {
 void cg_admin_handle(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_admin_req_t *req,
                      cg_admin_resp_t *resp);
 
-/* Registration counts by status and expiry, for metrics. 0, or -1 (err). */
+/* Registration counts by status and expiry, for metrics. 0, or minus the
+ * cg_store_rc_t kind of failure (err). */
 int cg_admin_store_stats(cg_store_t *st, int timeout_ms, int64_t now, int soon_days,
                          cg_store_stats_t *out, char *err, size_t errlen);
 
@@ -79,7 +80,8 @@ int cg_admin_store_stats(cg_store_t *st, int timeout_ms, int64_t now, int soon_d
  * append one cert.expiring event for the lowest threshold crossed, and
  * cert.expired once it has expired. A per-registration marker hash in Redis,
  * set atomically with the event, makes it once per threshold per certificate
- * across restarts and gateways. Returns the number of events, or -1 (err).
+ * across restarts and gateways. Returns the number of events, or minus the
+ * cg_store_rc_t kind of failure (err).
  */
 int cg_admin_expiry_scan(cg_store_t *st, int timeout_ms, int64_t now, const int *days_desc,
                          size_t ndays, char *err, size_t errlen);

@@ -69,6 +69,11 @@ cg_reason_t cg_decide(const cg_input_t *in)
         return CG_R_UNREGISTERED;
     if (in->app != NULL && strcmp(in->app, reg->app_id) != 0)
         return CG_R_APP_MISMATCH;
+    /* Tenancy: the app's owner record must name the registration's customer.
+     * Only records decoded outside the gate's lookup carry no owner (UNREAD). */
+    if (reg->app_owner_state != CG_OWNER_UNREAD &&
+        (reg->app_owner_state != CG_OWNER_READ || strcmp(reg->app_owner, reg->customer_id) != 0))
+        return CG_R_APP_MISMATCH;
     switch (reg->status) {
     case CG_STATUS_APPROVED:
         break;

@@ -35,10 +35,18 @@ void cg_metrics_redis(cg_metrics_t *m, uint64_t us, int rc)
     if (m == NULL)
         return;
     _Atomic uint64_t *c = rc == 0 ? &m->redis_ok : rc == 2 ? &m->redis_timeouts
-                          : rc == 3 ? &m->redis_corrupt : &m->redis_errors;
+                          : rc == 3 ? &m->redis_corrupt : rc == 4 ? &m->redis_conn
+                          : rc == 5 ? &m->redis_perm : &m->redis_errors;
     atomic_fetch_add_explicit(c, 1, memory_order_relaxed);
     observe(m->redis_lat, us);
     atomic_fetch_add_explicit(&m->redis_lat_sum_us, us, memory_order_relaxed);
+}
+
+void cg_metrics_store(cg_metrics_t *m, uint64_t us, cg_store_rc_t rc)
+{
+    int kind = !cg_store_failed(rc) ? 0 : rc == CG_STORE_TIMEOUT ? 2 : rc == CG_STORE_CORRUPT ? 3
+               : rc == CG_STORE_CONN ? 4 : rc == CG_STORE_PERM ? 5 : 1;
+    cg_metrics_redis(m, us, kind);
 }
 
 void cg_metrics_invalidation(cg_metrics_t *m, int64_t lag_us)
@@ -131,11 +139,14 @@ char *cg_metrics_render(const cg_metrics_t *m, const cg_store_stats_t *st)
             "certgate_redis_lookups_total{outcome=\"ok\"} %llu\n"
             "certgate_redis_lookups_total{outcome=\"error\"} %llu\n"
             "certgate_redis_lookups_total{outcome=\"timeout\"} %llu\n"
-            "certgate_redis_lookups_total{outcome=\"corrupt\"} %llu\n",
+            "certgate_redis_lookups_total{outcome=\"corrupt\"} %llu\n"
+            "certgate_redis_lookups_total{outcome=\"connection\"} %llu\n"
+            "certgate_redis_lookups_total{outcome=\"permission\"} %llu\n",
         (unsigned long long)ld(&m->redis_ok), (unsigned long long)ld(&m->redis_errors),
-        (unsigned long long)ld(&m->redis_timeouts), (unsigned long long)ld(&m->redis_corrupt));
+        (unsigned long long)ld(&m->redis_timeouts), (unsigned long long)ld(&m->redis_corrupt),
+        (unsigned long long)ld(&m->redis_conn), (unsigned long long)ld(&m->redis_perm));
     uint64_t n = ld(&m->redis_ok) + ld(&m->redis_errors) + ld(&m->redis_timeouts) +
-                 ld(&m->redis_corrupt);
+                 ld(&m->redis_corrupt) + ld(&m->redis_conn) + ld(&m->redis_perm);
     histogram(&o, "certgate_redis_lookup_seconds", "Time of one Redis registration lookup.",
               m->redis_lat, ld(&m->redis_lat_sum_us), n);
     put(&o, "# HELP certgate_invalidations_total Invalidation messages received.\n"
@@ -172,6 +183,16 @@ char *cg_metrics_render(const cg_metrics_t *m, const cg_store_stats_t *st)
     }
     put(&o, "# HELP certgate_store_up 1 when the registration counts could be read from Redis.\n"
             "# TYPE certgate_store_up gauge\ncertgate_store_up %d\n", st != NULL && st->ok);
+    /* Why the last scrape could not read Redis: one kind is 1 when store_up is 0. */
+    static const cg_store_rc_t kinds[] = { CG_STORE_TIMEOUT, CG_STORE_CONN, CG_STORE_PERM,
+                                           CG_STORE_CORRUPT, CG_STORE_ERROR };
+    cg_store_rc_t why = st == NULL ? CG_STORE_ERROR : st->ok ? CG_STORE_OK
+                        : cg_store_failed(st->fail) ? st->fail : CG_STORE_ERROR;
+    put(&o, "# HELP certgate_store_scrape_error 1 for the kind of failure when certgate_store_up "
+            "is 0.\n# TYPE certgate_store_scrape_error gauge\n");
+    for (size_t i = 0; i < sizeof(kinds) / sizeof(kinds[0]); i++)
+        put(&o, "certgate_store_scrape_error{kind=\"%s\"} %d\n", cg_store_rc_name(kinds[i]),
+            why == kinds[i]);
     if (o.failed) {
         free(o.buf);
         return NULL;

@@ -10,6 +10,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include "cg_decide.h"
+#include "cg_store.h"
 
 #define CG_LAT_BUCKETS 10
 
@@ -17,6 +18,7 @@ typedef struct {
     _Atomic uint64_t decisions[CG_R__COUNT];
     _Atomic uint64_t cache_conn_hits, cache_proc_hits, cache_misses;
     _Atomic uint64_t redis_ok, redis_errors, redis_timeouts, redis_corrupt;
+    _Atomic uint64_t redis_conn, redis_perm;
     _Atomic uint64_t redis_lat[CG_LAT_BUCKETS + 1];   /* last one is +Inf */
     _Atomic uint64_t redis_lat_sum_us;
     _Atomic uint64_t invalidations, flushes;
@@ -31,8 +33,11 @@ extern const uint64_t cg_metrics_bounds_us[CG_LAT_BUCKETS];
 
 void cg_metrics_init(cg_metrics_t *m);
 void cg_metrics_decision(cg_metrics_t *m, cg_reason_t r);
-/* rc: 0 ok (found or not), 1 error, 2 timeout, 3 corrupt record. */
+/* rc: 0 ok (found or not), 1 error, 2 timeout, 3 corrupt record, 4 connection,
+ * 5 permission. */
 void cg_metrics_redis(cg_metrics_t *m, uint64_t us, int rc);
+/* The same for a store result. */
+void cg_metrics_store(cg_metrics_t *m, uint64_t us, cg_store_rc_t rc);
 void cg_metrics_invalidation(cg_metrics_t *m, int64_t lag_us);   /* lag < 0: unknown */
 
 /* Numbers read from Redis at scrape time. */
@@ -41,6 +46,7 @@ typedef struct {
     uint64_t expired;
     uint64_t expiring[3];           /* within 7, 30, 90 days (approved or pending, not expired) */
     int ok;                         /* 0 when Redis could not be read */
+    cg_store_rc_t fail;             /* when not ok: why (a cg_store_failed kind) */
 } cg_store_stats_t;
 
 /* Render the Prometheus text exposition. Returns a malloc'd string. */

@@ -17,6 +17,13 @@ typedef enum {
     CG_STATUS_INACTIVATED
 } cg_status_t;
 
+/* What the gate's lookup learnt about the owner of the registration's app. */
+typedef enum {
+    CG_OWNER_UNREAD = 0,    /* not looked up (a record decoded outside the gate) */
+    CG_OWNER_NONE,          /* {prefix}appinfo:{app_id} has no customer_id */
+    CG_OWNER_READ           /* app_owner holds it */
+} cg_owner_state_t;
+
 typedef struct {
     char id[CG_ID_MAX + 1];
     char app_id[CG_APP_MAX + 1];
@@ -27,6 +34,8 @@ typedef struct {
     size_t chain_len;
     int64_t valid_from, valid_to;       /* certificate validity, unix seconds */
     int64_t activate_at, retire_at;     /* binding window, CG_TIME_UNSET if open */
+    char app_owner[CG_APP_MAX + 1];     /* customer_id of the app (third lookup step) */
+    cg_owner_state_t app_owner_state;
 } cg_reg_t;
 
 /* A field of a record as read from the store (not NUL-terminated). */

@@ -142,18 +142,55 @@ static void set_err(char *err, size_t errlen, const char *what, const redisConte
         snprintf(err, errlen, "%s", what);
 }
 
-/* Redis answered with an error: WRONGTYPE means a key of ours holds the wrong kind. */
+const char *cg_store_rc_name(cg_store_rc_t rc)
+{
+    static const char *const names[CG_STORE__COUNT] = {
+        [CG_STORE_OK] = "ok", [CG_STORE_NOTFOUND] = "notfound", [CG_STORE_ERROR] = "error",
+        [CG_STORE_CORRUPT] = "corrupt", [CG_STORE_TIMEOUT] = "timeout",
+        [CG_STORE_CONN] = "connection", [CG_STORE_PERM] = "permission",
+    };
+    return (unsigned)rc < CG_STORE__COUNT ? names[rc] : "error";
+}
+
+static int starts_with(const redisReply *r, const char *word)
+{
+    size_t n = strlen(word);
+    return r->len >= n && memcmp(r->str, word, n) == 0 && (r->len == n || r->str[n] == ' ');
+}
+
+cg_store_rc_t cg_store_reply_kind(const redisReply *r)
+{
+    if (r == NULL || r->type != REDIS_REPLY_ERROR)
+        return CG_STORE_OK;
+    /* An ACL refusal; inside EVAL Redis 7 answers the same word for the inner command. */
+    if (starts_with(r, "NOPERM"))
+        return CG_STORE_PERM;
+    /* A key of ours holds the wrong kind of value. */
+    if (starts_with(r, "WRONGTYPE"))
+        return CG_STORE_CORRUPT;
+    return CG_STORE_ERROR;
+}
+
+/* Redis answered with an error: its kind, and the text in err. */
 static cg_store_rc_t error_reply(const redisReply *r, const char *what, char *err, size_t errlen)
 {
     /* Error text from Redis never holds our password. */
     if (err != NULL && errlen > 0)
         snprintf(err, errlen, "%s: %.*s", what, (int)(r->len > 200 ? 200 : r->len), r->str);
-    if (r->len >= 9 && memcmp(r->str, "WRONGTYPE", 9) == 0)
-        return CG_STORE_CORRUPT;
-    return CG_STORE_ERROR;
+    return cg_store_reply_kind(r);
 }
 
 enum { CONN_OK = 0, CONN_BROKEN = 1, CONN_TIMEOUT = 2 };
+
+/* What a failed command or pipeline means: the deadline, the socket, or else. */
+static cg_store_rc_t broken_rc(const redisContext *c, int state)
+{
+    if (state == CONN_TIMEOUT)
+        return CG_STORE_TIMEOUT;
+    if (c != NULL && (c->err == REDIS_ERR_IO || c->err == REDIS_ERR_EOF))
+        return CG_STORE_CONN;
+    return CG_STORE_ERROR;
+}
 
 /* Run one command within the deadline. NULL: the context is broken (err says
  * why, and *state says whether the deadline ran out). */
@@ -188,34 +225,31 @@ static redisReply *command_st(redisContext *c, int64_t deadline, char *err, size
     return r;
 }
 
-static redisReply *command(redisContext *c, int64_t deadline, char *err, size_t errlen,
-                           const char *what, int argc, const char **argv, const size_t *lens)
+/* A command whose error reply is a failure too (AUTH, SELECT): CG_STORE_OK, or
+ * the kind of failure. */
+static cg_store_rc_t command_ok(redisContext *c, int64_t deadline, char *err, size_t errlen,
+                                const char *what, int argc, const char **argv,
+                                const size_t *lens)
 {
     int state;
-    return command_st(c, deadline, err, errlen, what, argc, argv, lens, &state);
-}
-
-/* A command whose error reply is a failure too (AUTH, SELECT). 0 on success. */
-static int command_ok(redisContext *c, int64_t deadline, char *err, size_t errlen,
-                      const char *what, int argc, const char **argv, const size_t *lens)
-{
-    redisReply *r = command(c, deadline, err, errlen, what, argc, argv, lens);
+    redisReply *r = command_st(c, deadline, err, errlen, what, argc, argv, lens, &state);
     if (r == NULL)
-        return -1;
-    int rc = 0;
-    if (r->type == REDIS_REPLY_ERROR) {
-        (void)error_reply(r, what, err, errlen);
-        rc = -1;
-    }
+        return broken_rc(c, state);
+    cg_store_rc_t rc = CG_STORE_OK;
+    if (r->type == REDIS_REPLY_ERROR)
+        rc = error_reply(r, what, err, errlen);
     freeReplyObject(r);
     return rc;
 }
 
-static redisContext *connect_new(cg_store_t *st, int64_t deadline, char *err, size_t errlen)
+/* A new, authenticated connection; NULL with *rc set to the kind of failure. */
+static redisContext *connect_new(cg_store_t *st, int64_t deadline, cg_store_rc_t *rc,
+                                 char *err, size_t errlen)
 {
     struct timeval tv;
     redisContext *c;
 
+    *rc = CG_STORE_TIMEOUT;
     if (!remaining(deadline, &tv)) {
         set_err(err, errlen, "timeout before connect", NULL);
         return NULL;
@@ -225,10 +259,15 @@ static redisContext *connect_new(cg_store_t *st, int64_t deadline, char *err, si
     else
         c = redisConnectWithTimeout(st->host, st->port, tv);
     if (c == NULL) {
+        *rc = CG_STORE_ERROR;
         set_err(err, errlen, "connect: out of memory", NULL);
         return NULL;
     }
     if (c->err) {
+        int e = errno;
+        /* hiredis reports a connect that ran out of time as an I/O error. */
+        *rc = c->err == REDIS_ERR_IO && (e == ETIMEDOUT || e == EINPROGRESS || e == EAGAIN)
+              ? CG_STORE_TIMEOUT : CG_STORE_CONN;
         set_err(err, errlen, "connect", c);
         redisFree(c);
         return NULL;
@@ -236,7 +275,11 @@ static redisContext *connect_new(cg_store_t *st, int64_t deadline, char *err, si
     if (st->password != NULL) {
         const char *argv[3] = { "AUTH", st->user ? st->user : st->password, st->password };
         size_t lens[3] = { 4, strlen(argv[1]), strlen(st->password) };
-        if (command_ok(c, deadline, err, errlen, "AUTH", st->user ? 3 : 2, argv, lens) != 0) {
+        *rc = command_ok(c, deadline, err, errlen, "AUTH", st->user ? 3 : 2, argv, lens);
+        if (*rc != CG_STORE_OK) {
+            /* A refused AUTH leaves us without a usable connection. */
+            if (*rc != CG_STORE_TIMEOUT)
+                *rc = CG_STORE_CONN;
             redisFree(c);
             return NULL;
         }
@@ -246,11 +289,13 @@ static redisContext *connect_new(cg_store_t *st, int64_t deadline, char *err, si
         int n = snprintf(db, sizeof(db), "%d", st->db);
         const char *argv[2] = { "SELECT", db };
         size_t lens[2] = { 6, (size_t)n };
-        if (command_ok(c, deadline, err, errlen, "SELECT", 2, argv, lens) != 0) {
+        *rc = command_ok(c, deadline, err, errlen, "SELECT", 2, argv, lens);
+        if (*rc != CG_STORE_OK) {
             redisFree(c);
             return NULL;
         }
     }
+    *rc = CG_STORE_OK;
     return c;
 }
 
@@ -269,8 +314,9 @@ static void release(cg_store_t *st, redisContext *c, int healthy)
         redisFree(c);
 }
 
-/* Take a pooled connection, or make one. *pooled says which. */
-static redisContext *take(cg_store_t *st, int64_t deadline, int *pooled, char *err, size_t errlen)
+/* Take a pooled connection, or make one. *pooled says which; *rc why not. */
+static redisContext *take(cg_store_t *st, int64_t deadline, int *pooled, cg_store_rc_t *rc,
+                          char *err, size_t errlen)
 {
     redisContext *c = NULL;
     pthread_mutex_lock(&st->lock);
@@ -278,11 +324,12 @@ static redisContext *take(cg_store_t *st, int64_t deadline, int *pooled, char *e
         c = st->idle[--st->n_idle];
     pthread_mutex_unlock(&st->lock);
     *pooled = c != NULL;
-    return c != NULL ? c : connect_new(st, deadline, err, errlen);
+    *rc = CG_STORE_OK;
+    return c != NULL ? c : connect_new(st, deadline, rc, err, errlen);
 }
 
 /* ---- The lookup as steps without I/O: the blocking store below and the
- * nginx adapter's async client run the same two commands through these. ---- */
+ * nginx adapter's async client run the same three commands through these. ---- */
 
 int cg_lookup_index_cmd(const char *prefix, const cg_fp_t *leaf, char *key, size_t cap)
 {
@@ -351,12 +398,71 @@ cg_store_rc_t cg_lookup_record_reply(const redisReply *r, const cg_fp_t *leaf, c
     return CG_STORE_OK;
 }
 
+cg_store_rc_t cg_lookup_reg_reply(const char *prefix, const char *reg_key, const redisReply *r,
+                                  const cg_fp_t *leaf, cg_reg_t *out, char *owner_key,
+                                  size_t cap, int *klen, char *err, size_t errlen)
+{
+    cg_store_rc_t rc = cg_lookup_record_reply(r, leaf, out, err, errlen);
+    if (rc != CG_STORE_OK)
+        return rc;
+    /* The key is "{prefix}reg:{id}"; the record must say the same id. */
+    size_t pl = strlen(prefix);
+    if (strncmp(reg_key, prefix, pl) != 0 || strncmp(reg_key + pl, "reg:", 4) != 0 ||
+        strcmp(reg_key + pl + 4, out->id) != 0) {
+        snprintf(err, errlen, "record id differs from its key");
+        return CG_STORE_CORRUPT;
+    }
+    int n = snprintf(owner_key, cap, "%sappinfo:%s", prefix, out->app_id);
+    if (n < 0 || (size_t)n >= cap) {
+        snprintf(err, errlen, "app key too long");
+        return CG_STORE_ERROR;
+    }
+    *klen = n;
+    return CG_STORE_OK;
+}
+
+cg_store_rc_t cg_lookup_owner_reply(const redisReply *r, cg_reg_t *out, char *err, size_t errlen)
+{
+    out->app_owner[0] = '\0';
+    out->app_owner_state = CG_OWNER_NONE;
+    if (r->type == REDIS_REPLY_ERROR)
+        return error_reply(r, "HGET", err, errlen);
+    /* No app record, or one without an owner: the decision refuses it. */
+    if (r->type == REDIS_REPLY_NIL)
+        return CG_STORE_OK;
+    if (r->type != REDIS_REPLY_STRING || !cg_app_valid(r->str, r->len)) {
+        snprintf(err, errlen, "app record holds no valid customer_id");
+        return CG_STORE_CORRUPT;
+    }
+    memcpy(out->app_owner, r->str, r->len);
+    out->app_owner[r->len] = '\0';
+    out->app_owner_state = CG_OWNER_READ;
+    return CG_STORE_OK;
+}
+
+/* One command of the lookup; NULL with *rc set when the context failed. After
+ * an error reply the connection is not reused either (*broken). */
+static redisReply *lookup_cmd(redisContext *c, int64_t deadline, const char *cmd, const char *key,
+                              int klen, const char *field, int *broken, cg_store_rc_t *rc,
+                              char *err, size_t errlen)
+{
+    const char *argv[3] = { cmd, key, field };
+    size_t lens[3] = { strlen(cmd), (size_t)klen, field ? strlen(field) : 0 };
+    redisReply *r = command_st(c, deadline, err, errlen, cmd, field ? 3 : 2, argv, lens, broken);
+    if (r == NULL) {
+        *rc = broken_rc(c, *broken);
+        return NULL;
+    }
+    *broken = r->type == REDIS_REPLY_ERROR ? CONN_BROKEN : CONN_OK;
+    return r;
+}
+
 /* One lookup on one connection. *broken: CONN_OK, or how the context failed. */
 static cg_store_rc_t lookup_on(cg_store_t *st, redisContext *c, int64_t deadline,
                                const cg_fp_t *leaf, cg_reg_t *out, char *err, size_t errlen,
                                int *broken)
 {
-    char key[CG_LOOKUP_KEY_MAX];
+    char key[CG_LOOKUP_KEY_MAX], reg_key[CG_LOOKUP_KEY_MAX];
     cg_store_rc_t rc;
     redisReply *r;
 
@@ -365,25 +471,26 @@ static cg_store_rc_t lookup_on(cg_store_t *st, redisContext *c, int64_t deadline
         snprintf(err, errlen, "index key too long");
         return CG_STORE_ERROR;
     }
-    const char *gargv[2] = { "GET", key };
-    size_t glens[2] = { 3, (size_t)klen };
-    r = command_st(c, deadline, err, errlen, "GET", 2, gargv, glens, broken);
-    if (r == NULL)
-        return CG_STORE_ERROR;
-    /* After an error reply the connection is not reused. */
-    *broken = r->type == REDIS_REPLY_ERROR ? CONN_BROKEN : CONN_OK;
-    rc = cg_lookup_index_reply(st->prefix, r, key, sizeof(key), &klen, err, errlen);
+    if ((r = lookup_cmd(c, deadline, "GET", key, klen, NULL, broken, &rc, err, errlen)) == NULL)
+        return rc;
+    rc = cg_lookup_index_reply(st->prefix, r, reg_key, sizeof(reg_key), &klen, err, errlen);
     freeReplyObject(r);
     if (rc != CG_STORE_OK)
         return rc;
 
-    const char *hargv[2] = { "HGETALL", key };
-    size_t hlens[2] = { 7, (size_t)klen };
-    r = command_st(c, deadline, err, errlen, "HGETALL", 2, hargv, hlens, broken);
-    if (r == NULL)
-        return CG_STORE_ERROR;
-    *broken = r->type == REDIS_REPLY_ERROR ? CONN_BROKEN : CONN_OK;
-    rc = cg_lookup_record_reply(r, leaf, out, err, errlen);
+    if ((r = lookup_cmd(c, deadline, "HGETALL", reg_key, klen, NULL, broken, &rc, err,
+                        errlen)) == NULL)
+        return rc;
+    rc = cg_lookup_reg_reply(st->prefix, reg_key, r, leaf, out, key, sizeof(key), &klen, err,
+                             errlen);
+    freeReplyObject(r);
+    if (rc != CG_STORE_OK)
+        return rc;
+
+    if ((r = lookup_cmd(c, deadline, "HGET", key, klen, CG_LOOKUP_OWNER_FIELD, broken, &rc, err,
+                        errlen)) == NULL)
+        return rc;
+    rc = cg_lookup_owner_reply(r, out, err, errlen);
     freeReplyObject(r);
     return rc;
 }
@@ -394,18 +501,19 @@ cg_store_rc_t cg_store_lookup(cg_store_t *st, const cg_fp_t *leaf, cg_reg_t *out
     int64_t deadline = now_ms() + st->timeout_ms;
     int broken = 0, pooled = 0;
     redisContext *c = NULL;
+    cg_store_rc_t rc;
 
-    if ((c = take(st, deadline, &pooled, err, errlen)) == NULL)
-        return CG_STORE_ERROR;
+    if ((c = take(st, deadline, &pooled, &rc, err, errlen)) == NULL)
+        return rc;
 
-    cg_store_rc_t rc = lookup_on(st, c, deadline, leaf, out, err, errlen, &broken);
+    rc = lookup_on(st, c, deadline, leaf, out, err, errlen, &broken);
     if (broken == CONN_BROKEN && pooled && c->err != 0) {
         /* An idle connection found dead (Redis restarted, or the server closed
          * it): the others are likely dead too. Retry once on a new one. */
         redisFree(c);
         cg_store_drop_idle(st);
-        if ((c = connect_new(st, deadline, err, errlen)) == NULL)
-            return CG_STORE_ERROR;
+        if ((c = connect_new(st, deadline, &rc, err, errlen)) == NULL)
+            return rc;
         rc = lookup_on(st, c, deadline, leaf, out, err, errlen, &broken);
     }
     release(st, c, !broken);
@@ -471,21 +579,23 @@ cg_store_rc_t cg_store_pipeline(cg_store_t *st, int timeout_ms, size_t n, const 
 {
     int64_t deadline = now_ms() + timeout_ms;
     int pooled = 0, state = CONN_OK;
+    cg_store_rc_t why;
     memset(out, 0, n * sizeof(*out));
-    redisContext *c = take(st, deadline, &pooled, err, errlen);
+    redisContext *c = take(st, deadline, &pooled, &why, err, errlen);
     if (c == NULL)
-        return CG_STORE_ERROR;
+        return why;
     int rc = run_pipeline(c, deadline, n, argcs, argvs, lens, out, err, errlen, &state);
     if (rc != 0 && state == CONN_BROKEN && pooled && c->err != 0) {
         /* A dead idle connection: the server never saw these commands. */
         redisFree(c);
         cg_store_drop_idle(st);
-        if ((c = connect_new(st, deadline, err, errlen)) == NULL)
-            return CG_STORE_ERROR;
+        if ((c = connect_new(st, deadline, &why, err, errlen)) == NULL)
+            return why;
         rc = run_pipeline(c, deadline, n, argcs, argvs, lens, out, err, errlen, &state);
     }
+    why = rc == 0 ? CG_STORE_OK : broken_rc(c, state);
     release(st, c, rc == 0);
-    return rc == 0 ? CG_STORE_OK : CG_STORE_ERROR;
+    return why;
 }
 
 cg_store_rc_t cg_store_cmd(cg_store_t *st, int timeout_ms, int argc, const char **argv,

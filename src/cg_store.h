@@ -24,9 +24,28 @@ typedef struct {
 typedef enum {
     CG_STORE_OK = 0,
     CG_STORE_NOTFOUND,       /* no registration for that fingerprint */
-    CG_STORE_ERROR,          /* unreachable, timeout, protocol or auth error */
-    CG_STORE_CORRUPT         /* a record that does not decode */
+    CG_STORE_ERROR,          /* another error reply (LOADING, OOM...), protocol or local error */
+    CG_STORE_CORRUPT,        /* a record or key that does not decode (WRONGTYPE included) */
+    CG_STORE_TIMEOUT,        /* the deadline ran out */
+    CG_STORE_CONN,           /* no connection: refused, reset, closed, AUTH failed */
+    CG_STORE_PERM,           /* Redis refused a command by ACL (NOPERM) */
+    CG_STORE__COUNT
 } cg_store_rc_t;
+
+/* A failure (not OK, not NOTFOUND). */
+static inline int cg_store_failed(cg_store_rc_t rc)
+{
+    return rc != CG_STORE_OK && rc != CG_STORE_NOTFOUND;
+}
+
+/* Label of a result: ok, notfound, error, corrupt, timeout, connection, permission. */
+const char *cg_store_rc_name(cg_store_rc_t rc);
+
+struct redisReply;
+
+/* The kind of a reply: CG_STORE_OK unless it is an error reply, then CG_STORE_PERM
+ * (NOPERM), CG_STORE_CORRUPT (WRONGTYPE) or CG_STORE_ERROR. */
+cg_store_rc_t cg_store_reply_kind(const struct redisReply *r);
 
 typedef struct cg_store cg_store_t;
 
@@ -38,18 +57,18 @@ void cg_store_free(cg_store_t *st);
 int cg_store_cfg_check(const cg_store_cfg_t *cfg, char *err, size_t errlen);
 
 /*
- * Look up the registration of a leaf. Thread-safe. Bounded by timeout_ms.
- * err gets a short description on ERROR/CORRUPT; it never holds the password.
+ * Look up the registration of a leaf and its app's owner. Thread-safe. Bounded
+ * by timeout_ms. err gets a short description on failures; it never holds the
+ * password.
  */
 cg_store_rc_t cg_store_lookup(cg_store_t *st, const cg_fp_t *leaf, cg_reg_t *out,
                               char *err, size_t errlen);
 
-struct redisReply;
-
 /*
  * One command for the admin API, within timeout_ms. CG_STORE_OK with *out set
  * (free with cg_store_reply_free) when Redis answered, error replies included
- * (out->type is then REDIS_REPLY_ERROR); CG_STORE_ERROR when it did not.
+ * (out->type is then REDIS_REPLY_ERROR: see cg_store_reply_kind); else
+ * CG_STORE_TIMEOUT, CG_STORE_CONN or CG_STORE_ERROR.
  */
 cg_store_rc_t cg_store_cmd(cg_store_t *st, int timeout_ms, int argc, const char **argv,
                            const size_t *lens, struct redisReply **out, char *err, size_t errlen);
@@ -67,14 +86,27 @@ void cg_store_reply_free(struct redisReply *r);
 
 /*
  * The lookup without I/O, for clients that do their own (the nginx adapter's
- * async one): GET the index key, feed the reply to cg_lookup_index_reply, which
- * on CG_STORE_OK writes the record key; HGETALL that, and feed the reply to
- * cg_lookup_record_reply. Keys fit in CG_LOOKUP_KEY_MAX bytes.
+ * async one). Three commands on one connection:
+ *  1. GET the index key (cg_lookup_index_cmd); feed the reply to
+ *     cg_lookup_index_reply, which on CG_STORE_OK writes the record key.
+ *  2. HGETALL that key; feed the reply to cg_lookup_reg_reply, which checks the
+ *     record's id and fingerprint and on CG_STORE_OK writes the owner key.
+ *  3. HGET owner_key CG_LOOKUP_OWNER_FIELD; feed the reply to
+ *     cg_lookup_owner_reply, which sets out->app_owner and app_owner_state.
+ * Keys fit in CG_LOOKUP_KEY_MAX bytes.
  */
 #define CG_LOOKUP_KEY_MAX (CG_PREFIX_MAX + 16 + CG_ID_MAX + CG_FP_HEX_LEN)
+#define CG_LOOKUP_OWNER_FIELD "customer_id"
 int cg_lookup_index_cmd(const char *prefix, const cg_fp_t *leaf, char *key, size_t cap);
 cg_store_rc_t cg_lookup_index_reply(const char *prefix, const struct redisReply *r, char *key,
                                     size_t cap, int *klen, char *err, size_t errlen);
+cg_store_rc_t cg_lookup_reg_reply(const char *prefix, const char *reg_key,
+                                  const struct redisReply *r, const cg_fp_t *leaf, cg_reg_t *out,
+                                  char *owner_key, size_t cap, int *klen, char *err,
+                                  size_t errlen);
+cg_store_rc_t cg_lookup_owner_reply(const struct redisReply *r, cg_reg_t *out, char *err,
+                                    size_t errlen);
+/* Decode and check the fingerprint only (step 2 without the id check). */
 cg_store_rc_t cg_lookup_record_reply(const struct redisReply *r, const cg_fp_t *leaf,
                                      cg_reg_t *out, char *err, size_t errlen);
 

@@ -69,6 +69,17 @@ class Redis:
 
     ACL_USER = "certgate-gate"
     ACL_PASSWORD = "test-acl-secret"
+    ADMIN_ACL_USER = "certgate-admin"
+    ADMIN_ACL_PASSWORD = "test-acl-admin-secret"
+    # The two ACL users of docs/operator-guide.md, command for command (test_store_kinds
+    # checks the guide says the same): a gateway (gate, usage counters, metrics scrape,
+    # expiry scan) and a server that also hosts the admin API.
+    GATE_ACL = ["+get", "+hgetall", "+hget", "+select", "+ping", "+subscribe", "+eval",
+                "+hincrby", "+hset", "+smembers", "+hmget", "+hsetnx", "+xadd", "+type"]
+    ADMIN_ACL = GATE_ACL + ["+exists", "+hexists", "+set", "+sadd", "+incr", "+publish", "+zadd",
+                            "+zrange", "+xrange", "+time"]
+    # The guide's patterns are for the default prefix; the harness adds cgx: for the prefix tests.
+    ACL_KEYS = ["~certgate:*", "&certgate:*", "~cgx:*", "&cgx:*"]
 
     def __init__(self, workdir, port=None):
         self.dir = os.path.join(workdir, "redis")
@@ -92,11 +103,11 @@ class Redis:
             try:
                 c = self.client()
                 c.ping()
-                # The gate's ACL user exactly as docs/operator-guide.md gives it.
+                # The ACL users exactly as docs/operator-guide.md gives them.
                 c.execute_command("ACL", "SETUSER", self.ACL_USER, "on", ">" + self.ACL_PASSWORD,
-                                  "~certgate:*", "~cgx:*", "&certgate:*", "&cgx:*", "+get",
-                                  "+hgetall", "+select", "+ping", "+subscribe", "+eval",
-                                  "+hincrby", "+hget", "+hset")
+                                  *(self.ACL_KEYS + self.GATE_ACL))
+                c.execute_command("ACL", "SETUSER", self.ADMIN_ACL_USER, "on",
+                                  ">" + self.ADMIN_ACL_PASSWORD, *(self.ACL_KEYS + self.ADMIN_ACL))
                 return self
             except redis_py.exceptions.BusyLoadingError:
                 if time.monotonic() > deadline:
@@ -348,8 +359,11 @@ class Httpd(WebServer):
 
 
 def register(r, cert, app, status="APPROVED", chain=None, activate_at=None, retire_at=None,
-             reg_id=None, prefix="certgate:", valid_from=None, valid_to=None, customer="cust-1"):
-    """Write a registration as the admin handler will: record, fingerprint index, app set."""
+             reg_id=None, prefix="certgate:", valid_from=None, valid_to=None, customer="cust-1",
+             appinfo=True, app_owner=None):
+    """Write a registration as the admin handler will: record, fingerprint index, app set,
+    and the app's record {prefix}appinfo:{app} owned by `customer` (by `app_owner` if given;
+    none with appinfo=False) in the set {prefix}apps."""
     reg_id = reg_id or "reg-" + cert.fingerprint[:16]
     chain = cert.chain_fingerprints if chain is None else chain
     record = {
@@ -371,6 +385,10 @@ def register(r, cert, app, status="APPROVED", chain=None, activate_at=None, reti
     p.sadd(prefix + "app:" + app, reg_id)
     p.sadd(prefix + "regs", reg_id)
     p.set(prefix + "schema", "1")
+    if appinfo:
+        p.hset(prefix + "appinfo:" + app,
+               mapping={"id": app, "customer_id": customer if app_owner is None else app_owner})
+        p.sadd(prefix + "apps", app)
     p.execute()
     invalidate(r, cert.fingerprint, prefix)
     return reg_id

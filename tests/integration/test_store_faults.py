@@ -59,7 +59,7 @@ def test_paused_redis_answers_503_within_timeout(stack, pki):
         stack.redis.resume()
     assert wait_for_200(stack, pki.leaf).status_code == 200
     log = stack.server.read_log()
-    assert "CG02001" in log and "timeout" in log
+    assert "CG02004" in log and "timeout" in log   # the timeout tag (CG02001 before)
 
 
 def test_killed_redis_answers_503_then_recovers(stack, pki):

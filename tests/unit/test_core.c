@@ -500,7 +500,7 @@ static void test_store_unreachable_is_bounded(void **state)
     cg_fp_t leaf = fp_of(1);
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
-    assert_int_equal(cg_store_lookup(st, &leaf, &r, err, sizeof(err)), CG_STORE_ERROR);
+    assert_int_equal(cg_store_lookup(st, &leaf, &r, err, sizeof(err)), CG_STORE_CONN);
     clock_gettime(CLOCK_MONOTONIC, &t1);
     double ms = (double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6;
     assert_true(ms < 150 + 100);
@@ -694,6 +694,149 @@ static void test_lookup_steps(void **state)
                      CG_STORE_NOTFOUND);
 }
 
+/* Error replies keep their kind: an ACL refusal is not damage. */
+static void test_store_result_kinds(void **state)
+{
+    (void)state;
+    redisReply noperm = str_reply(REDIS_REPLY_ERROR,
+                                  "NOPERM User gw has no permissions to run the 'get' command");
+    redisReply wrongtype = str_reply(REDIS_REPLY_ERROR, "WRONGTYPE Operation against a key");
+    redisReply loading = str_reply(REDIS_REPLY_ERROR, "LOADING Redis is loading");
+    redisReply nopermish = str_reply(REDIS_REPLY_ERROR, "NOPERMX something");
+    redisReply ok = str_reply(REDIS_REPLY_STRING, "NOPERM");
+    assert_int_equal(cg_store_reply_kind(&noperm), CG_STORE_PERM);
+    assert_int_equal(cg_store_reply_kind(&wrongtype), CG_STORE_CORRUPT);
+    assert_int_equal(cg_store_reply_kind(&loading), CG_STORE_ERROR);
+    assert_int_equal(cg_store_reply_kind(&nopermish), CG_STORE_ERROR);
+    assert_int_equal(cg_store_reply_kind(&ok), CG_STORE_OK);
+    char key[CG_LOOKUP_KEY_MAX], err[128];
+    int klen;
+    assert_int_equal(cg_lookup_index_reply("p:", &noperm, key, sizeof(key), &klen, err,
+                                           sizeof(err)), CG_STORE_PERM);
+    assert_non_null(strstr(err, "NOPERM"));
+    assert_false(cg_store_failed(CG_STORE_OK));
+    assert_false(cg_store_failed(CG_STORE_NOTFOUND));
+    const cg_store_rc_t bad[] = { CG_STORE_ERROR, CG_STORE_CORRUPT, CG_STORE_TIMEOUT,
+                                  CG_STORE_CONN, CG_STORE_PERM };
+    const char *names[] = { "error", "corrupt", "timeout", "connection", "permission" };
+    for (size_t i = 0; i < 5; i++) {
+        assert_true(cg_store_failed(bad[i]));
+        assert_string_equal(cg_store_rc_name(bad[i]), names[i]);
+    }
+
+    cg_metrics_t m;
+    cg_metrics_init(&m);
+    cg_metrics_store(&m, 100, CG_STORE_PERM);
+    cg_metrics_store(&m, 100, CG_STORE_CONN);
+    cg_metrics_store(&m, 100, CG_STORE_CONN);
+    cg_metrics_store(&m, 100, CG_STORE_NOTFOUND);
+    cg_store_stats_t st = { .ok = 0, .fail = CG_STORE_PERM };
+    char *t = cg_metrics_render(&m, &st);
+    assert_non_null(t);
+    assert_non_null(strstr(t, "certgate_redis_lookups_total{outcome=\"permission\"} 1\n"));
+    assert_non_null(strstr(t, "certgate_redis_lookups_total{outcome=\"connection\"} 2\n"));
+    assert_non_null(strstr(t, "certgate_redis_lookups_total{outcome=\"ok\"} 1\n"));
+    assert_non_null(strstr(t, "certgate_redis_lookups_total{outcome=\"corrupt\"} 0\n"));
+    assert_non_null(strstr(t, "certgate_redis_lookup_seconds_count 4\n"));
+    assert_non_null(strstr(t, "certgate_store_up 0\n"));
+    assert_non_null(strstr(t, "certgate_store_scrape_error{kind=\"permission\"} 1\n"));
+    assert_non_null(strstr(t, "certgate_store_scrape_error{kind=\"corrupt\"} 0\n"));
+    free(t);
+    st.ok = 1;
+    t = cg_metrics_render(&m, &st);
+    assert_non_null(t);
+    assert_non_null(strstr(t, "certgate_store_scrape_error{kind=\"permission\"} 0\n"));
+    free(t);
+}
+
+/* Step 2 checks the record's id against its key; step 3 reads the app's owner. */
+static void test_lookup_id_and_owner_steps(void **state)
+{
+    (void)state;
+    char key[CG_LOOKUP_KEY_MAX], err[128];
+    int klen = 0;
+    cg_fp_t leaf;
+    memset(&leaf, 0xab, sizeof(leaf));
+    char hex[CG_FP_HEX_LEN + 1];
+    cg_fp_to_hex(&leaf, hex);
+    const char *kv[] = { "id", "r1", "app_id", "app1", "status", "APPROVED", "fingerprint", hex,
+                         "customer_id", "c1", "valid_from", "1", "valid_to", "2" };
+    redisReply el[14], *elp[14];
+    for (int i = 0; i < 14; i++) {
+        el[i] = str_reply(REDIS_REPLY_STRING, kv[i]);
+        elp[i] = &el[i];
+    }
+    redisReply arr;
+    memset(&arr, 0, sizeof(arr));
+    arr.type = REDIS_REPLY_ARRAY;
+    arr.elements = 14;
+    arr.element = elp;
+    cg_reg_t reg;
+    assert_int_equal(cg_lookup_reg_reply("p:", "p:reg:r1", &arr, &leaf, &reg, key, sizeof(key),
+                                         &klen, err, sizeof(err)), CG_STORE_OK);
+    assert_string_equal(key, "p:appinfo:app1");
+    assert_int_equal(klen, 14);
+    assert_int_equal(reg.app_owner_state, CG_OWNER_UNREAD);
+    /* {p}reg:r2 holding id=r1: a store error, never served. */
+    assert_int_equal(cg_lookup_reg_reply("p:", "p:reg:r2", &arr, &leaf, &reg, key, sizeof(key),
+                                         &klen, err, sizeof(err)), CG_STORE_CORRUPT);
+    assert_non_null(strstr(err, "id"));
+    assert_int_equal(cg_lookup_reg_reply("p:", "p:reg:r10", &arr, &leaf, &reg, key, sizeof(key),
+                                         &klen, err, sizeof(err)), CG_STORE_CORRUPT);
+    assert_int_equal(cg_lookup_reg_reply("q:", "p:reg:r1", &arr, &leaf, &reg, key, sizeof(key),
+                                         &klen, err, sizeof(err)), CG_STORE_CORRUPT);
+
+    redisReply owner = str_reply(REDIS_REPLY_STRING, "c1");
+    assert_int_equal(cg_lookup_owner_reply(&owner, &reg, err, sizeof(err)), CG_STORE_OK);
+    assert_int_equal(reg.app_owner_state, CG_OWNER_READ);
+    assert_string_equal(reg.app_owner, "c1");
+    redisReply nil = str_reply(REDIS_REPLY_NIL, NULL);
+    assert_int_equal(cg_lookup_owner_reply(&nil, &reg, err, sizeof(err)), CG_STORE_OK);
+    assert_int_equal(reg.app_owner_state, CG_OWNER_NONE);
+    assert_string_equal(reg.app_owner, "");
+    redisReply bad = str_reply(REDIS_REPLY_STRING, "c:1");
+    assert_int_equal(cg_lookup_owner_reply(&bad, &reg, err, sizeof(err)), CG_STORE_CORRUPT);
+    redisReply empty = str_reply(REDIS_REPLY_STRING, "");
+    assert_int_equal(cg_lookup_owner_reply(&empty, &reg, err, sizeof(err)), CG_STORE_CORRUPT);
+    redisReply wrongtype = str_reply(REDIS_REPLY_ERROR, "WRONGTYPE Operation against a key");
+    assert_int_equal(cg_lookup_owner_reply(&wrongtype, &reg, err, sizeof(err)), CG_STORE_CORRUPT);
+    redisReply noperm = str_reply(REDIS_REPLY_ERROR, "NOPERM no permissions to run 'hget'");
+    assert_int_equal(cg_lookup_owner_reply(&noperm, &reg, err, sizeof(err)), CG_STORE_PERM);
+    assert_int_equal(reg.app_owner_state, CG_OWNER_NONE);
+}
+
+/* The app's owner must be the registration's customer; checked with the app. */
+static void test_app_owner_decision(void **state)
+{
+    (void)state;
+    fixture_t f = fx();
+    strcpy(f.reg.customer_id, "cust-1");
+    f.reg.app_owner_state = CG_OWNER_READ;
+    strcpy(f.reg.app_owner, "cust-1");
+    assert_int_equal(decide(&f, 2), CG_ALLOW);
+    f.in.app = "app1";
+    assert_int_equal(decide(&f, 2), CG_ALLOW);
+    strcpy(f.reg.app_owner, "cust-2");                  /* another customer's app */
+    assert_int_equal(decide(&f, 2), CG_R_APP_MISMATCH);
+    f.in.app = NULL;                                    /* even where no app is named */
+    assert_int_equal(decide(&f, 2), CG_R_APP_MISMATCH);
+    f.reg.app_owner_state = CG_OWNER_NONE;              /* no owner record */
+    strcpy(f.reg.app_owner, "");
+    assert_int_equal(decide(&f, 2), CG_R_APP_MISMATCH);
+    f.reg.customer_id[0] = '\0';                        /* "" is not an owner either */
+    assert_int_equal(decide(&f, 2), CG_R_APP_MISMATCH);
+    /* Before the status: a pending cert of another customer's app reads app_mismatch. */
+    f = fx();
+    strcpy(f.reg.customer_id, "cust-1");
+    f.reg.app_owner_state = CG_OWNER_READ;
+    strcpy(f.reg.app_owner, "cust-2");
+    f.reg.status = CG_STATUS_PENDING;
+    assert_int_equal(decide(&f, 2), CG_R_APP_MISMATCH);
+    /* After registration: an unregistered leaf stays unregistered. */
+    f.leaf = fp_of(9);
+    assert_int_equal(decide(&f, 2), CG_R_UNREGISTERED);
+}
+
 static void test_deny_body(void **state)
 {
     (void)state;
@@ -720,6 +863,9 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_allow),
         cmocka_unit_test(test_lookup_steps),
+        cmocka_unit_test(test_store_result_kinds),
+        cmocka_unit_test(test_lookup_id_and_owner_steps),
+        cmocka_unit_test(test_app_owner_decision),
         cmocka_unit_test(test_conn_entry),
         cmocka_unit_test(test_deny_body),
         cmocka_unit_test(test_no_client_cert),
