@@ -100,6 +100,7 @@ static char *cg_set_app_from(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 static char *cg_set_gate(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 static ngx_int_t cg_init_process(ngx_cycle_t *cycle);
 static ngx_int_t cg_rewrite_handler(ngx_http_request_t *r);
+static ngx_int_t cg_access_handler(ngx_http_request_t *r);
 static ngx_http_output_header_filter_pt cg_next_header_filter;
 static void cg_exit_process(ngx_cycle_t *cycle);
 
@@ -390,29 +391,31 @@ static void cg_usage_flushed(void *arg, size_t written, size_t dropped, const ch
 
 /*
  * Handlers of a phase run in reverse order of registration, so a module loaded
- * after us could still answer before the gate. The phase engine is built once
- * all modules registered: move our handler to the front of the location
- * rewrite phase (all entries of a phase share checker and next).
+ * after us could still answer (return) or admit (satisfy any) before the gate.
+ * The phase engine is built once all modules registered: move our handler to
+ * the front of its phase (the entries of one phase share checker and next).
  */
+static void cg_run_first(ngx_http_core_main_conf_t *cmcf, ngx_http_handler_pt handler)
+{
+    ngx_http_phase_handler_t *ph = cmcf->phase_engine.handlers;
+    ngx_uint_t i;
+    for (i = 0; ph[i].checker != NULL && ph[i].handler != handler; i++)
+        ;
+    if (ph[i].checker == NULL)
+        return;
+    for (; i > 0 && ph[i - 1].checker == ph[i].checker && ph[i - 1].next == ph[i].next; i--)
+        ph[i].handler = ph[i - 1].handler;
+    ph[i].handler = handler;
+}
+
 static void cg_gate_first(ngx_cycle_t *cycle)
 {
     ngx_http_core_main_conf_t *cmcf = ngx_http_cycle_get_module_main_conf(cycle,
                                                                           ngx_http_core_module);
-    if (cmcf == NULL || cmcf->phase_engine.handlers == NULL ||
-        cmcf->phase_engine.location_rewrite_index == (ngx_uint_t) -1)
+    if (cmcf == NULL || cmcf->phase_engine.handlers == NULL)
         return;
-    ngx_http_phase_handler_t *ph = cmcf->phase_engine.handlers;
-    ngx_uint_t first = cmcf->phase_engine.location_rewrite_index;
-    for (ngx_uint_t i = first; i < ph[first].next; i++) {
-        if (ph[i].checker != ph[first].checker)
-            return;
-        if (ph[i].handler != cg_rewrite_handler)
-            continue;
-        for (; i > first; i--)
-            ph[i].handler = ph[i - 1].handler;
-        ph[first].handler = cg_rewrite_handler;
-        return;
-    }
+    cg_run_first(cmcf, cg_rewrite_handler);
+    cg_run_first(cmcf, cg_access_handler);
 }
 
 static ngx_int_t cg_init_process(ngx_cycle_t *cycle)
@@ -1277,8 +1280,8 @@ static ngx_int_t cg_init(ngx_conf_t *cf)
     if (!mc->used)
         return NGX_OK;
     /* The gate runs in the rewrite phase, ahead of the rewrite module's
-     * return/rewrite (see cg_gate_first); the access handler checks an app
-     * named by a variable and stays first there, so "satisfy any" cannot skip it. */
+     * return/rewrite; the access handler checks an app named by a variable.
+     * Both are moved to the front of their phase (cg_gate_first). */
     ngx_http_handler_pt *h = ngx_array_push(&cmcf->phases[NGX_HTTP_REWRITE_PHASE].handlers);
     if (h == NULL)
         return NGX_ERROR;
