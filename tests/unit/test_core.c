@@ -210,6 +210,19 @@ static void test_header_name_same(void **state)
     assert_false(cg_header_name_same(NULL, 0, "x", 1));
 }
 
+static void test_metrics_count_app_ambiguous(void **state)
+{
+    (void)state;
+    cg_metrics_t m;
+    cg_metrics_init(&m);
+    cg_metrics_decision(&m, CG_R_APP_AMBIGUOUS);
+    cg_store_stats_t st = { .ok = 1 };
+    char *t = cg_metrics_render(&m, &st);
+    assert_non_null(t);
+    assert_non_null(strstr(t, "certgate_decisions_total{result=\"deny\",reason=\"app_ambiguous\"} 1\n"));
+    free(t);
+}
+
 static void test_chain_rules(void **state)
 {
     (void)state;
@@ -763,6 +776,7 @@ int main(void)
         cmocka_unit_test(test_app_mismatch),
         cmocka_unit_test(test_app_ambiguous),
         cmocka_unit_test(test_header_name_same),
+        cmocka_unit_test(test_metrics_count_app_ambiguous),
         cmocka_unit_test(test_chain_rules),
         cmocka_unit_test(test_check_order),
         cmocka_unit_test(test_reason_names_and_status),
