@@ -1138,10 +1138,33 @@ static void export_allow(request_rec *r, const cg_dir_t *d, const cg_reg_t *reg,
     }
 }
 
+/* Whether name is one of ours for a backend: "Client_Cert" reaches CGI/WSGI
+ * as HTTP_CLIENT_CERT just like "Client-Cert". */
+static int is_forward_header(const char *name)
+{
+    size_t len = strlen(name);
+    for (int i = 0; forward_headers[i] != NULL; i++)
+        if (cg_header_name_same(name, len, forward_headers[i], strlen(forward_headers[i])))
+            return 1;
+    return 0;
+}
+
 static void strip_incoming(request_rec *r)
 {
-    for (int i = 0; forward_headers[i] != NULL; i++)
-        apr_table_unset(r->headers_in, forward_headers[i]);
+    const apr_array_header_t *arr = apr_table_elts(r->headers_in);
+    const apr_table_entry_t *e = (const apr_table_entry_t *)arr->elts;
+    apr_array_header_t *drop = NULL;
+
+    /* Collect first: unsetting while walking the table would skip entries. */
+    for (int i = 0; i < arr->nelts; i++) {
+        if (e[i].key == NULL || !is_forward_header(e[i].key))
+            continue;
+        if (drop == NULL)
+            drop = apr_array_make(r->pool, 4, sizeof(const char *));
+        *(const char **)apr_array_push(drop) = e[i].key;
+    }
+    for (int i = 0; drop != NULL && i < drop->nelts; i++)
+        apr_table_unset(r->headers_in, ((const char **)drop->elts)[i]);
     for (int i = 0; export_vars[i] != NULL; i++)
         apr_table_unset(r->subprocess_env, export_vars[i]);
 }
@@ -1161,13 +1184,33 @@ static void copy_exports(request_rec *r, request_rec *first)
     }
 }
 
-static const char *request_app(request_rec *r, const cg_dir_t *d)
+/*
+ * The app the request names. From a header, every header whose name is the
+ * configured one up to case and '_'/'-' counts (a backend reads them all as
+ * the same variable); more than one, or a ',' list (httpd joins repeated
+ * lines, and HTTP/2 fields, with ", "), sets *ambiguous.
+ */
+static const char *request_app(request_rec *r, const cg_dir_t *d, int *ambiguous)
 {
-    if (d->app_from == APP_FROM_HEADER)
-        return apr_table_get(r->headers_in, d->app_name);
+    *ambiguous = 0;
     if (d->app_from == APP_FROM_ENV)
         return apr_table_get(r->subprocess_env, d->app_name);
-    return NULL;
+    if (d->app_from != APP_FROM_HEADER)
+        return NULL;
+    const apr_array_header_t *arr = apr_table_elts(r->headers_in);
+    const apr_table_entry_t *e = (const apr_table_entry_t *)arr->elts;
+    size_t nlen = strlen(d->app_name);
+    const char *v = NULL;
+    int n = 0;
+    for (int i = 0; i < arr->nelts; i++) {
+        if (e[i].key == NULL || !cg_header_name_same(e[i].key, strlen(e[i].key), d->app_name, nlen))
+            continue;
+        n++;
+        v = e[i].val != NULL ? e[i].val : "";
+    }
+    if (n > 1 || (v != NULL && cg_app_value_is_list(v, strlen(v))))
+        *ambiguous = 1;
+    return v;
 }
 
 static int cg_fixups(request_rec *r)
@@ -1201,6 +1244,7 @@ static int cg_fixups(request_rec *r)
     cg_peer_t peer;
     const char *cert_hdr = NULL, *chain_hdr = NULL;
     const char *app = NULL;
+    int app_ambiguous = 0;
     char fp_hex[CG_FP_HEX_LEN + 1] = "-";
     cg_reg_t reg;
     const cg_reg_t *regp = NULL;
@@ -1216,12 +1260,13 @@ static int cg_fixups(request_rec *r)
         memset(&peer, 0, sizeof(peer));
     }
     if (d->app_from == APP_FROM_HEADER || d->app_from == APP_FROM_ENV) {
-        app = request_app(r, d);
+        app = request_app(r, d, &app_ambiguous);
         if (app == NULL)
             app = "";   /* the request names no app: nothing can match */
     }
 
-    if (peer.has_leaf) {
+    /* An ambiguous request is refused whatever the registration: no lookup. */
+    if (peer.has_leaf && !app_ambiguous) {
         char err[160];
         cg_fp_to_hex(&peer.leaf, fp_hex);
         cg_store_rc_t rc = sc->store ? lookup_reg(sc, cc, &peer.leaf, &reg, err, sizeof(err))
@@ -1263,6 +1308,7 @@ static int cg_fixups(request_rec *r)
         .chain_known = peer.chain_known,
         .verify_failed = peer.verify_failed,
         .app = app,
+        .app_ambiguous = app_ambiguous,
         .now = now,
         .reg = regp,
     };

@@ -3,7 +3,10 @@
  * client leaf and chain from the connection's SSL*, asks the core (src/) for
  * the decision, and turns it into a response. Redis I/O never blocks the
  * worker: lookups go through hiredis's async client on nginx's event loop and
- * the access handler is re-entered when the reply (or the timeout) arrives.
+ * the gate's handler is re-entered when the reply (or the timeout) arrives.
+ * The gate runs first in the rewrite phase, so a location's own "return" or
+ * "rewrite" cannot answer before it; an app named by a variable is checked in
+ * the access phase, where auth_request_set and "set" have run.
  */
 #include <ngx_config.h>
 #include <ngx_core.h>
@@ -55,7 +58,9 @@ typedef struct {
     cg_conn_entry_t dc;
 } cg_conn_t;
 
-enum { ST_NEW = 0, ST_PENDING, ST_LOOKED_UP, ST_DECIDED };
+/* ST_CERT_OK: the rewrite phase admitted the certificate for everything but
+ * the app, which comes from a variable and is checked in the access phase. */
+enum { ST_NEW = 0, ST_PENDING, ST_LOOKED_UP, ST_CERT_OK, ST_DECIDED };
 
 typedef struct cg_lookup_s cg_lookup_t;
 
@@ -73,6 +78,7 @@ typedef struct {
     /* The decision, for variables and for redirects after it. */
     cg_reason_t reason;
     ngx_str_t app_id, cert_id, fingerprint, expire_in;
+    ngx_int_t app_var;            /* ST_CERT_OK: the variable naming the app */
 } cg_req_t;
 
 /* Outlives the request if it must: hiredis owns it until its last callback. */
@@ -94,6 +100,9 @@ static char *cg_set_redis_auth(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 static char *cg_set_app_from(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 static char *cg_set_gate(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 static ngx_int_t cg_init_process(ngx_cycle_t *cycle);
+static ngx_int_t cg_rewrite_handler(ngx_http_request_t *r);
+static ngx_int_t cg_access_handler(ngx_http_request_t *r);
+static ngx_http_output_header_filter_pt cg_next_header_filter;
 static void cg_exit_process(ngx_cycle_t *cycle);
 
 static ngx_conf_enum_t cg_store_error_modes[] = {
@@ -381,10 +390,41 @@ static void cg_usage_flushed(void *arg, size_t written, size_t dropped, const ch
                       dropped, err ? ": " : "", err ? err : "");
 }
 
+/*
+ * Handlers of a phase run in reverse order of registration, so a module loaded
+ * after us could still answer (return) or admit (satisfy any) before the gate.
+ * The phase engine is built once all modules registered: move our handler to
+ * the front of its phase (the entries of one phase share checker and next).
+ */
+static void cg_run_first(ngx_http_core_main_conf_t *cmcf, ngx_http_handler_pt handler)
+{
+    ngx_http_phase_handler_t *ph = cmcf->phase_engine.handlers;
+    ngx_uint_t i;
+    for (i = 0; ph[i].checker != NULL && ph[i].handler != handler; i++)
+        ;
+    if (ph[i].checker == NULL)
+        return;
+    for (; i > 0 && ph[i - 1].checker == ph[i].checker && ph[i - 1].next == ph[i].next; i--)
+        ph[i].handler = ph[i - 1].handler;
+    ph[i].handler = handler;
+}
+
+static void cg_gate_first(ngx_cycle_t *cycle)
+{
+    ngx_http_core_main_conf_t *cmcf = ngx_http_cycle_get_module_main_conf(cycle,
+                                                                          ngx_http_core_module);
+    if (cmcf == NULL || cmcf->phase_engine.handlers == NULL)
+        return;
+    cg_run_first(cmcf, cg_rewrite_handler);
+    cg_run_first(cmcf, cg_access_handler);
+}
+
 static ngx_int_t cg_init_process(ngx_cycle_t *cycle)
 {
     char err[256];
     cg_store_cfg_t scfg;
+
+    cg_gate_first(cycle);
 
     cg_mcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_http_certgate_module);
     if (cg_mcf == NULL || !cg_mcf->used
@@ -652,19 +692,29 @@ static ngx_int_t cg_header_is(const ngx_table_elt_t *h, const ngx_str_t *name)
     return h->key.len == name->len && ngx_strncasecmp(h->key.data, name->data, name->len) == 0;
 }
 
+/* One of ours for a backend: "Client_Cert" (with underscores_in_headers on)
+ * is read as HTTP_CLIENT_CERT by CGI/WSGI and as $http_client_cert by nginx. */
+static ngx_int_t cg_is_forward_header(const ngx_table_elt_t *h)
+{
+    const ngx_uint_t nf = sizeof(cg_forward_headers) / sizeof(cg_forward_headers[0]);
+    for (ngx_uint_t k = 0; k < nf; k++)
+        if (cg_header_name_same((const char *) h->key.data, h->key.len,
+                                (const char *) cg_forward_headers[k].data,
+                                cg_forward_headers[k].len))
+            return 1;
+    return 0;
+}
+
 static ngx_int_t cg_strip_incoming(ngx_http_request_t *r)
 {
     ngx_list_part_t *part;
     ngx_table_elt_t *h;
-    ngx_uint_t i, k, hit = 0, total = 0;
-    const ngx_uint_t nf = sizeof(cg_forward_headers) / sizeof(cg_forward_headers[0]);
+    ngx_uint_t i, hit = 0, total = 0;
 
     for (part = &r->headers_in.headers.part; part; part = part->next) {
         h = part->elts;
         for (i = 0; i < part->nelts; i++, total++)
-            for (k = 0; k < nf; k++)
-                if (cg_header_is(&h[i], &cg_forward_headers[k]))
-                    hit++;
+            hit += (ngx_uint_t) cg_is_forward_header(&h[i]);
     }
     if (hit == 0)
         return NGX_OK;
@@ -679,9 +729,7 @@ static ngx_int_t cg_strip_incoming(ngx_http_request_t *r)
     for (part = &old.part; part; part = part->next) {
         h = part->elts;
         for (i = 0; i < part->nelts; i++) {
-            for (k = 0; k < nf && !cg_header_is(&h[i], &cg_forward_headers[k]); k++)
-                ;
-            if (k < nf)
+            if (cg_is_forward_header(&h[i]))
                 continue;
             ngx_table_elt_t *n = ngx_list_push(&r->headers_in.headers);
             if (n == NULL)
@@ -931,21 +979,34 @@ static ngx_int_t cg_export_allow(ngx_http_request_t *r, cg_loc_conf_t *lc, cg_re
     return NGX_OK;
 }
 
-static void cg_request_app(ngx_http_request_t *r, cg_loc_conf_t *lc, char *out, size_t cap)
+/*
+ * The app the request names, NUL-terminated in out. From a header, every
+ * header line whose name is the configured one up to case and '_'/'-' counts
+ * (HTTP/2 fields are lines too); more than one, or a ',' list, is ambiguous:
+ * returns 1. From a variable (app_var), its value now.
+ */
+static int cg_request_app(ngx_http_request_t *r, ngx_uint_t from, const ngx_str_t *name,
+                          ngx_int_t app_var, char *out, size_t cap)
 {
     ngx_str_t v = ngx_null_string;
-    if (lc->app_from == APP_FROM_HEADER) {
+    ngx_uint_t seen = 0;
+    if (from == APP_FROM_HEADER) {
         ngx_list_part_t *part;
-        for (part = &r->headers_in.headers.part; part && v.data == NULL; part = part->next) {
+        for (part = &r->headers_in.headers.part; part; part = part->next) {
             ngx_table_elt_t *h = part->elts;
             for (ngx_uint_t i = 0; i < part->nelts; i++)
-                if (cg_header_is(&h[i], &lc->app_name)) {
+                if (cg_header_name_same((const char *) h[i].key.data, h[i].key.len,
+                                        (const char *) name->data, name->len)) {
+                    seen++;
                     v = h[i].value;
-                    break;
                 }
         }
+        if (seen > 1 || cg_app_value_is_list((const char *) v.data, v.len)) {
+            out[0] = '\0';
+            return 1;
+        }
     } else {
-        ngx_http_variable_value_t *vv = ngx_http_get_indexed_variable(r, (ngx_uint_t) lc->app_var);
+        ngx_http_variable_value_t *vv = ngx_http_get_indexed_variable(r, (ngx_uint_t) app_var);
         if (vv != NULL && !vv->not_found) {
             v.data = vv->data;
             v.len = vv->len;
@@ -957,9 +1018,14 @@ static void cg_request_app(ngx_http_request_t *r, cg_loc_conf_t *lc, char *out, 
     if (v.len > 0)
         ngx_memcpy(out, v.data, v.len);
     out[v.len] = '\0';
+    return 0;
 }
 
-static ngx_int_t cg_access_handler(ngx_http_request_t *r)
+/*
+ * The gate, from the rewrite phase (in_rewrite) or the access phase. NGX_AGAIN:
+ * a lookup is in flight and will resume the phases.
+ */
+static ngx_int_t cg_gate(ngx_http_request_t *r, int in_rewrite)
 {
     cg_loc_conf_t *lc = ngx_http_get_module_loc_conf(r, ngx_http_certgate_module);
     cg_req_t *req = cg_req_find(r);
@@ -976,7 +1042,11 @@ static ngx_int_t cg_access_handler(ngx_http_request_t *r)
     if (req != NULL && req->state == ST_LOOKED_UP && req->ev.posted) {
         ngx_delete_posted_event(&req->ev);
     }
-    if (lc->enabled != 1)
+    /* Certificate admitted in the rewrite phase: the app is checked in the
+     * access phase, with the first gated location's variable. */
+    if (req != NULL && req->state == ST_CERT_OK && in_rewrite)
+        return NGX_DECLINED;
+    if (lc->enabled != 1 && (req == NULL || req->state != ST_CERT_OK))
         return NGX_DECLINED;
     if (req == NULL) {
         /* Fail closed: a spoofed header must never reach the upstream. */
@@ -1002,15 +1072,24 @@ static ngx_int_t cg_access_handler(ngx_http_request_t *r)
     }
     char app_buf[CG_APP_MAX + 2];
     const char *app = NULL;
-    if (lc->app_from != APP_FROM_NONE) {
-        cg_request_app(r, lc, app_buf, sizeof(app_buf));
+    int app_ambiguous = 0;
+    /* A variable may be set by this location's "set" or by auth_request_set:
+     * in the rewrite phase only the certificate is checked (app NULL). */
+    int app_later = in_rewrite && lc->app_from == APP_FROM_VARIABLE;
+    if (req->state == ST_CERT_OK) {
+        cg_request_app(r, APP_FROM_VARIABLE, NULL, req->app_var, app_buf, sizeof(app_buf));
+        app = app_buf;
+    } else if (lc->app_from != APP_FROM_NONE && !app_later) {
+        app_ambiguous = cg_request_app(r, lc->app_from, &lc->app_name, lc->app_var, app_buf,
+                                       sizeof(app_buf));
         app = app_buf;
     }
     char fp_hex[CG_FP_HEX_LEN + 1] = "-";
     const cg_reg_t *regp = NULL;
     int64_t now = (int64_t) ngx_time();
 
-    if (peer->has_leaf) {
+    /* An ambiguous request is refused whatever the registration: no lookup. */
+    if (peer->has_leaf && !app_ambiguous) {
         cg_fp_to_hex(&peer->leaf, fp_hex);
         int found = 0;
         if (req->state == ST_NEW) {
@@ -1023,7 +1102,8 @@ static ngx_int_t cg_access_handler(ngx_http_request_t *r)
                     return NGX_AGAIN;
                 req->rc = CG_STORE_CONN;
             }
-        } else if (req->rc == CG_STORE_OK || req->rc == CG_STORE_NOTFOUND) {
+        } else if (req->state == ST_LOOKED_UP &&
+                   (req->rc == CG_STORE_OK || req->rc == CG_STORE_NOTFOUND)) {
             cg_remember(cc, req, &peer->leaf, req->rc == CG_STORE_OK);
         }
         if (req->rc == CG_STORE_OK) {
@@ -1057,10 +1137,16 @@ static ngx_int_t cg_access_handler(ngx_http_request_t *r)
         .chain_known = peer->chain_known,
         .verify_failed = peer->verify_failed,
         .app = app,
+        .app_ambiguous = app_ambiguous,
         .now = now,
         .reg = regp,
     };
     cg_reason_t reason = cg_decide(&in);
+    if (reason == CG_ALLOW && app_later) {
+        req->state = ST_CERT_OK;
+        req->app_var = lc->app_var;
+        return NGX_DECLINED;
+    }
     req->state = ST_DECIDED;
     req->reason = reason;
     if (reason == CG_ALLOW) {
@@ -1100,6 +1186,56 @@ static ngx_int_t cg_access_handler(ngx_http_request_t *r)
                   regp ? regp->id : "-", &r->connection->addr_text,
                   peer->verify_failed ? " (TLS verification failed)" : "");
     return cg_respond_deny(r, reason);
+}
+
+static ngx_int_t cg_access_handler(ngx_http_request_t *r)
+{
+    return cg_gate(r, 0);
+}
+
+static ngx_int_t cg_rewrite_handler(ngx_http_request_t *r)
+{
+    /* Subrequests are not gated: the access phase skips them too. */
+    if (r != r->main)
+        return NGX_DECLINED;
+    ngx_int_t rc = cg_gate(r, 1);
+    /* This phase's checker finalizes the request on NGX_AGAIN; NGX_DONE waits
+     * for cg_resume, which runs the phases again from this handler. */
+    return rc == NGX_AGAIN ? NGX_DONE : rc;
+}
+
+/*
+ * A response made in the rewrite phase (a "return" after "set") of a location
+ * whose app comes from a variable, after the certificate was admitted and
+ * before the access phase checked the app: check the app now, and on a
+ * mismatch send a 403 without a body instead.
+ */
+static ngx_int_t cg_header_filter(ngx_http_request_t *r)
+{
+    cg_req_t *req = r == r->main ? cg_req_find(r) : NULL;
+    if (req == NULL || req->state != ST_CERT_OK)
+        return cg_next_header_filter(r);
+    char app[CG_APP_MAX + 2];
+    cg_request_app(r, APP_FROM_VARIABLE, NULL, req->app_var, app, sizeof(app));
+    req->state = ST_DECIDED;
+    if (app[0] != '\0' && ngx_strcmp(app, req->reg.app_id) == 0) {
+        req->reason = CG_ALLOW;
+        return cg_next_header_filter(r);
+    }
+    req->reason = CG_R_APP_MISMATCH;
+    ngx_log_error(NGX_LOG_WARN, r->connection->log, 0, "CG01001: deny reason=app_mismatch "
+                  "fingerprint=- app=%s cert=%s client=%V (answer made before the access phase)",
+                  req->reg.app_id, req->reg.id, &r->connection->addr_text);
+    r->headers_out.status = NGX_HTTP_FORBIDDEN;
+    r->headers_out.status_line.len = 0;
+    ngx_http_clear_content_length(r);
+    ngx_http_clear_location(r);
+    r->headers_out.content_length_n = 0;
+    r->header_only = 1;
+    if (cg_set_out_header(r, "CertGate-Reason", cg_reason_name(CG_R_APP_MISMATCH)) != NGX_OK ||
+        cg_set_out_header(r, "Cache-Control", "no-store") != NGX_OK)
+        return NGX_ERROR;
+    return cg_next_header_filter(r);
 }
 
 /* ------------------------------------------------------------ variables */
@@ -1160,10 +1296,19 @@ static ngx_int_t cg_init(ngx_conf_t *cf)
 
     if (!mc->used)
         return NGX_OK;
-    ngx_http_handler_pt *h = ngx_array_push(&cmcf->phases[NGX_HTTP_ACCESS_PHASE].handlers);
+    /* The gate runs in the rewrite phase, ahead of the rewrite module's
+     * return/rewrite; the access handler checks an app named by a variable.
+     * Both are moved to the front of their phase (cg_gate_first). */
+    ngx_http_handler_pt *h = ngx_array_push(&cmcf->phases[NGX_HTTP_REWRITE_PHASE].handlers);
+    if (h == NULL)
+        return NGX_ERROR;
+    *h = cg_rewrite_handler;
+    h = ngx_array_push(&cmcf->phases[NGX_HTTP_ACCESS_PHASE].handlers);
     if (h == NULL)
         return NGX_ERROR;
     *h = cg_access_handler;
+    cg_next_header_filter = ngx_http_top_header_filter;
+    ngx_http_top_header_filter = cg_header_filter;
 
     /* Resumed TLS 1.3 sessions carry the chain in the ticket (see cg_tls.h). */
     ngx_http_core_srv_conf_t **cscf = cmcf->servers.elts;

@@ -17,6 +17,7 @@ static const char *const reason_names[CG_R__COUNT] = {
     [CG_R_CHAIN_MISMATCH] = "chain_mismatch",
     [CG_R_APP_MISMATCH] = "app_mismatch",
     [CG_R_STORE_UNAVAILABLE] = "store_unavailable",
+    [CG_R_APP_AMBIGUOUS] = "app_ambiguous",
 };
 
 const char *cg_reason_name(cg_reason_t r)
@@ -40,6 +41,7 @@ static const char *const reason_messages[CG_R__COUNT] = {
     [CG_R_CHAIN_MISMATCH] = "the presented chain does not match the registered chain",
     [CG_R_APP_MISMATCH] = "the client certificate is not registered to this app",
     [CG_R_STORE_UNAVAILABLE] = "the registration store is unavailable, try again later",
+    [CG_R_APP_AMBIGUOUS] = "the request names more than one app, send exactly one",
 };
 
 const char *cg_reason_message(cg_reason_t r)
@@ -62,6 +64,9 @@ cg_reason_t cg_decide(const cg_input_t *in)
 {
     const cg_reg_t *reg = in->reg;
 
+    /* A property of the request alone: no registration is consulted. */
+    if (in->app_ambiguous)
+        return CG_R_APP_AMBIGUOUS;
     if (in->leaf == NULL)
         return CG_R_NO_CLIENT_CERT;
     /* The store indexes by fingerprint; re-check so a stale index cannot admit. */
@@ -106,6 +111,28 @@ cg_reason_t cg_decide(const cg_input_t *in)
         return CG_R_CHAIN_MISMATCH;
     }
     return CG_ALLOW;
+}
+
+static unsigned char hdr_fold(unsigned char c)
+{
+    if (c >= 'A' && c <= 'Z')
+        return (unsigned char)(c - 'A' + 'a');
+    return c == '_' ? '-' : c;
+}
+
+int cg_header_name_same(const char *a, size_t alen, const char *b, size_t blen)
+{
+    if (a == NULL || b == NULL || alen != blen)
+        return 0;
+    for (size_t i = 0; i < alen; i++)
+        if (hdr_fold((unsigned char)a[i]) != hdr_fold((unsigned char)b[i]))
+            return 0;
+    return 1;
+}
+
+int cg_app_value_is_list(const char *v, size_t len)
+{
+    return v != NULL && memchr(v, ',', len) != NULL;
 }
 
 int64_t cg_expire_in_days(const cg_reg_t *reg, int64_t now)

@@ -20,6 +20,7 @@ typedef enum {
     CG_R_CHAIN_MISMATCH,
     CG_R_APP_MISMATCH,
     CG_R_STORE_UNAVAILABLE,
+    CG_R_APP_AMBIGUOUS,
     CG_R__COUNT
 } cg_reason_t;
 
@@ -30,6 +31,7 @@ typedef struct {
     int chain_known;            /* 0: chain not available (resumed session) */
     int verify_failed;          /* mod_ssl / TLS layer verification failed */
     const char *app;            /* app the location requires, NULL: any */
+    int app_ambiguous;          /* the request named more than one app */
     int64_t now;                /* unix seconds */
     const cg_reg_t *reg;        /* NULL: no registration for the leaf */
 } cg_input_t;
@@ -45,9 +47,20 @@ int cg_reason_http_status(cg_reason_t r);
 
 /*
  * Decide. Checks run in a fixed, documented order (docs/reasons.md):
- * cert, registration, app, status, validity, window, chain.
+ * one app named, cert, registration, app, status, validity, window, chain.
+ * With app_ambiguous set no registration is needed: adapters skip the lookup.
  */
 cg_reason_t cg_decide(const cg_input_t *in);
+
+/*
+ * Whether header name a (alen bytes) is header name b for a backend: equal
+ * after ASCII case folding with '_' and '-' taken as the same character
+ * (CGI/WSGI turn both into '_'). 1: same, 0: not.
+ */
+int cg_header_name_same(const char *a, size_t alen, const char *b, size_t blen);
+
+/* Whether an app header value names more than one app (a ',' list). */
+int cg_app_value_is_list(const char *v, size_t len);
 
 /*
  * The body adapters send with a deny when no operator error page is set:

@@ -178,6 +178,51 @@ static void test_app_mismatch(void **state)
     assert_int_equal(decide(&f, 2), CG_R_APP_MISMATCH);
 }
 
+static void test_app_ambiguous(void **state)
+{
+    (void)state;
+    fixture_t f = fx();
+    f.in.app = "app1";
+    f.in.app_ambiguous = 1;
+    /* Before everything else: no certificate, no registration needed. */
+    assert_int_equal(decide(&f, 2), CG_R_APP_AMBIGUOUS);
+    f.in.leaf = NULL;
+    f.in.reg = NULL;
+    assert_int_equal(cg_decide(&f.in), CG_R_APP_AMBIGUOUS);
+    assert_int_equal(cg_reason_http_status(CG_R_APP_AMBIGUOUS), 403);
+    assert_string_equal(cg_reason_name(CG_R_APP_AMBIGUOUS), "app_ambiguous");
+    assert_true(cg_app_value_is_list("app2, app1", 10));
+    assert_true(cg_app_value_is_list(",", 1));
+    assert_false(cg_app_value_is_list("app1", 4));
+    assert_false(cg_app_value_is_list("app1,x", 4));    /* bounded by len */
+    assert_false(cg_app_value_is_list(NULL, 0));
+}
+
+static void test_header_name_same(void **state)
+{
+    (void)state;
+    assert_true(cg_header_name_same("Client-Cert", 11, "client_cert", 11));
+    assert_true(cg_header_name_same("CLIENT_CERT", 11, "Client-Cert", 11));
+    assert_true(cg_header_name_same("X_App-id", 8, "X-App-Id", 8));
+    assert_false(cg_header_name_same("Client-Cert", 11, "Client-Cert-Chain", 17));
+    assert_false(cg_header_name_same("Client.Cert", 11, "Client-Cert", 11));
+    assert_false(cg_header_name_same("ClientCert", 10, "Client-Cer", 10));
+    assert_false(cg_header_name_same(NULL, 0, "x", 1));
+}
+
+static void test_metrics_count_app_ambiguous(void **state)
+{
+    (void)state;
+    cg_metrics_t m;
+    cg_metrics_init(&m);
+    cg_metrics_decision(&m, CG_R_APP_AMBIGUOUS);
+    cg_store_stats_t st = { .ok = 1 };
+    char *t = cg_metrics_render(&m, &st);
+    assert_non_null(t);
+    assert_non_null(strstr(t, "certgate_decisions_total{result=\"deny\",reason=\"app_ambiguous\"} 1\n"));
+    free(t);
+}
+
 static void test_chain_rules(void **state)
 {
     (void)state;
@@ -240,7 +285,8 @@ static void test_reason_names_and_status(void **state)
     (void)state;
     const char *expect[] = { "allow", "no_client_cert", "unregistered", "pending", "declined",
                              "inactivated", "expired", "not_yet_valid", "not_yet_active",
-                             "retired", "chain_mismatch", "app_mismatch", "store_unavailable" };
+                             "retired", "chain_mismatch", "app_mismatch", "store_unavailable",
+                             "app_ambiguous" };
     assert_int_equal(sizeof(expect) / sizeof(expect[0]), CG_R__COUNT);
     for (int i = 0; i < CG_R__COUNT; i++) {
         assert_string_equal(cg_reason_name((cg_reason_t)i), expect[i]);
@@ -874,6 +920,9 @@ int main(void)
         cmocka_unit_test(test_validity_edges),
         cmocka_unit_test(test_window_edges),
         cmocka_unit_test(test_app_mismatch),
+        cmocka_unit_test(test_app_ambiguous),
+        cmocka_unit_test(test_header_name_same),
+        cmocka_unit_test(test_metrics_count_app_ambiguous),
         cmocka_unit_test(test_chain_rules),
         cmocka_unit_test(test_check_order),
         cmocka_unit_test(test_reason_names_and_status),
