@@ -98,7 +98,12 @@ def files(tmp, pki):
 
 
 def prepared(stack, pki, api, n_pending, n_approved):
-    """Registrations the examples refer to by id."""
+    """The customer and app the examples use (set up as a manager would), and
+    registrations they refer to by id."""
+    for path, body in (("/customers", {"customerId": "customer-42", "name": "Customer 42"}),
+                       ("/apps", {"appId": "payments-app", "customerId": "customer-42"})):
+        resp = api.call("POST", path, "carol", json=body)
+        assert resp.status_code == 201, resp.text
     ids = []
     for i in range(n_pending + n_approved):
         c = make_cert("payments-app prepared %d" % i, issuer=pki.inter)
