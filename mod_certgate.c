@@ -1360,40 +1360,55 @@ static void admin_cfg(const cg_dir_t *d, cg_admin_cfg_t *c, const char **deny_st
     if (d->cn_contains_org != UNSET) c->policy.cn_contains_org = d->cn_contains_org;
 }
 
+/* Add the roles named in a CertGateAdminRole value ("developer manager"). */
+static unsigned parse_roles(const char *names)
+{
+    unsigned roles = 0;
+    char buf[128];
+    apr_cpystrn(buf, names, sizeof(buf));
+    char *last = NULL;
+    for (char *t = apr_strtok(buf, " ", &last); t; t = apr_strtok(NULL, " ", &last))
+        roles |= cg_role_parse(t);
+    return roles;
+}
+
 /*
- * The user's roles and customer under the location's identity rule. With
- * IgnoreCase, every configured name that folds to the same user counts; two
- * different customers for one folded name is a configuration error (-1).
+ * The user's roles and customer under the location's identity rule: an exact
+ * key lookup, or with IgnoreCase every configured name that folds to the
+ * user. Two different customers for one folded name is a configuration error
+ * (-1). The iterator comes from the request pool: a config hash is shared by
+ * all threads.
  */
-static int user_identity(const cg_dir_t *d, const char *user, unsigned *roles,
+static int user_identity(request_rec *r, const cg_dir_t *d, unsigned *roles,
                          const char **customer)
 {
-    int fold = d->user_ignore_case == 1;
+    const char *user = r->user;
     *roles = 0;
     *customer = NULL;
     if (user == NULL)
         return 0;
+    if (d->user_ignore_case != 1) {
+        const char *names = d->roles ? apr_hash_get(d->roles, user, APR_HASH_KEY_STRING) : NULL;
+        *roles = names ? parse_roles(names) : 0;
+        *customer = d->customers ? apr_hash_get(d->customers, user, APR_HASH_KEY_STRING) : NULL;
+        return 0;
+    }
     for (int pass = 0; pass < 2; pass++) {
         apr_hash_t *h = pass == 0 ? d->roles : d->customers;
-        if (h == NULL)
-            continue;
-        for (apr_hash_index_t *hi = apr_hash_first(NULL, h); hi; hi = apr_hash_next(hi)) {
+        for (apr_hash_index_t *hi = h ? apr_hash_first(r->pool, h) : NULL; hi;
+             hi = apr_hash_next(hi)) {
             const void *k;
             void *v;
             apr_hash_this(hi, &k, NULL, &v);
-            if (!(fold ? strcasecmp(k, user) == 0 : strcmp(k, user) == 0))
+            if (strcasecmp(k, user) != 0)
                 continue;
-            if (pass == 1) {
+            if (pass == 0) {
+                *roles |= parse_roles(v);
+            } else {
                 if (*customer != NULL && strcmp(*customer, v) != 0)
                     return -1;
                 *customer = v;
-                continue;
             }
-            char buf[128];
-            apr_cpystrn(buf, v, sizeof(buf));
-            char *last = NULL;
-            for (char *t = apr_strtok(buf, " ", &last); t; t = apr_strtok(NULL, " ", &last))
-                *roles |= cg_role_parse(t);
         }
     }
     return 0;
@@ -1511,7 +1526,7 @@ static int cg_admin_handler(request_rec *r)
         req.query = r->args;
         char user[CG_USER_MAX + 1];
         req.user = cg_admin_user_canon(r->user, d->user_ignore_case == 1, user, sizeof(user));
-        if (user_identity(d, r->user, &req.roles, &req.customer) != 0) {
+        if (user_identity(r, d, &req.roles, &req.customer) != 0) {
             ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, "CG06002: CertGateAdminCustomer gives "
                           "user %s two customers under CertGateAdminUserMatch IgnoreCase; "
                           "the user is refused", ap_escape_logitem(r->pool, r->user));

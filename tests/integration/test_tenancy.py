@@ -20,6 +20,11 @@ EXTRA = """
   <Location "/admin/fold">
     CertGateAdminUserMatch IgnoreCase
   </Location>
+  <Location "/admin/clash">
+    CertGateAdminUserMatch IgnoreCase
+    CertGateAdminCustomer cust-1 devmgr
+    CertGateAdminCustomer cust-2 DevMgr
+  </Location>
   <Location "/admin/org">
     CertGatePolicyCnContainsOrg On
   </Location>
@@ -98,6 +103,13 @@ def test_ignore_case_is_one_identity_everywhere(stack, pki):
     resp = fold.upload(pki.leaf_b, user="Dev1")
     assert resp.status_code == 201 and resp.json()["createdBy"] == "dev1"
     assert [e["user"] for e in events(stack)] == ["devmgr", "mgr1", "dev1"]
+
+
+def test_one_folded_name_with_two_customers_gets_no_role(stack, pki):
+    clash = Admin(stack, "/admin/clash")
+    resp = clash.call("GET", "/certs", "DEVMGR")
+    assert resp.status_code == 403 and error_code(resp) == "Auth.Forbidden"
+    assert "CG06002" in stack.httpd.read_log()
 
 
 # ---------------------------------------------------------------- item 2: apps have owners
