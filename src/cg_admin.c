@@ -22,6 +22,7 @@
 #define PAGE_SIZE_MAX 500
 #define EVENTS_MAX 10000
 #define REASON_MAX 1000
+#define NELEM(a) (sizeof(a) / sizeof((a)[0]))
 
 /* ------------------------------------------------------------ small helpers */
 
@@ -735,6 +736,16 @@ static int run_script(const cg_admin_cfg_t *cfg, cg_store_t *st, const char *scr
     return -1;
 }
 
+/* A write script whose last ARGV words are its audit event's (args has room). */
+static int run_write(const cg_admin_cfg_t *cfg, cg_store_t *st, const char *script, int nkeys,
+                     const char **keys, const char **args, int na, size_t cap, const event_t *ev,
+                     const script_error_t *errors, cg_admin_resp_t *resp)
+{
+    for (int i = 0; i < ev->n && (size_t)na < cap; i++)
+        args[na++] = ev->kv[i];
+    return run_script(cfg, st, script, nkeys, keys, na, args, errors, resp);
+}
+
 /* ------------------------------------------------------------ upload */
 
 /* KEYS: fp, reg, app set, regs, events, gen, schema, appinfo.
@@ -1159,14 +1170,13 @@ static void do_upload(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_admin_req_t 
     args[na++] = nrec_s;
     for (int i = 0; i < nrec; i++)
         args[na++] = rec[i];
-    for (int i = 0; i < ev.n; i++)
-        args[na++] = ev.kv[i];
     static const script_error_t upload_errors[] = {
         { "DUPLICATE", 409, "Certificate.Duplicate", "this certificate is already registered" },
         { "APPOWNER", 409, "App.CustomerMismatch", "the app's customer changed during the upload" },
         { NULL, 0, NULL, NULL }
     };
-    if (run_script(cfg, st, UPLOAD_LUA, 8, keys, na, args, upload_errors, resp) != 0)
+    if (run_write(cfg, st, UPLOAD_LUA, 8, keys, args, na, NELEM(args), &ev, upload_errors,
+                  resp) != 0)
         goto done;
 
     json_t *recj = NULL;
@@ -1291,8 +1301,6 @@ static void do_transition(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_admin_re
     const char *keys[] = { k_reg, k_ev, k_gen };
     const char *args[7 + 32] = { from, to, cond, now_s, req->user, reason, chan };
     int na = 7;
-    for (int i = 0; i < ev.n; i++)
-        args[na++] = ev.kv[i];
     char illegal[96];
     snprintf(illegal, sizeof(illegal), "cannot %s a certificate that is %%s", verb);
     const script_error_t transition_errors[] = {
@@ -1302,7 +1310,8 @@ static void do_transition(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_admin_re
         { "NOTFOUND", 404, "Certificate.NotFound", "no registration with that id" },
         { NULL, 0, NULL, NULL }
     };
-    if (run_script(cfg, st, TRANSITION_LUA, 3, keys, na, args, transition_errors, resp) != 0)
+    if (run_write(cfg, st, TRANSITION_LUA, 3, keys, args, na, NELEM(args), &ev, transition_errors,
+                  resp) != 0)
         goto done;
     json_decref(rec);
     rec = NULL;
@@ -1739,8 +1748,6 @@ static void do_rotation_create(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_adm
     const char *keys[] = { k_new, k_old, k_rot, k_rots, k_ev, k_gen, k_app };
     const char *args[9 + 32] = { app, new_cert, old_id, act_s, ret_s, now_s, req->user, rid, chan };
     int na = 9;
-    for (int i = 0; i < ev.n; i++)
-        args[na++] = ev.kv[i];
     static const script_error_t rotate_errors[] = {
         { "NOTFOUND", 404, "Certificate.NotFound", "newCertId or oldCertId does not exist" },
         { "NOTINAPP", 400, "Rotation.CertNotInApp",
@@ -1751,7 +1758,8 @@ static void do_rotation_create(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_adm
           "the old certificate is not APPROVED: there is nothing to rotate out" },
         { NULL, 0, NULL, NULL }
     };
-    if (run_script(cfg, st, ROTATE_LUA, 7, keys, na, args, rotate_errors, resp) != 0)
+    if (run_write(cfg, st, ROTATE_LUA, 7, keys, args, na, NELEM(args), &ev, rotate_errors,
+                  resp) != 0)
         goto done;
     {
         redisReply *rr = NULL;
@@ -1869,8 +1877,6 @@ static void do_rotation_cancel(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_adm
     const char *keys[] = { k_rot, k_new, k_old, k_ev, k_gen };
     const char *args[4 + 32] = { now_s, req->user, app, chan };
     int na = 4;
-    for (int i = 0; i < ev.n; i++)
-        args[na++] = ev.kv[i];
     static const script_error_t cancel_errors[] = {
         { "STARTED", 409, "Rotation.Started",
           "the rotation has started (activateAt has passed) and cannot be cancelled" },
@@ -1878,7 +1884,8 @@ static void do_rotation_cancel(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_adm
         { "NOTFOUND", 404, "Rotation.NotFound", "no rotation with that id for this app" },
         { NULL, 0, NULL, NULL }
     };
-    if (run_script(cfg, st, CANCEL_LUA, 5, keys, na, args, cancel_errors, resp) != 0)
+    if (run_write(cfg, st, CANCEL_LUA, 5, keys, args, na, NELEM(args), &ev, cancel_errors,
+                  resp) != 0)
         return;
     resp->status = 204;
     set_body(resp, 204, "application/json", NULL);
@@ -2101,13 +2108,12 @@ static void do_customer_create(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_adm
     int na = 4;
     for (int i = 0; i < nf; i++)
         args[na++] = fields[i];
-    for (int i = 0; i < ev.n; i++)
-        args[na++] = ev.kv[i];
     static const script_error_t errors[] = {
         { "EXISTS", 409, "Customer.Exists", "a customer with that id is already registered" },
         { NULL, 0, NULL, NULL }
     };
-    if (run_script(cfg, st, CUSTOMER_CREATE_LUA, 4, keys, na, args, errors, resp) == 0) {
+    if (run_write(cfg, st, CUSTOMER_CREATE_LUA, 4, keys, args, na, NELEM(args), &ev, errors,
+                  resp) == 0) {
         char loc[200];
         snprintf(loc, sizeof(loc), "customers/%s", id);
         send_entity(cfg, st, "customer", id, "customerId", 201, loc, resp);
@@ -2162,8 +2168,6 @@ static void do_app_create(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_admin_re
     const char *args[9 + 32] = { app, cust, now_s, req->user, chan, regp, name ? "2" : "0",
                                  "name", name };
     int na = name ? 9 : 7;
-    for (int i = 0; i < ev.n; i++)
-        args[na++] = ev.kv[i];
     static const script_error_t errors[] = {
         { "EXISTS", 409, "App.Exists", "an app with that id is already registered" },
         { "NOCUSTOMER", 404, "Customer.NotFound",
@@ -2172,7 +2176,8 @@ static void do_app_create(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_admin_re
           "customers; decline or inactivate them first" },
         { NULL, 0, NULL, NULL }
     };
-    if (run_script(cfg, st, APP_CREATE_LUA, 6, keys, na, args, errors, resp) == 0) {
+    if (run_write(cfg, st, APP_CREATE_LUA, 6, keys, args, na, NELEM(args), &ev, errors,
+                  resp) == 0) {
         char loc[200];
         snprintf(loc, sizeof(loc), "apps/%s", app);
         send_entity(cfg, st, "appinfo", app, "appId", 201, loc, resp);
@@ -2244,15 +2249,14 @@ static void do_entity_update(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_admin
     int na = 4;
     for (int i = 0; i < nf; i++)
         args[na++] = fields[i];
-    for (int i = 0; i < ev.n; i++)
-        args[na++] = ev.kv[i];
     static const script_error_t errors[] = {
         { "PRECONDITION", 412, "Precondition.Failed",
           "the record changed since your If-Match version; read it again" },
         { "NOTFOUND", 404, "Route.NotFound", "the record is gone" },
         { NULL, 0, NULL, NULL }
     };
-    if (run_script(cfg, st, ENTITY_UPDATE_LUA, 3, keys, na, args, errors, resp) == 0)
+    if (run_write(cfg, st, ENTITY_UPDATE_LUA, 3, keys, args, na, NELEM(args), &ev, errors,
+                  resp) == 0)
         send_entity(cfg, st, kind, id, idname, 200, NULL, resp);
 done:
     json_decref(rec);
@@ -2623,7 +2627,7 @@ static void do_events(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_admin_req_t 
         { "certId", "cert_id" }, { "user", "user" },
     };
     enum { NF = sizeof(filters) / sizeof(filters[0]) };
-    char key[KEY_MAX], err[200], start[48] = "-", end[32] = "+", count[16], last[48] = "";
+    char key[KEY_MAX], err[200], start[64] = "-", end[32] = "+", count[16], last[48] = "";
     char *from = qparam(req->query, "from"), *to = qparam(req->query, "to");
     char *cursor = qparam(req->query, "cursor"), *limit_s = qparam(req->query, "limit");
     char *want[NF];
