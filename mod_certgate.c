@@ -1342,6 +1342,7 @@ static void admin_cfg(const cg_dir_t *d, cg_admin_cfg_t *c, const char **deny_st
     cg_admin_cfg_defaults(c);
     if (d->soon_days != UNSET) c->expiring_soon_days = d->soon_days;
     if (d->self_approve != UNSET) c->self_approve = d->self_approve;
+    c->user_ignore_case = d->user_ignore_case == 1;
     if (d->admin_timeout_ms != UNSET) c->timeout_ms = d->admin_timeout_ms;
     if (d->min_rsa_bits != UNSET) c->policy.min_rsa_bits = d->min_rsa_bits;
     if (d->min_days != UNSET) c->policy.min_days = d->min_days;

@@ -5,8 +5,9 @@
  * worker: lookups go through hiredis's async client on nginx's event loop and
  * the gate's handler is re-entered when the reply (or the timeout) arrives.
  * The gate runs first in the rewrite phase, so a location's own "return" or
- * "rewrite" cannot answer before it; an app named by a variable is checked in
- * the access phase, where auth_request_set and "set" have run.
+ * "rewrite" cannot answer before it; an app named by a variable is checked
+ * first in the precontent phase, after the access phase ran auth_request_set,
+ * and where no "satisfy any" can skip it.
  */
 #include <ngx_config.h>
 #include <ngx_core.h>
@@ -59,7 +60,7 @@ typedef struct {
 } cg_conn_t;
 
 /* ST_CERT_OK: the rewrite phase admitted the certificate for everything but
- * the app, which comes from a variable and is checked in the access phase. */
+ * the app, which comes from a variable and is checked in the precontent phase. */
 enum { ST_NEW = 0, ST_PENDING, ST_LOOKED_UP, ST_CERT_OK, ST_DECIDED };
 
 typedef struct cg_lookup_s cg_lookup_t;
@@ -101,7 +102,7 @@ static char *cg_set_app_from(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 static char *cg_set_gate(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 static ngx_int_t cg_init_process(ngx_cycle_t *cycle);
 static ngx_int_t cg_rewrite_handler(ngx_http_request_t *r);
-static ngx_int_t cg_access_handler(ngx_http_request_t *r);
+static ngx_int_t cg_app_handler(ngx_http_request_t *r);
 static ngx_http_output_header_filter_pt cg_next_header_filter;
 static void cg_exit_process(ngx_cycle_t *cycle);
 
@@ -416,7 +417,7 @@ static void cg_gate_first(ngx_cycle_t *cycle)
     if (cmcf == NULL || cmcf->phase_engine.handlers == NULL)
         return;
     cg_run_first(cmcf, cg_rewrite_handler);
-    cg_run_first(cmcf, cg_access_handler);
+    cg_run_first(cmcf, cg_app_handler);
 }
 
 static ngx_int_t cg_init_process(ngx_cycle_t *cycle)
@@ -1022,7 +1023,7 @@ static int cg_request_app(ngx_http_request_t *r, ngx_uint_t from, const ngx_str_
 }
 
 /*
- * The gate, from the rewrite phase (in_rewrite) or the access phase. NGX_AGAIN:
+ * The gate, from the rewrite phase (in_rewrite) or the precontent phase. NGX_AGAIN:
  * a lookup is in flight and will resume the phases.
  */
 static ngx_int_t cg_gate(ngx_http_request_t *r, int in_rewrite)
@@ -1043,7 +1044,7 @@ static ngx_int_t cg_gate(ngx_http_request_t *r, int in_rewrite)
         ngx_delete_posted_event(&req->ev);
     }
     /* Certificate admitted in the rewrite phase: the app is checked in the
-     * access phase, with the first gated location's variable. */
+     * precontent phase, with the first gated location's variable. */
     if (req != NULL && req->state == ST_CERT_OK && in_rewrite)
         return NGX_DECLINED;
     if (lc->enabled != 1 && (req == NULL || req->state != ST_CERT_OK))
@@ -1188,14 +1189,14 @@ static ngx_int_t cg_gate(ngx_http_request_t *r, int in_rewrite)
     return cg_respond_deny(r, reason);
 }
 
-static ngx_int_t cg_access_handler(ngx_http_request_t *r)
+static ngx_int_t cg_app_handler(ngx_http_request_t *r)
 {
     return cg_gate(r, 0);
 }
 
 static ngx_int_t cg_rewrite_handler(ngx_http_request_t *r)
 {
-    /* Subrequests are not gated: the access phase skips them too. */
+    /* Subrequests are not gated: the precontent handler skips them too. */
     if (r != r->main)
         return NGX_DECLINED;
     ngx_int_t rc = cg_gate(r, 1);
@@ -1207,7 +1208,7 @@ static ngx_int_t cg_rewrite_handler(ngx_http_request_t *r)
 /*
  * A response made in the rewrite phase (a "return" after "set") of a location
  * whose app comes from a variable, after the certificate was admitted and
- * before the access phase checked the app: check the app now, and on a
+ * before the precontent phase checked the app: check the app now, and on a
  * mismatch send a 403 without a body instead.
  */
 static ngx_int_t cg_header_filter(ngx_http_request_t *r)
@@ -1224,7 +1225,7 @@ static ngx_int_t cg_header_filter(ngx_http_request_t *r)
     }
     req->reason = CG_R_APP_MISMATCH;
     ngx_log_error(NGX_LOG_WARN, r->connection->log, 0, "CG01001: deny reason=app_mismatch "
-                  "fingerprint=- app=%s cert=%s client=%V (answer made before the access phase)",
+                  "fingerprint=- app=%s cert=%s client=%V (answer made before the app check)",
                   req->reg.app_id, req->reg.id, &r->connection->addr_text);
     r->headers_out.status = NGX_HTTP_FORBIDDEN;
     r->headers_out.status_line.len = 0;
@@ -1297,16 +1298,18 @@ static ngx_int_t cg_init(ngx_conf_t *cf)
     if (!mc->used)
         return NGX_OK;
     /* The gate runs in the rewrite phase, ahead of the rewrite module's
-     * return/rewrite; the access handler checks an app named by a variable.
-     * Both are moved to the front of their phase (cg_gate_first). */
+     * return/rewrite; the precontent handler checks an app named by a
+     * variable, after auth_request (access phase) set it and before
+     * try_files or mirror act. Both go to the front of their phase
+     * (cg_gate_first). */
     ngx_http_handler_pt *h = ngx_array_push(&cmcf->phases[NGX_HTTP_REWRITE_PHASE].handlers);
     if (h == NULL)
         return NGX_ERROR;
     *h = cg_rewrite_handler;
-    h = ngx_array_push(&cmcf->phases[NGX_HTTP_ACCESS_PHASE].handlers);
+    h = ngx_array_push(&cmcf->phases[NGX_HTTP_PRECONTENT_PHASE].handlers);
     if (h == NULL)
         return NGX_ERROR;
-    *h = cg_access_handler;
+    *h = cg_app_handler;
     cg_next_header_filter = ngx_http_top_header_filter;
     ngx_http_top_header_filter = cg_header_filter;
 

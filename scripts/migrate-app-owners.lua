@@ -62,12 +62,43 @@ local function iso8601(secs)
                        math.floor(rem % 3600 / 60), rem % 60)
 end
 local iso = iso8601(tonumber(t[1]))
+local function isint(v) return v ~= nil and string.match(v, '^%-?%d+$') ~= nil and #v < 18 end
+
+-- Redis does not roll a script back: with apply, check every key that will be
+-- written (type, counters, versions) before the first write.
+local function owner_of(app)
+  local cs = {}
+  for c in pairs(apps[app].customers) do cs[#cs + 1] = c end
+  table.sort(cs)
+  return cs
+end
+if apply then
+  local want = {{p .. 'customers', 'set'}, {p .. 'apps', 'set'}, {p .. 'events', 'stream'},
+                {p .. 'gen', 'string'}}
+  for _, app in ipairs(order) do
+    local cs = owner_of(app)
+    want[#want + 1] = {p .. 'appinfo:' .. app, 'hash'}
+    if #cs == 1 then want[#want + 1] = {p .. 'customer:' .. cs[1], 'hash'} end
+  end
+  for _, w in ipairs(want) do
+    local t = kind(w[1])
+    if t ~= 'none' and t ~= w[2] then return redis.error_reply('BADKEY ' .. w[1]) end
+  end
+  if kind(p .. 'gen') == 'string' and not isint(redis.call('GET', p .. 'gen')) then
+    return redis.error_reply('BADKEY ' .. p .. 'gen')
+  end
+  for _, app in ipairs(order) do
+    for _, r in ipairs(apps[app].regs) do
+      local v = redis.call('HGET', r[1], 'version')
+      if v and not isint(v) then return redis.error_reply('BADKEY ' .. r[1]) end
+    end
+  end
+end
+
 local out, wrote = {}, false
 for _, app in ipairs(order) do
   local a = apps[app]
-  local cs = {}
-  for c in pairs(a.customers) do cs[#cs + 1] = c end
-  table.sort(cs)
+  local cs = owner_of(app)
   if redis.call('HEXISTS', p .. 'appinfo:' .. app, 'version') == 1 then
     out[#out + 1] = app .. ': registered already'
   elseif #cs > 1 then
@@ -94,7 +125,8 @@ for _, app in ipairs(order) do
       for _, r in ipairs(a.regs) do
         if r[2] == '' then
           redis.call('HSET', r[1], 'customer_id', c, 'updated', now, 'updated_by', 'migration')
-          redis.call('HINCRBY', r[1], 'version', 1)
+          redis.call('HSET', r[1], 'version',
+                     tonumber(redis.call('HGET', r[1], 'version') or '1') + 1)
         end
       end
       redis.call('XADD', p .. 'events', '*', 'time', iso, 'user', 'migration', 'ip', '',

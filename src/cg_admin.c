@@ -132,6 +132,22 @@ static void store_fail(cg_admin_resp_t *resp, cg_store_rc_t rc, const char *err)
         store_error(resp, err);
 }
 
+/*
+ * A command's outcome by kind: Redis's error reply (NOPERM, WRONGTYPE, ...)
+ * is a failure too. On failure *r is freed and NULL, and err says why.
+ */
+static cg_store_rc_t outcome(cg_store_rc_t rc, redisReply **r, const char *what, char *err,
+                             size_t errlen)
+{
+    if (rc == CG_STORE_OK && (*r)->type == REDIS_REPLY_ERROR) {
+        snprintf(err, errlen, "%s: %.150s", what, (*r)->str);
+        rc = cg_store_reply_kind(*r);
+        cg_store_reply_free(*r);
+        *r = NULL;
+    }
+    return rc;
+}
+
 static void keyf(char *out, const cg_store_t *st, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
@@ -666,6 +682,9 @@ static void ev_add(event_t *e, const char *k, const char *v)
     "  return v == false or isint(v)\n" \
     "end\n" \
     "local function bad(k) return redis.error_reply('BADKEY ' .. k) end\n" \
+    "local function bump(k)\n" \
+    "  redis.call('HSET', k, 'version', tonumber(redis.call('HGET', k, 'version') or '1') + 1)\n" \
+    "end\n" \
     "local function ifmatch(cond, ver)\n" \
     "  if cond == '' or cond == '*' then return true end\n" \
     "  for t in string.gmatch(cond, '[^,]+') do\n" \
@@ -1273,7 +1292,10 @@ static void do_transition(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_admin_re
         goto done;
     }
     if (strcmp(action, "approve") == 0) {
-        if (!cfg->self_approve && strcmp(fs(rec, "created_by"), req->user) == 0) {
+        /* Under IgnoreCase, records made before it was set may hold another spelling. */
+        const char *by = fs(rec, "created_by");
+        if (!cfg->self_approve && (cfg->user_ignore_case ? strcasecmp(by, req->user)
+                                                          : strcmp(by, req->user)) == 0) {
             cg_admin_error(resp, 403, "Transition.FourEyes",
                            "the user who uploaded a certificate cannot approve it");
             goto done;
@@ -1600,9 +1622,9 @@ static const char ROTATE_LUA[] = LUA_GUARD
     "  'prev_new_activate_at', new[3] or '', 'prev_old_retire_at', old[3] or '')\n"
     "redis.call('ZADD', KEYS[4], ARGV[6], ARGV[8])\n"
     "redis.call('HSET', KEYS[1], 'activate_at', ARGV[4], 'updated', ARGV[6], 'updated_by', ARGV[7])\n"
-    "redis.call('HINCRBY', KEYS[1], 'version', 1)\n"
+    "bump(KEYS[1])\n"
     "redis.call('HSET', KEYS[2], 'retire_at', ARGV[5], 'updated', ARGV[6], 'updated_by', ARGV[7])\n"
-    "redis.call('HINCRBY', KEYS[2], 'version', 1)\n"
+    "bump(KEYS[2])\n"
     "local ev = {}\n"
     "for i = 10, #ARGV do ev[#ev + 1] = ARGV[i] end\n"
     "redis.call('XADD', KEYS[5], '*', unpack(ev))\n"
@@ -1623,12 +1645,16 @@ static const char CANCEL_LUA[] = LUA_GUARD
     "  'prev_old_retire_at', 'app_id')\n"
     "if not rot[1] or rot[5] ~= ARGV[3] then return redis.error_reply('NOTFOUND') end\n"
     "if rot[1] ~= 'SCHEDULED' then return redis.error_reply('CANCELLED') end\n"
+    "if not isint(rot[2]) or not rot[3] or not rot[4] or (rot[3] ~= '' and not isint(rot[3]))\n"
+    "   or (rot[4] ~= '' and not isint(rot[4])) then return bad(KEYS[1]) end\n"
+    "if redis.call('EXISTS', KEYS[2]) == 0 or redis.call('EXISTS', KEYS[3]) == 0 then\n"
+    "  return bad(KEYS[1]) end\n"
     "if tonumber(ARGV[1]) >= tonumber(rot[2]) then return redis.error_reply('STARTED') end\n"
     "redis.call('HSET', KEYS[1], 'status', 'CANCELLED', 'cancelled', ARGV[1], 'cancelled_by', ARGV[2])\n"
     "redis.call('HSET', KEYS[2], 'activate_at', rot[3], 'updated', ARGV[1], 'updated_by', ARGV[2])\n"
-    "redis.call('HINCRBY', KEYS[2], 'version', 1)\n"
+    "bump(KEYS[2])\n"
     "redis.call('HSET', KEYS[3], 'retire_at', rot[4], 'updated', ARGV[1], 'updated_by', ARGV[2])\n"
-    "redis.call('HINCRBY', KEYS[3], 'version', 1)\n"
+    "bump(KEYS[3])\n"
     "local ev = {}\n"
     "for i = 5, #ARGV do ev[#ev + 1] = ARGV[i] end\n"
     "redis.call('XADD', KEYS[4], '*', unpack(ev))\n"
@@ -1791,8 +1817,10 @@ static json_t *load_rotations(const cg_admin_cfg_t *cfg, cg_store_t *st, const c
     keyf(key, st, "rotations:%s", app);
     const char *argv[4] = { "ZRANGE", key, "0", "-1" };
     size_t lens[4] = { 6, strlen(key), 1, 2 };
-    if (cg_store_cmd(st, cfg->timeout_ms, 4, argv, lens, &r, err, sizeof(err)) != CG_STORE_OK) {
-        store_error(resp, err);
+    cg_store_rc_t rc = outcome(cg_store_cmd(st, cfg->timeout_ms, 4, argv, lens, &r, err,
+                                            sizeof(err)), &r, "ZRANGE", err, sizeof(err));
+    if (rc != CG_STORE_OK) {
+        store_fail(resp, rc, err);
         return NULL;
     }
     json_t *out = json_array();
@@ -1852,14 +1880,22 @@ static void do_rotation_cancel(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_adm
     keyf(k_rot, st, "rotation:%s", rid);
     const char *argv[4] = { "HMGET", k_rot, "new_cert_id", "old_cert_id" };
     size_t lens[4] = { 5, strlen(k_rot), 11, 11 };
-    if (cg_store_cmd(st, cfg->timeout_ms, 4, argv, lens, &r, err, sizeof(err)) != CG_STORE_OK) {
-        store_error(resp, err);
+    cg_store_rc_t rc = outcome(cg_store_cmd(st, cfg->timeout_ms, 4, argv, lens, &r, err,
+                                            sizeof(err)), &r, "HMGET", err, sizeof(err));
+    if (rc != CG_STORE_OK) {
+        store_fail(resp, rc, err);
         return;
     }
     if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
         r->element[0]->type != REDIS_REPLY_STRING || r->element[1]->type != REDIS_REPLY_STRING) {
         cg_store_reply_free(r);
         cg_admin_error(resp, 404, "Rotation.NotFound", "no rotation with that id");
+        return;
+    }
+    if (!cg_id_valid(r->element[0]->str, r->element[0]->len) ||
+        !cg_id_valid(r->element[1]->str, r->element[1]->len)) {
+        cg_store_reply_free(r);
+        errorf(resp, 500, "Store.Corrupt", "the store key %.200s is damaged", k_rot);
         return;
     }
     keyf(k_new, st, "reg:%.*s", (int)r->element[0]->len, r->element[0]->str);
@@ -1933,10 +1969,12 @@ static const char CUSTOMER_CREATE_LUA[] = LUA_GUARD
 
 /*
  * KEYS: appinfo, apps, customer, the app's registration set, events, gen.
- * ARGV: app, customer, now, user, channel, "{p}reg:", n, n field words, event.
+ * ARGV: app, customer, now, user, channel, "{p}reg:", staff ("1": may adopt
+ * and see other customers' ids), n, n field words, event.
  * The app's live (PENDING, APPROVED) registrations must be the customer's;
  * those with no customer (uploaded by staff before apps had owners) are
- * given it.
+ * given it, by staff only: a manager confined to a customer may not take
+ * them, nor learn whose the others are (OTHERS).
  */
 static const char APP_CREATE_LUA[] = LUA_GUARD
     "local b = guard({{KEYS[1], 'hash'}, {KEYS[2], 'set'}, {KEYS[3], 'hash'}, {KEYS[4], 'set'},\n"
@@ -1960,19 +1998,21 @@ static const char APP_CREATE_LUA[] = LUA_GUARD
     "           #other < 20 then other[#other + 1] = id end\n"
     "  end\n"
     "end\n"
+    "if ARGV[7] ~= '1' and (#other > 0 or #adopt > 0) then\n"
+    "  return redis.error_reply('OTHERS') end\n"
     "if #other > 0 then return redis.error_reply('CONFLICT ' .. table.concat(other, ',')) end\n"
-    "local n = tonumber(ARGV[7])\n"
+    "local n = tonumber(ARGV[8])\n"
     "local f = {'id', ARGV[1], 'customer_id', ARGV[2], 'created', ARGV[3], 'created_by', ARGV[4],\n"
     "  'updated', ARGV[3], 'updated_by', ARGV[4], 'version', '1'}\n"
-    "for i = 8, 7 + n do f[#f + 1] = ARGV[i] end\n"
+    "for i = 9, 8 + n do f[#f + 1] = ARGV[i] end\n"
     "redis.call('HSET', KEYS[1], unpack(f))\n"
     "redis.call('SADD', KEYS[2], ARGV[1])\n"
     "for _, k in ipairs(adopt) do\n"
     "  redis.call('HSET', k, 'customer_id', ARGV[2], 'updated', ARGV[3], 'updated_by', ARGV[4])\n"
-    "  redis.call('HINCRBY', k, 'version', 1)\n"
+    "  bump(k)\n"
     "end\n"
     "local ev = {}\n"
-    "for i = 8 + n, #ARGV do ev[#ev + 1] = ARGV[i] end\n"
+    "for i = 9 + n, #ARGV do ev[#ev + 1] = ARGV[i] end\n"
     "redis.call('XADD', KEYS[5], '*', unpack(ev))\n"
     "redis.call('INCR', KEYS[6])\n"
     "local t = redis.call('TIME')\n"
@@ -2165,15 +2205,17 @@ static void do_app_create(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_admin_re
     keyf(regp, st, "reg:");
     snprintf(now_s, sizeof(now_s), "%lld", (long long)req->now);
     const char *keys[] = { k_a, k_as, k_c, k_regs, k_ev, k_gen };
-    const char *args[9 + 32] = { app, cust, now_s, req->user, chan, regp, name ? "2" : "0",
-                                 "name", name };
-    int na = name ? 9 : 7;
+    const char *args[10 + 32] = { app, cust, now_s, req->user, chan, regp,
+                                  sees_all(req) ? "1" : "0", name ? "2" : "0", "name", name };
+    int na = name ? 10 : 8;
     static const script_error_t errors[] = {
         { "EXISTS", 409, "App.Exists", "an app with that id is already registered" },
         { "NOCUSTOMER", 404, "Customer.NotFound",
           "no such customer; register it first with POST /customers" },
         { "CONFLICT", 409, "App.Conflict", "registrations %s of this app belong to other "
           "customers; decline or inactivate them first" },
+        { "OTHERS", 409, "App.Conflict", "the app id already has registrations of another "
+          "customer or of none; a manager without a customer must register it" },
         { NULL, 0, NULL, NULL }
     };
     if (run_write(cfg, st, APP_CREATE_LUA, 6, keys, args, na, NELEM(args), &ev, errors,
@@ -2202,13 +2244,17 @@ static void do_entity_update(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_admin
         return;
     if (if_match_cond(req->if_match, cond, sizeof(cond), resp) != 0)
         goto done;
-    int lr = load_entity(cfg, st, kind, id, &rec, resp);
-    if (lr < 0)
-        goto done;
-    if (lr > 0 || !sees_customer(req, is_app ? fs(rec, "customer_id") : id)) {
-        errorf(resp, 404, is_app ? "App.NotFound" : "Customer.NotFound", "no %s with that id",
-               is_app ? "app" : "customer");
-        goto done;
+    if (is_app) {
+        if (app_for_user(cfg, st, req, id, &rec, resp) != 0)
+            goto done;
+    } else {
+        int lr = load_entity(cfg, st, kind, id, &rec, resp);
+        if (lr < 0)
+            goto done;
+        if (lr > 0 || !sees_customer(req, id)) {
+            cg_admin_error(resp, 404, "Customer.NotFound", "no customer with that id");
+            goto done;
+        }
     }
     /* An app stays with its customer: the gate's answers hang on it. */
     const char *c = body_str(doc, "customerId"), *a = body_str(doc, "appId");
@@ -2281,8 +2327,10 @@ static void do_entity_list(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_admin_r
              is_app ? "read apps" : "read customers") != 0)
         goto done;
     keyf(setkey, st, is_app ? "apps" : "customers");
-    if (cmd2(cfg, st, "SMEMBERS", setkey, &r, err, sizeof(err)) != CG_STORE_OK) {
-        store_error(resp, err);
+    cg_store_rc_t rc = outcome(cmd2(cfg, st, "SMEMBERS", setkey, &r, err, sizeof(err)), &r,
+                               "SMEMBERS", err, sizeof(err));
+    if (rc != CG_STORE_OK) {
+        store_fail(resp, rc, err);
         goto done;
     }
     if (r->type != REDIS_REPLY_ARRAY) {
@@ -2314,7 +2362,12 @@ static void do_entity_list(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_admin_r
         ok = 0;
     } else {
         for (size_t i = 0; i < nk; i++) {
-            json_t *o = hash_to_obj(hs[i]);
+            cg_store_rc_t k = outcome(CG_STORE_OK, &hs[i], "HGETALL", err, sizeof(err));
+            if (k != CG_STORE_OK && ok) {
+                store_fail(resp, k, err);
+                ok = 0;
+            }
+            json_t *o = ok ? hash_to_obj(hs[i]) : NULL;
             const char *owner = o ? (is_app ? fs(o, "customer_id") : fs(o, "id")) : "";
             if (o != NULL && json_object_get(o, "version") != NULL &&
                 sees_customer(req, owner) && (cust == NULL || strcmp(cust, owner) == 0))
@@ -2476,8 +2529,10 @@ static void do_check(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_admin_req_t *
             upload_free(&u);
             return;
         }
-    } else if (req->customer != NULL || (u.customer != NULL && u.customer[0] != '\0')) {
-        owner = strdup(req->customer ? req->customer : u.customer);
+    } else if (req->customer != NULL) {
+        owner = strdup(req->customer);
+    } else if (sees_all(req) && u.customer != NULL && u.customer[0] != '\0') {
+        owner = strdup(u.customer);
     }
     cg_cert_info_t vinfo;
     int vstatus, pol = vet_upload(cfg, st, req, &u, owner, &vinfo, &vstatus, &code, msg,
@@ -2632,7 +2687,7 @@ static void do_events(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_admin_req_t 
     char *cursor = qparam(req->query, "cursor"), *limit_s = qparam(req->query, "limit");
     char *want[NF];
     json_t *items = json_array();
-    int64_t t, limit = EVENTS_LIMIT_DEFAULT;
+    int64_t t, t_from = 0, limit = EVENTS_LIMIT_DEFAULT;
     size_t scanned = 0;
     int cut = 0;
 
@@ -2646,6 +2701,7 @@ static void do_events(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_admin_req_t 
             goto done;
         }
         snprintf(start, sizeof(start), "%lld", (long long)t * 1000);
+        t_from = t * 1000;
     }
     if (to) {
         if (cg_time_parse_iso(to, &t) != 0) {
@@ -2660,7 +2716,9 @@ static void do_events(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_admin_req_t 
                            "earlier answer");
             goto done;
         }
-        snprintf(start, sizeof(start), "(%s", cursor);
+        /* A cursor never reaches back before `from`. */
+        if (from == NULL || strtoll(cursor, NULL, 10) >= t_from)
+            snprintf(start, sizeof(start), "(%s", cursor);
     }
     if (limit_s && (cg_parse_i64(limit_s, strlen(limit_s), &limit) != 0 || limit < 1 ||
                     limit > EVENTS_MAX)) {
@@ -2675,8 +2733,10 @@ static void do_events(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_admin_req_t 
         size_t lens[6];
         for (int i = 0; i < 6; i++)
             lens[i] = strlen(argv[i]);
-        if (cg_store_cmd(st, cfg->timeout_ms, 6, argv, lens, &r, err, sizeof(err)) != CG_STORE_OK) {
-            store_error(resp, err);
+        cg_store_rc_t rc = outcome(cg_store_cmd(st, cfg->timeout_ms, 6, argv, lens, &r, err,
+                                                sizeof(err)), &r, "XRANGE", err, sizeof(err));
+        if (rc != CG_STORE_OK) {
+            store_fail(resp, rc, err);
             goto done;
         }
         if (r->type != REDIS_REPLY_ARRAY) {

@@ -35,6 +35,7 @@ typedef struct {
     cg_policy_t policy;
     int expiring_soon_days;     /* derived "(EXPIRATION SOON)" labels; default 30 */
     int self_approve;           /* four-eyes off when 1 */
+    int user_ignore_case;       /* CertGateAdminUserMatch IgnoreCase */
     int timeout_ms;             /* Redis budget of one admin request */
 } cg_admin_cfg_t;
 

@@ -44,6 +44,14 @@ location /rwl/ { certgate on; rewrite ^ /open/ok.txt last; }
 location /anyret/ { satisfy any; allow 127.0.0.1; certgate on; return 200 "returned\\n"; }
 if ($request_uri ~ ^/srvret/) { return 200 "server-level\\n"; }
 location /srvret/ { certgate on; }
+location = /authz { internal; return 204; }
+location /authapp/ {
+    auth_request /authz;
+    auth_request_set $authapp $http_x_want_app;
+    certgate on;
+    certgate_app_from variable $authapp;
+    rewrite ^ /open/ok.txt break;
+}
 location /retvar/ {
     set $appv $arg_app;
     certgate on;
@@ -216,6 +224,16 @@ def test_return_after_set_checks_the_app_from_the_variable(stack, pki):
     assert (resp.status_code, reason_of(resp)) == (403, "app_mismatch")
     assert resp.text == ""
     resp = get(stack, "/retvar/x", pki.leaf)
+    assert (resp.status_code, reason_of(resp)) == (403, "app_mismatch")
+
+
+def test_app_from_auth_request_set_is_read_after_auth_request(stack, pki):
+    # The app check runs after the access phase, where auth_request_set sets it.
+    nginx_only(stack)
+    register(stack.r, pki.leaf, "app1")
+    resp = get(stack, "/authapp/x", pki.leaf, headers={"X-Want-App": "app1"})
+    assert (resp.status_code, resp.text) == (200, "ok\n")
+    resp = get(stack, "/authapp/x", pki.leaf, headers={"X-Want-App": "app2"})
     assert (resp.status_code, reason_of(resp)) == (403, "app_mismatch")
 
 

@@ -440,3 +440,80 @@ def test_if_match_follows_rfc_9110(stack, api, pki, value, status):
     resp = api.call("POST", "/certs/%s/approve" % cid, "mgr1", headers={"If-Match": value})
     assert resp.status_code == status, resp.text
     assert status_of(stack, cid) == ("APPROVED" if status == 200 else "PENDING")
+
+
+# ---------------------------------------------------------------- found in review
+
+def scheduled_rotation(api, pki):
+    old = api.approved(pki.leaf)
+    new = api.approved(pki.leaf_b)
+    resp = api.call("POST", "/apps/app1/rotations", "sup1", json={
+        "newCertId": new, "oldCertId": old, "activateAt": "2031-01-01T00:00:00Z",
+        "retireOldAt": "2031-02-01T00:00:00Z"})
+    assert resp.status_code == 201, resp.text
+    return old, new, resp.json()["id"]
+
+
+def test_cancel_of_a_damaged_rotation_writes_nothing(stack, api, pki):
+    _, _, rid = scheduled_rotation(api, pki)
+    stack.r.hdel("certgate:rotation:" + rid, "prev_new_activate_at")
+    before = redis_snapshot(stack.r)
+    resp = api.call("DELETE", "/apps/app1/rotations/" + rid, "sup1")
+    assert resp.status_code == 500 and error_code(resp) == "Store.Corrupt", resp.text
+    assert redis_snapshot(stack.r) == before
+
+
+def test_changes_to_records_without_a_version_move_the_etag(stack, api, pki):
+    old = api.approved(pki.leaf)
+    new = api.approved(pki.leaf_b)
+    stack.r.hdel("certgate:reg:" + old, "version")        # read as "v1"
+    resp = api.call("POST", "/apps/app1/rotations", "sup1", json={
+        "newCertId": new, "oldCertId": old, "activateAt": "2031-01-01T00:00:00Z",
+        "retireOldAt": "2031-02-01T00:00:00Z"})
+    assert resp.status_code == 201, resp.text
+    assert api.call("GET", "/certs/" + old, "aud1").headers["ETag"] == '"v2"'
+    resp = api.call("POST", "/certs/%s/inactivate" % old, "mgr1", json={"reason": "x"},
+                    headers={"If-Match": '"v1"'})
+    assert resp.status_code == 412
+
+
+def test_migration_checks_every_key_before_writing(stack, pki):
+    write_legacy(stack, pki)
+    stack.r.hset("certgate:reg:r-a2", "version", "not-a-number")
+    before = redis_snapshot(stack.r)
+    script = os.path.join(ROOT, "scripts", "migrate-app-owners.lua")
+    res = subprocess.run(["redis-cli", "-p", str(stack.redis.port), "-n", str(Redis.DB),
+                          "--no-auth-warning", "-a", Redis.PASSWORD, "--eval", script, ",",
+                          "certgate:", "apply"], capture_output=True, text=True)
+    assert "BADKEY certgate:reg:r-a2" in res.stdout + res.stderr
+    assert redis_snapshot(stack.r) == before
+
+
+def test_a_confined_manager_cannot_take_or_see_other_registrations(stack, pki):
+    write_legacy(stack, pki)
+    scoped = Admin(stack, "/scoped")               # mgr2 is confined to cust-1
+    before = redis_snapshot(stack.r)
+    for app in ("old-c", "old-b"):                 # orphans only; another customer's too
+        resp = scoped.call("POST", "/apps", "mgr2", json={"appId": app})
+        assert resp.status_code == 409 and error_code(resp) == "App.Conflict", resp.text
+        assert "r-" not in resp.json()["message"]
+    assert redis_snapshot(stack.r) == before
+    resp = scoped.call("POST", "/apps", "mgr2", json={"appId": "fresh-app"})
+    assert resp.status_code == 201 and resp.json()["customerId"] == "cust-1", resp.text
+    resp = scoped.call("PATCH", "/apps/app2", "mgr2", json={"name": "x"})
+    assert resp.status_code == 403 and error_code(resp) == "App.CustomerMismatch"
+
+
+def test_a_cursor_never_reaches_before_from(stack, api):
+    for t in ("2025-01-01T00:00:00Z", "2025-06-01T00:00:00Z"):
+        stack.r.xadd("certgate:events", {"time": t, "action": "cert.upload"},
+                     id="%d-0" % (1735689600000 if t.startswith("2025-01") else 1748736000000))
+    body = api.call("GET", "/events?from=2025-05-01T00:00:00Z&cursor=0-1", "aud1").json()
+    assert [i["time"] for i in body["items"]] == ["2025-06-01T00:00:00Z"]
+
+
+def test_four_eyes_under_ignore_case_covers_older_spellings(stack, api, pki):
+    cid = api.upload(pki.leaf, user="devmgr").json()["id"]
+    stack.r.hset("certgate:reg:" + cid, "created_by", "DevMgr")  # made before IgnoreCase
+    resp = Admin(stack, "/admin/fold").call("POST", "/certs/%s/approve" % cid, "devmgr")
+    assert resp.status_code == 403 and error_code(resp) == "Transition.FourEyes"
