@@ -2,7 +2,9 @@
 APXS    ?= apxs
 CC      ?= cc
 PYTEST  ?= /usr/bin/python3 -m pytest
-CFLAGS_COMMON = -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -O2 -g -fPIC
+VERSION := $(shell sed -n 's/^\#define CG_VERSION "\(.*\)"/\1/p' src/cg_version.h)
+# EXTRA_CFLAGS/EXTRA_LDFLAGS: the Debian build adds dpkg-buildflags (hardening).
+CFLAGS_COMMON = -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -O2 -g -fPIC $(EXTRA_CFLAGS)
 CORE_SRC = src/cg_fp.c src/cg_reg.c src/cg_decide.c src/cg_store.c src/cg_tls.c src/cg_cert.c src/cg_policy.c src/cg_admin.c src/cg_cache.c src/cg_sub.c src/cg_metrics.c src/cg_usage.c src/cg_thread.c
 CORE_OBJ = $(CORE_SRC:src/%.c=build/core/%.o)
 CORE_LIB = build/libcertgate.a
@@ -10,7 +12,7 @@ LIBS     = -ljansson -lhiredis -lssl -lcrypto -lpthread
 MODULE   = build/mod_certgate.so
 NGX_MODULE = build/ngx_http_certgate_module.so
 
-.PHONY: all deps module nginx-module unit test test-unit test-integration demo demo-stop clean bench fuzz fuzz-build fuzz-deps test-asan test-valgrind valgrind-deps
+.PHONY: all deps install deb test-package module nginx-module unit test test-unit test-integration demo demo-stop clean bench fuzz fuzz-build fuzz-deps test-asan test-valgrind valgrind-deps
 
 all: module
 
@@ -29,6 +31,7 @@ $(MODULE): mod_certgate.c $(CORE_LIB) src/*.h
 	@mkdir -p build/apxs
 	cp mod_certgate.c build/apxs/mod_certgate.c
 	cd build/apxs && $(APXS) -c -Wc,-std=c11 -Wc,-Wall -Wc,-Wextra -Wc,-Werror \
+	  $(EXTRA_CFLAGS:%=-Wc,%) $(EXTRA_LDFLAGS:%=-Wl,%) \
 	  -I$(CURDIR)/src -o mod_certgate.so mod_certgate.c $(CURDIR)/$(CORE_LIB) $(LIBS) >/dev/null
 	cp build/apxs/.libs/mod_certgate.so $@.tmp && mv -f $@.tmp $@   # new inode: a running httpd keeps its copy
 
@@ -36,7 +39,7 @@ module: $(MODULE)
 
 # nginx: Debian's nginx-dev sources configured like Debian's binary (scripts/nginx-module.sh).
 $(NGX_MODULE): nginx/*.c nginx/*.h nginx/config $(CORE_LIB) src/*.h scripts/nginx-module.sh
-	bash scripts/nginx-module.sh $@
+	bash scripts/nginx-module.sh $@ $(CURDIR)/$(CORE_LIB) "$(EXTRA_CFLAGS)" "$(EXTRA_LDFLAGS)"
 
 nginx-module: deps $(NGX_MODULE)
 
@@ -132,3 +135,21 @@ test-valgrind: deps valgrind-deps build/test_core $(MODULE) $(NGX_MODULE)
 	  --show-leak-kinds=definite ./build/test_core
 	CERTGATE_SANITIZE=valgrind $(PYTEST) -q tests/integration/test_gate.py \
 	  -k "httpd and (allowed_and_exported or unregistered or chain_mismatch or forward_headers or app_binding)"
+
+# ---- Install and Debian packages (docs/operator-guide.md) ----
+# Paths as Debian's apache2 and nginx have them; DESTDIR for staged installs.
+APACHE_MODDIR ?= $(shell $(APXS) -q LIBEXECDIR 2>/dev/null || echo /usr/lib/apache2/modules)
+NGINX_MODDIR ?= /usr/lib/nginx/modules
+
+install: $(MODULE) $(NGX_MODULE)
+	install -d $(DESTDIR)$(APACHE_MODDIR) $(DESTDIR)$(NGINX_MODDIR)
+	install -m 644 $(MODULE) $(DESTDIR)$(APACHE_MODDIR)/mod_certgate.so
+	install -m 644 $(NGX_MODULE) $(DESTDIR)$(NGINX_MODDIR)/ngx_http_certgate_module.so
+
+# build/deb/*.deb, built from a clean copy of the tracked tree, then lintian.
+deb:
+	@bash scripts/package.sh build
+
+# Builds, installs with apt, enables, serves, upgrades and purges (run by .ci/run).
+test-package:
+	@bash scripts/package.sh test

@@ -148,3 +148,20 @@ def test_every_reason_is_documented():
     assert len(reasons) == 14
     for r in reasons:
         assert "`%s`" % r in doc, r
+
+
+def test_make_install_stages_both_modules(tmp_path):
+    res = subprocess.run(["make", "-s", "install", "DESTDIR=%s" % tmp_path,
+                          "APACHE_MODDIR=/usr/lib/apache2/modules"], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    for f in ("usr/lib/apache2/modules/mod_certgate.so",
+              "usr/lib/nginx/modules/ngx_http_certgate_module.so"):
+        assert os.path.getsize(os.path.join(tmp_path, f)) > 10000, f
+
+
+def test_one_version_for_sources_and_packages():
+    src = open(os.path.join(ROOT, "src", "cg_version.h")).read()
+    version = re.search(r'#define CG_VERSION "([^"]+)"', src).group(1)
+    changelog = open(os.path.join(ROOT, "debian", "changelog")).readline()
+    assert changelog.startswith("mod-certgate (%s) " % version), changelog

@@ -16,8 +16,9 @@ from conftest import Stack
 from harness import ROOT, Redis, flush_store
 from pki import make_cert
 
-# Not run, on purpose: docs/operator-guide.md's install block (it writes to
-# /usr/lib/apache2/modules; CI runs its make steps) and its ACL line (the
+# Not run, on purpose: docs/operator-guide.md's install blocks (they install
+# packages or write to system directories; `make test-package`, run by CI,
+# does the same steps) and its ACL line (the
 # harness creates its gate user with exactly that line), and
 # docs/event-format.md's blocking XREAD consumer example.
 
