@@ -384,4 +384,3 @@ void adm_customer_get(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_admin_req_t 
     }
     json_decref(rec);
 }
-

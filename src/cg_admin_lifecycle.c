@@ -377,4 +377,3 @@ void adm_rotation_cancel(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_admin_req
     resp->status = 204;
     adm_set_body(resp, 204, "application/json", NULL);
 }
-

@@ -407,4 +407,3 @@ done:
         free(want[f]);
     free(from); free(to); free(cursor); free(limit_s);
 }
-

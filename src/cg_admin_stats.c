@@ -159,4 +159,3 @@ int cg_admin_expiry_scan(cg_store_t *st, int timeout_ms, int64_t now, const int 
     json_decref(recs);
     return emitted;
 }
-

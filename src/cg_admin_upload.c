@@ -548,4 +548,3 @@ void adm_check(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_admin_req_t *req,
                                        "message", pol ? msg : NULL));
     upload_free(&u);
 }
-

@@ -189,4 +189,3 @@ json_t *adm_entity_view(json_t *rec, const char *idname)
     json_object_set_new(v, "version", json_integer((json_int_t)fi(rec, "version", 1)));
     return v;
 }
-
