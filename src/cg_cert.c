@@ -1,5 +1,4 @@
 #include "cg_cert.h"
-#include "cg_tls.h"
 
 #include <ctype.h>
 #include <stdio.h>

@@ -2,6 +2,7 @@
 
 #include <string.h>
 #include <openssl/evp.h>
+#include <openssl/x509.h>
 
 int cg_fp_der(const unsigned char *der, size_t len, cg_fp_t *out)
 {
@@ -9,6 +10,15 @@ int cg_fp_der(const unsigned char *der, size_t len, cg_fp_t *out)
     if (der == NULL || len == 0 || out == NULL)
         return -1;
     if (EVP_Digest(der, len, out->b, &n, EVP_sha256(), NULL) != 1 || n != CG_FP_LEN)
+        return -1;
+    return 0;
+}
+
+int cg_fp_x509(X509 *x, cg_fp_t *out)
+{
+    unsigned int n = 0;
+    /* X509_digest hashes the DER encoding OpenSSL keeps; no parsing. */
+    if (X509_digest(x, EVP_sha256(), out->b, &n) != 1 || n != CG_FP_LEN)
         return -1;
     return 0;
 }

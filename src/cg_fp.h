@@ -15,6 +15,12 @@ typedef struct {
 /* SHA-256 of a DER buffer. Returns 0 on success, -1 on failure. */
 int cg_fp_der(const unsigned char *der, size_t len, cg_fp_t *out);
 
+/* OpenSSL's X509, declared here so this header needs no OpenSSL headers. */
+struct x509_st;
+
+/* SHA-256 of a decoded certificate's DER. 0 on success. */
+int cg_fp_x509(struct x509_st *x, cg_fp_t *out);
+
 /* out must hold CG_FP_HEX_LEN + 1 bytes. */
 void cg_fp_to_hex(const cg_fp_t *fp, char *out);
 

@@ -7,6 +7,9 @@
 #include <string.h>
 #include <time.h>
 #include <hiredis/hiredis.h>
+#include <openssl/crypto.h>
+
+#include "cg_registry.h"
 
 struct cg_store {
     char *host, *socket, *user, *password, *prefix;
@@ -108,7 +111,7 @@ void cg_store_free(cg_store_t *st)
     cg_store_drop_idle(st);
     pthread_mutex_destroy(&st->lock);
     if (st->password != NULL)
-        memset(st->password, 0, strlen(st->password));
+        OPENSSL_cleanse(st->password, strlen(st->password));
     free(st->host); free(st->socket); free(st->user);
     free(st->password); free(st->prefix); free(st->idle);
     free(st);
@@ -335,7 +338,7 @@ int cg_lookup_index_cmd(const char *prefix, const cg_fp_t *leaf, char *key, size
 {
     char hex[CG_FP_HEX_LEN + 1];
     cg_fp_to_hex(leaf, hex);
-    int n = snprintf(key, cap, "%sfp:%s", prefix, hex);
+    int n = snprintf(key, cap, "%s" CG_K_FP "%s", prefix, hex);
     return n < 0 || (size_t)n >= cap ? -1 : n;
 }
 
@@ -350,7 +353,7 @@ cg_store_rc_t cg_lookup_index_reply(const char *prefix, const redisReply *r, cha
         snprintf(err, errlen, "fingerprint index holds no valid registration id");
         return CG_STORE_CORRUPT;
     }
-    int n = snprintf(key, cap, "%sreg:%.*s", prefix, (int)r->len, r->str);
+    int n = snprintf(key, cap, "%s" CG_K_REG "%.*s", prefix, (int)r->len, r->str);
     if (n < 0 || (size_t)n >= cap) {
         snprintf(err, errlen, "registration key too long");
         return CG_STORE_CORRUPT;
@@ -407,12 +410,13 @@ cg_store_rc_t cg_lookup_reg_reply(const char *prefix, const char *reg_key, const
         return rc;
     /* The key is "{prefix}reg:{id}"; the record must say the same id. */
     size_t pl = strlen(prefix);
-    if (strncmp(reg_key, prefix, pl) != 0 || strncmp(reg_key + pl, "reg:", 4) != 0 ||
-        strcmp(reg_key + pl + 4, out->id) != 0) {
+    size_t rl = sizeof(CG_K_REG) - 1;
+    if (strncmp(reg_key, prefix, pl) != 0 || strncmp(reg_key + pl, CG_K_REG, rl) != 0 ||
+        strcmp(reg_key + pl + rl, out->id) != 0) {
         snprintf(err, errlen, "record id differs from its key");
         return CG_STORE_CORRUPT;
     }
-    int n = snprintf(owner_key, cap, "%sappinfo:%s", prefix, out->app_id);
+    int n = snprintf(owner_key, cap, "%s" CG_K_APPINFO "%s", prefix, out->app_id);
     if (n < 0 || (size_t)n >= cap) {
         snprintf(err, errlen, "app key too long");
         return CG_STORE_ERROR;

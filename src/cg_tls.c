@@ -9,15 +9,6 @@
 static const unsigned char ticket_magic[4] = { 'C', 'G', 'C', '1' };
 #define TICKET_MAX (sizeof(ticket_magic) + 1 + (CG_MAX_CHAIN + 1) * CG_FP_LEN)
 
-int cg_fp_x509(X509 *x, cg_fp_t *out)
-{
-    unsigned int n = 0;
-    /* X509_digest hashes the DER encoding OpenSSL keeps; no parsing. */
-    if (X509_digest(x, EVP_sha256(), out->b, &n) != 1 || n != CG_FP_LEN)
-        return -1;
-    return 0;
-}
-
 static int chain_from_stack(STACK_OF(X509) *sk, cg_peer_t *peer)
 {
     int n = sk ? sk_X509_num(sk) : 0;

@@ -22,8 +22,7 @@ typedef struct {
     int verify_failed;
 } cg_peer_t;
 
-/* SHA-256 of a decoded certificate's DER. 0 on success. */
-int cg_fp_x509(X509 *x, cg_fp_t *out);
+/* cg_fp_x509 (cg_fp.h) hashes a decoded certificate. */
 
 /* Fill peer from ssl. 0 on success, -1 on an OpenSSL failure (err says which). */
 int cg_tls_peer(SSL *ssl, cg_peer_t *peer, char *err, size_t errlen);
