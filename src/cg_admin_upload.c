@@ -156,6 +156,9 @@ static int read_upload(const cg_admin_req_t *req, cg_admin_resp_t *resp, upload_
                    "application/x-pem-file, application/pkix-cert or application/pkcs7-mime");
         return -1;
     }
+    /* Developers' chain files often start with the leaf (leaf -> root, as the
+     * requirements tell them to build it): the same certificate twice is one. */
+    cg_cert_drop_repeats(u->certs);
     if (p7 && cg_cert_order_bag(u->certs, err, sizeof(err)) != 0) {
         adm_errorf(resp, 400, "Upload.Certificate.Invalid", "PKCS#7 bundle: %s", err);
         return -1;

@@ -489,6 +489,40 @@ void cg_cert_info_free(cg_cert_info_t *info)
     memset(info, 0, sizeof(*info));
 }
 
+size_t cg_cert_drop_repeats(STACK_OF(X509) *sk)
+{
+    size_t dropped = 0;
+    for (int i = 1; i < sk_X509_num(sk); i++) {
+        for (int j = 0; j < i; j++) {
+            if (X509_cmp(sk_X509_value(sk, j), sk_X509_value(sk, i)) == 0) {
+                X509_free(sk_X509_delete(sk, i));
+                dropped++;
+                i--;
+                break;
+            }
+        }
+    }
+    return dropped;
+}
+
+const char *cg_cert_link_words(int code)
+{
+    switch (code) {
+    case X509_V_ERR_SUBJECT_ISSUER_MISMATCH:
+        return "its issuer name is not the next certificate's subject";
+    case X509_V_ERR_AKID_SKID_MISMATCH:
+    case X509_V_ERR_AKID_ISSUER_SERIAL_MISMATCH:
+        return "its authority key identifier does not name the next certificate's key";
+    case X509_V_ERR_CERT_SIGNATURE_FAILURE:
+        return "the names match but the next certificate's key did not sign it "
+               "(an older or reissued CA with the same name?)";
+    case X509_V_ERR_KEYUSAGE_NO_CERTSIGN:
+        return "the next certificate may not sign certificates (keyUsage without keyCertSign)";
+    default:
+        return X509_verify_cert_error_string(code);
+    }
+}
+
 int cg_cert_link(X509 *child, X509 *issuer)
 {
     int rc = X509_check_issued(issuer, child);

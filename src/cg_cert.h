@@ -30,6 +30,15 @@ STACK_OF(X509) *cg_cert_read_all(const unsigned char *buf, size_t len, int *from
  * exactly one leaf or the certificates do not form one chain. */
 int cg_cert_order_bag(STACK_OF(X509) *sk, char *err, size_t errlen);
 
+/*
+ * Drop certificates that repeat an earlier one byte for byte (a chain file
+ * that starts with the leaf itself, sent next to the leaf). Returns how many.
+ */
+size_t cg_cert_drop_repeats(STACK_OF(X509) *sk);
+
+/* Why cg_cert_link refused a link, in words for the person who built the chain. */
+const char *cg_cert_link_words(int code);
+
 typedef struct {
     char *subject, *issuer;                 /* RFC 2253 */
     char *common_name, *organization, *organizational_unit;

@@ -89,10 +89,16 @@ int cg_policy_check(const cg_policy_t *p, STACK_OF(X509) *sk, const char *org, i
     for (size_t i = 0; i + 1 < n; i++) {
         int v = cg_cert_link(certs[i], certs[i + 1]);
         if (v != X509_V_OK) {
+            char which[48];
+            if (i == 0)
+                snprintf(which, sizeof(which), "the certificate");
+            else
+                snprintf(which, sizeof(which), "chain element %zu", i);
             fail(code, "Chain.Invalid", msg, msglen,
-                 "element %zu (%s) is not issued by element %zu (%s): %s; the chain must be "
-                 "ordered leaf to root", i, info[i].subject, i + 1, info[i + 1].subject,
-                 X509_verify_cert_error_string(v));
+                 "%s (%s) was not issued by the next one, chain element %zu (%s): %s. Send the "
+                 "chain ordered leaf to root, each certificate issued by the one after it, "
+                 "ending with the root", which, info[i].subject, i + 1, info[i + 1].subject,
+                 cg_cert_link_words(v));
             goto done;
         }
     }

@@ -586,3 +586,22 @@ def test_private_key_is_never_kept(stack, api, pki):
             dump += repr(stack.r.xrange(k))
     assert marker not in dump and "PRIVATE KEY" not in dump
     assert marker not in stack.httpd.read_log()
+
+
+def test_chain_file_that_starts_with_the_leaf_is_accepted(stack, api, pki):
+    # What the requirements tell developers to build: leaf, intermediate, root.
+    chain = (pki.leaf.pem + pki.inter.pem + pki.root.pem).decode()
+    resp = api.upload(pki.leaf, chain=chain)
+    assert resp.status_code == 201, resp.text
+    assert [c["fingerprint"] for c in resp.json()["chain"]] == pki.leaf.chain_fingerprints
+    api.call("POST", "/certs/%s/approve" % resp.json()["id"], "mgr1")
+    assert get(stack, GATED, pki.leaf).status_code == 200
+
+
+def test_a_refused_chain_says_which_element_and_why(api, pki):
+    resp = api.upload(pki.leaf_b, chain=(pki.root.pem + pki.inter.pem).decode())
+    assert resp.status_code == 400 and error_code(resp) == "Chain.Invalid"
+    msg = resp.json()["message"]
+    assert "the certificate (" in msg and "chain element 1 (" in msg, msg
+    assert "its issuer name is not the next certificate's subject" in msg, msg
+    assert "ordered leaf to root" in msg, msg
