@@ -3,7 +3,7 @@ APXS    ?= apxs
 CC      ?= cc
 PYTEST  ?= /usr/bin/python3 -m pytest
 CFLAGS_COMMON = -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -O2 -g -fPIC
-CORE_SRC = src/cg_fp.c src/cg_reg.c src/cg_decide.c src/cg_store.c src/cg_tls.c src/cg_cert.c src/cg_policy.c src/cg_admin.c src/cg_cache.c src/cg_sub.c src/cg_metrics.c src/cg_usage.c src/cg_thread.c
+CORE_SRC = src/cg_fp.c src/cg_reg.c src/cg_decide.c src/cg_store.c src/cg_tls.c src/cg_cert.c src/cg_policy.c src/cg_admin.c src/cg_cache.c src/cg_sub.c src/cg_metrics.c src/cg_usage.c src/cg_thread.c src/cg_gate.c
 CORE_OBJ = $(CORE_SRC:src/%.c=build/core/%.o)
 CORE_LIB = build/libcertgate.a
 LIBS     = -ljansson -lhiredis -lssl -lcrypto -lpthread
