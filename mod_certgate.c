@@ -25,11 +25,10 @@
 #include "cg_cache.h"
 #include "cg_cert.h"
 #include "cg_decide.h"
+#include "cg_gate.h"
 #include "cg_store.h"
 #include "cg_metrics.h"
-#include "cg_sub.h"
 #include "cg_tls.h"
-#include "cg_usage.h"
 #include "apr_shm.h"
 #include "mod_watchdog.h"
 
@@ -48,9 +47,6 @@ module AP_MODULE_DECLARE_DATA certgate_module;
 
 
 #define UNSET (-1)
-#define DEFAULT_TIMEOUT_MS 200
-#define CG_DEFAULT_PREFIX "certgate:"
-#define DEFAULT_MAX_IDLE 16
 #define NOTE_DECISION "certgate-decision"
 
 /* Headers we set for the upstream; incoming copies are always removed. */
@@ -83,10 +79,7 @@ typedef struct {
     int clock_offset;       /* seconds; test only */
     int addr_set;           /* CertGateRedis given here */
     int own_store;          /* this vhost changes store or cache settings: own instances */
-    cg_store_t *store;      /* per child, created in child_init */
-    cg_cache_t *cache;      /* per child; NULL with CertGateCache off */
-    cg_sub_t *sub;
-    cg_usage_t *usage;
+    cg_gate_t *gate;        /* per child, created in child_init: store, cache, threads */
 } cg_srv_t;
 
 typedef enum { APP_FROM_UNSET = 0, APP_FROM_NONE, APP_FROM_HEADER, APP_FROM_ENV } app_from_t;
@@ -133,11 +126,6 @@ typedef struct {
 
 static int gate_configured;     /* some location says CertGate On */
 static cg_metrics_t *metrics;   /* shared by all children; NULL if no shared memory */
-
-static void count(_Atomic uint64_t *c)
-{
-    atomic_fetch_add_explicit(c, 1, memory_order_relaxed);
-}
 
 /* Request time in seconds, moved by CertGateTestClockOffset (tests only). */
 static int64_t now_sec(const cg_srv_t *sc, apr_time_t t)
@@ -259,19 +247,33 @@ static cg_srv_t *srv_conf(server_rec *s)
     return ap_get_module_config(s->module_config, &certgate_module);
 }
 
-/* Effective values: an UNSET field takes its documented default. */
-static void store_cfg(const cg_srv_t *c, cg_store_cfg_t *out)
+/* Effective values: an UNSET field takes the core's default. */
+static void gate_cfg(const cg_srv_t *c, cg_gate_cfg_t *out)
 {
-    memset(out, 0, sizeof(*out));
-    out->socket = c->socket;
-    out->host = c->host ? c->host : "127.0.0.1";
-    out->port = c->port != UNSET ? c->port : 6379;
-    out->user = c->user;
-    out->password = c->password;
-    out->db = c->db != UNSET ? c->db : 0;
-    out->prefix = c->prefix ? c->prefix : CG_DEFAULT_PREFIX;
-    out->timeout_ms = c->timeout_ms != UNSET ? c->timeout_ms : DEFAULT_TIMEOUT_MS;
-    out->max_idle = c->max_idle != UNSET ? c->max_idle : DEFAULT_MAX_IDLE;
+    cg_gate_cfg_defaults(out);
+    out->store.socket = c->socket;
+    if (c->host)
+        out->store.host = c->host;
+    if (c->port != UNSET)
+        out->store.port = c->port;
+    out->store.user = c->user;
+    out->store.password = c->password;
+    if (c->db != UNSET)
+        out->store.db = c->db;
+    if (c->prefix)
+        out->store.prefix = c->prefix;
+    if (c->timeout_ms != UNSET)
+        out->store.timeout_ms = c->timeout_ms;
+    if (c->max_idle != UNSET)
+        out->store.max_idle = c->max_idle;
+    if (c->cache_on != UNSET)
+        out->cache_on = c->cache_on;
+    if (c->cache_entries != UNSET)
+        out->cache_entries = (size_t)c->cache_entries;
+    if (c->cache_max_age != UNSET)
+        out->cache_max_age_s = c->cache_max_age;
+    if (c->usage_interval != UNSET)
+        out->usage_interval_s = c->usage_interval;
 }
 
 static const char *set_redis(cmd_parms *cmd, void *d, const char *arg)
@@ -333,21 +335,22 @@ static const char *set_redis_db(cmd_parms *cmd, void *d, const char *arg)
     cg_srv_t *c = srv_conf(cmd->server);
     (void)d;
     c->own_store = 1;
-    return parse_int(cmd, arg, 0, 15999, &c->db);
+    return parse_int(cmd, arg, 0, CG_GATE_DB_MAX, &c->db);
 }
 
 static const char *set_redis_timeout(cmd_parms *cmd, void *d, const char *arg)
 {
     (void)d;
     srv_conf(cmd->server)->own_store = 1;
-    return parse_int(cmd, arg, 1, 60000, &srv_conf(cmd->server)->timeout_ms);
+    return parse_int(cmd, arg, CG_GATE_TIMEOUT_MS_MIN, CG_GATE_TIMEOUT_MS_MAX,
+                     &srv_conf(cmd->server)->timeout_ms);
 }
 
 static const char *set_redis_max_idle(cmd_parms *cmd, void *d, const char *arg)
 {
     (void)d;
     srv_conf(cmd->server)->own_store = 1;
-    return parse_int(cmd, arg, 0, 1024, &srv_conf(cmd->server)->max_idle);
+    return parse_int(cmd, arg, 0, CG_GATE_MAX_IDLE_MAX, &srv_conf(cmd->server)->max_idle);
 }
 
 static const char *set_prefix(cmd_parms *cmd, void *d, const char *arg)
@@ -378,7 +381,8 @@ static const char *set_cache_entries(cmd_parms *cmd, void *d, const char *arg)
     cg_srv_t *c = srv_conf(cmd->server);
     (void)d;
     c->own_store = 1;
-    return parse_int(cmd, arg, 1, 10000000, &c->cache_entries);
+    return parse_int(cmd, arg, CG_GATE_CACHE_ENTRIES_MIN, CG_GATE_CACHE_ENTRIES_MAX,
+                     &c->cache_entries);
 }
 
 static const char *set_cache_max_age(cmd_parms *cmd, void *d, const char *arg)
@@ -386,7 +390,8 @@ static const char *set_cache_max_age(cmd_parms *cmd, void *d, const char *arg)
     cg_srv_t *c = srv_conf(cmd->server);
     (void)d;
     c->own_store = 1;
-    return parse_int(cmd, arg, 1, 3600, &c->cache_max_age);
+    return parse_int(cmd, arg, CG_GATE_CACHE_MAX_AGE_MIN, CG_GATE_CACHE_MAX_AGE_MAX,
+                     &c->cache_max_age);
 }
 
 static const char *set_usage_interval(cmd_parms *cmd, void *d, const char *arg)
@@ -396,7 +401,8 @@ static const char *set_usage_interval(cmd_parms *cmd, void *d, const char *arg)
         srv_conf(cmd->server)->usage_interval = 0;
         return NULL;
     }
-    return parse_int(cmd, arg, 1, 3600, &srv_conf(cmd->server)->usage_interval);
+    return parse_int(cmd, arg, 1, CG_GATE_USAGE_INTERVAL_MAX,
+                     &srv_conf(cmd->server)->usage_interval);
 }
 
 static const char *set_expiry_interval(cmd_parms *cmd, void *d, const char *arg)
@@ -714,6 +720,16 @@ static apr_status_t wd_child_exit(void *data)
     return APR_SUCCESS;
 }
 
+/* The Redis budget of a scan: CertGateAdminTimeout of the server's own
+ * section (outside any Location), else the admin API's default. */
+static int server_admin_timeout(server_rec *v)
+{
+    const cg_dir_t *d = ap_get_module_config(v->lookup_defaults, &certgate_module);
+    cg_admin_cfg_t def;
+    cg_admin_cfg_defaults(&def);
+    return d != NULL && d->admin_timeout_ms != UNSET ? d->admin_timeout_ms : def.timeout_ms;
+}
+
 /* Once per server (a singleton watchdog thread in one child): the expiry scan. */
 static apr_status_t expiry_watchdog(int state, void *data, apr_pool_t *pool)
 {
@@ -729,7 +745,8 @@ static apr_status_t expiry_watchdog(int state, void *data, apr_pool_t *pool)
     }
     for (server_rec *v = s; v != NULL; v = v->next) {
         cg_srv_t *sc = srv_conf(v);
-        if ((v != s && !sc->own_store) || sc->store == NULL)
+        cg_store_t *store = cg_gate_store(sc->gate);
+        if ((v != s && !sc->own_store) || store == NULL)
             continue;
         int days[16] = { 90, 60, 30, 7 };
         size_t n = 4;
@@ -740,8 +757,8 @@ static apr_status_t expiry_watchdog(int state, void *data, apr_pool_t *pool)
         }
         if (n == 0)
             continue;
-        int emitted = cg_admin_expiry_scan(sc->store, 2000, now_sec(sc, apr_time_now()), days, n,
-                                           err, sizeof(err));
+        int emitted = cg_admin_expiry_scan(store, server_admin_timeout(v),
+                                           now_sec(sc, apr_time_now()), days, n, err, sizeof(err));
         if (emitted < 0 && -emitted == CG_STORE_PERM) {
             ap_log_error(APLOG_MARK, APLOG_WARNING, 0, v, "CG08004: expiry scan refused by the "
                          "Redis ACL (permission): %s; grant the commands of the operator guide",
@@ -798,10 +815,10 @@ static int cg_post_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *ptemp
         return HTTP_INTERNAL_SERVER_ERROR;
     }
     for (server_rec *v = s; v != NULL; v = v->next) {
-        cg_store_cfg_t cfg;
+        cg_gate_cfg_t cfg;
         cg_srv_t *sc = srv_conf(v);
-        store_cfg(sc, &cfg);
-        if (cg_store_cfg_check(&cfg, err, sizeof(err)) != 0) {
+        gate_cfg(sc, &cfg);
+        if (cg_store_cfg_check(&cfg.store, err, sizeof(err)) != 0) {
             ap_log_error(APLOG_MARK, APLOG_EMERG, 0, v,
                          "CG04001: invalid Redis settings for %s: %s", v->server_hostname, err);
             return HTTP_INTERNAL_SERVER_ERROR;
@@ -835,109 +852,54 @@ static int cg_post_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *ptemp
     return OK;
 }
 
-static apr_status_t store_cleanup(void *data)
+static apr_status_t gate_cleanup(void *data)
 {
-    cg_store_free(data);
+    cg_gate_free(data);
     return APR_SUCCESS;
 }
 
-static apr_status_t cache_cleanup(void *data)
-{
-    cg_cache_free(data);
-    return APR_SUCCESS;
-}
+/* Where the core's lines go: a request's log, or a server's. */
+typedef struct {
+    server_rec *s;
+    request_rec *r;
+} log_ctx_t;
 
-static apr_status_t sub_cleanup(void *data)
+static void gate_log(void *ctx, int level, const char *msg)
 {
-    cg_sub_stop(data);
-    return APR_SUCCESS;
-}
-
-static apr_status_t usage_cleanup(void *data)
-{
-    cg_usage_stop(data);
-    return APR_SUCCESS;
-}
-
-static void usage_flushed(void *arg, size_t written, size_t dropped, const char *err)
-{
-    (void)written;
-    if (metrics) {
-        count(&metrics->usage_flushes);
-        atomic_fetch_add_explicit(&metrics->usage_dropped, dropped, memory_order_relaxed);
-    }
-    if (dropped > 0)
-        ap_log_error(APLOG_MARK, APLOG_WARNING, 0, (server_rec *)arg,
-                     "CG08002: %lu usage records dropped%s%s", (unsigned long)dropped,
-                     err ? ": " : "", err ? err : "");
-}
-
-static void sub_inval(void *arg, int64_t lag_us)
-{
-    (void)arg;
-    cg_metrics_invalidation(metrics, lag_us);
-}
-
-static void sub_log(void *arg, int event, const char *msg)
-{
-    server_rec *s = arg;
-    if (event == CG_SUB_SUBSCRIBED)
-        ap_log_error(APLOG_MARK, APLOG_INFO, 0, s, "CG07001: %s", msg);
-    else if (event == CG_SUB_DISCONNECTED)
-        ap_log_error(APLOG_MARK, APLOG_WARNING, 0, s, "CG07002: %s", msg);
+    const log_ctx_t *lc = ctx;
+    int lv = level == CG_LOG_CRIT ? APLOG_CRIT : level == CG_LOG_ERR ? APLOG_ERR
+             : level == CG_LOG_WARN ? APLOG_WARNING : level == CG_LOG_INFO ? APLOG_INFO
+             : APLOG_DEBUG;
+    if (lc != NULL && lc->r != NULL)
+        ap_log_rerror(APLOG_MARK, lv, 0, lc->r, "%s", msg);
     else
-        ap_log_error(APLOG_MARK, APLOG_WARNING, 0, s, "CG07003: %s", msg);
+        ap_log_error(APLOG_MARK, lv, 0, lc ? lc->s : NULL, "%s", msg);
 }
 
 static void cg_child_init(apr_pool_t *p, server_rec *s)
 {
-    char err[256];
     cg_srv_t *main_conf = srv_conf(s);
 
+    cg_gate_set_log(gate_log);
     for (server_rec *v = s; v != NULL; v = v->next) {
         cg_srv_t *sc = srv_conf(v);
         if (v != s && !sc->own_store) {
-            sc->store = main_conf->store;
-            sc->cache = main_conf->cache;
-            sc->sub = main_conf->sub;
-            sc->usage = main_conf->usage;
+            sc->gate = main_conf->gate;
             continue;
         }
-        cg_store_cfg_t cfg;
-        store_cfg(sc, &cfg);
-        /* No connection yet: each thread connects lazily on first lookup. */
-        sc->store = cg_store_new(&cfg, err, sizeof(err));
-        if (sc->store == NULL) {
+        cg_gate_cfg_t cfg;
+        gate_cfg(sc, &cfg);
+        log_ctx_t *lc = apr_pcalloc(p, sizeof(*lc));
+        lc->s = v;
+        sc->gate = cg_gate_new(&cfg, metrics, lc);
+        if (sc->gate == NULL) {
             ap_log_error(APLOG_MARK, APLOG_ERR, 0, v,
-                         "CG04004: cannot set up the Redis store: %s; gated requests get 503", err);
+                         "CG04004: cannot set up the Redis store: out of memory; gated "
+                         "requests get 503");
             continue;
         }
-        apr_pool_cleanup_register(p, sc->store, store_cleanup, apr_pool_cleanup_null);
-        /* Registered after the store, so it stops (with a last flush) before it. */
-        if (sc->usage_interval != 0)
-            sc->usage = cg_usage_start(sc->store, 4096,
-                                   (sc->usage_interval != UNSET ? sc->usage_interval : 5) * 1000,
-                                   2000, usage_flushed, v);
-        if (sc->usage != NULL)
-            apr_pool_cleanup_register(p, sc->usage, usage_cleanup, apr_pool_cleanup_null);
-        if (sc->cache_on == 0)
-            continue;
-        sc->cache = cg_cache_new((size_t)(sc->cache_entries != UNSET ? sc->cache_entries : 10000),
-                                 (int64_t)(sc->cache_max_age != UNSET ? sc->cache_max_age : 5) * 1000);
-        if (sc->cache == NULL) {
-            ap_log_error(APLOG_MARK, APLOG_ERR, 0, v,
-                         "CG04005: cannot allocate the registration cache; running without it");
-            continue;
-        }
-        apr_pool_cleanup_register(p, sc->cache, cache_cleanup, apr_pool_cleanup_null);
-        /* Registered last, so it is stopped first, before the cache goes. */
-        sc->sub = cg_sub_start(&cfg, sc->cache, sub_log, sub_inval, v, err, sizeof(err));
-        if (sc->sub == NULL)
-            ap_log_error(APLOG_MARK, APLOG_ERR, 0, v,
-                         "CG04006: cannot start the invalidation subscriber: %s; cached entries "
-                         "expire by CertGateCacheMaxAge", err);
-        else
-            apr_pool_cleanup_register(p, sc->sub, sub_cleanup, apr_pool_cleanup_null);
+        cg_gate_start(sc->gate);
+        apr_pool_cleanup_register(p, sc->gate, gate_cleanup, apr_pool_cleanup_null);
     }
     /* Registered last, so it runs first at child exit, before any store goes. */
     pthread_mutex_lock(&wd_lock);
@@ -1024,59 +986,13 @@ static int load_peer(request_rec *r, cg_conn_t *cc, cg_peer_t *peer,
     return rc;
 }
 
-/*
- * The registration of a leaf: from this connection's last answer, else the
- * process cache, else Redis. Times are not cached decisions: the caller
- * decides again on every request.
- */
-/* A Redis lookup, timed and counted for the metrics. */
-static cg_store_rc_t store_lookup(cg_srv_t *sc, const cg_fp_t *fp, cg_reg_t *reg, char *err,
-                                  size_t errlen)
+/* The lock of a connection's entry: HTTP/2 streams share it. */
+static void conn_lock(void *arg, int on)
 {
-    int64_t t0 = cg_now_us();
-    cg_store_rc_t rc = cg_store_lookup(sc->store, fp, reg, err, errlen);
-    cg_metrics_store(metrics, (uint64_t)(cg_now_us() - t0), rc);
-    return rc;
-}
-
-static cg_store_rc_t lookup_reg(cg_srv_t *sc, cg_conn_t *cc, const cg_fp_t *fp, cg_reg_t *reg,
-                                char *err, size_t errlen)
-{
-    if (sc->cache == NULL)
-        return store_lookup(sc, fp, reg, err, errlen);
-    int64_t now = cg_now_ms(), fetched = now;
-    uint64_t ver = cg_cache_version(sc->cache);
-    int found = 0;
-
-    if (cc != NULL && cc->lock != NULL) {
-        apr_thread_mutex_lock(cc->lock);
-        int hit = cg_conn_entry_get(&cc->dc, sc->cache, fp, now, &found, reg);
-        apr_thread_mutex_unlock(cc->lock);
-        if (hit) {
-            if (metrics)
-                count(&metrics->cache_conn_hits);
-            return found ? CG_STORE_OK : CG_STORE_NOTFOUND;
-        }
-    }
-    if (cg_cache_get(sc->cache, fp, now, &found, reg, &fetched)) {
-        if (metrics)
-            count(&metrics->cache_proc_hits);
-    } else {
-        if (metrics)
-            count(&metrics->cache_misses);
-        cg_store_rc_t rc = store_lookup(sc, fp, reg, err, errlen);
-        if (cg_store_failed(rc))
-            return rc;
-        found = rc == CG_STORE_OK;
-        fetched = now;   /* taken before the read: errs on the short side */
-        cg_cache_put(sc->cache, fp, found, reg, now, ver);
-    }
-    if (cc != NULL && cc->lock != NULL) {
-        apr_thread_mutex_lock(cc->lock);
-        cg_conn_entry_set(&cc->dc, fp, found, reg, ver, fetched);
-        apr_thread_mutex_unlock(cc->lock);
-    }
-    return found ? CG_STORE_OK : CG_STORE_NOTFOUND;
+    if (on)
+        apr_thread_mutex_lock(arg);
+    else
+        apr_thread_mutex_unlock(arg);
 }
 
 static int accepts_json(request_rec *r)
@@ -1111,15 +1027,13 @@ static int respond_deny(request_rec *r, cg_reason_t reason)
     return DONE;
 }
 
-static void export_allow(request_rec *r, const cg_dir_t *d, const cg_reg_t *reg,
-                         const char *fp_hex, int64_t now, const char *cert_hdr,
-                         const char *chain_hdr)
+static void export_allow(request_rec *r, const cg_dir_t *d, const cg_gate_verdict_t *v,
+                         const char *cert_hdr, const char *chain_hdr)
 {
-    const char *days = apr_psprintf(r->pool, "%" APR_INT64_T_FMT,
-                                    (apr_int64_t)cg_expire_in_days(reg, now));
-    const char *app = apr_pstrdup(r->pool, reg->app_id);
-    const char *id = apr_pstrdup(r->pool, reg->id);
-    const char *fp = apr_pstrdup(r->pool, fp_hex);
+    const char *days = apr_pstrdup(r->pool, v->expire_in);
+    const char *app = apr_pstrdup(r->pool, v->reg.app_id);
+    const char *id = apr_pstrdup(r->pool, v->reg.id);
+    const char *fp = apr_pstrdup(r->pool, v->fp_hex);
 
     apr_table_setn(r->subprocess_env, "CERTGATE_APP_ID", app);
     apr_table_setn(r->subprocess_env, "CERTGATE_CERT_ID", id);
@@ -1240,15 +1154,10 @@ static int cg_fixups(request_rec *r)
     strip_incoming(r);
     cg_srv_t *sc = srv_conf(r->server);
     cg_conn_t *cc = conn_state(r->connection);
-    int64_t now = now_sec(sc, r->request_time);
     cg_peer_t peer;
     const char *cert_hdr = NULL, *chain_hdr = NULL;
     const char *app = NULL;
     int app_ambiguous = 0;
-    char fp_hex[CG_FP_HEX_LEN + 1] = "-";
-    cg_reg_t reg;
-    const cg_reg_t *regp = NULL;
-    cg_reason_t reason;
 
     memset(&peer, 0, sizeof(peer));
     if (cc == NULL) {
@@ -1264,75 +1173,37 @@ static int cg_fixups(request_rec *r)
         if (app == NULL)
             app = "";   /* the request names no app: nothing can match */
     }
-
-    /* An ambiguous request is refused whatever the registration: no lookup. */
-    if (peer.has_leaf && !app_ambiguous) {
-        char err[160];
-        cg_fp_to_hex(&peer.leaf, fp_hex);
-        cg_store_rc_t rc = sc->store ? lookup_reg(sc, cc, &peer.leaf, &reg, err, sizeof(err))
-                                     : CG_STORE_ERROR;
-        if (sc->store == NULL)
-            snprintf(err, sizeof(err), "store not set up (see CG04004)");
-        if (rc == CG_STORE_OK) {
-            regp = &reg;
-        } else if (cg_store_failed(rc)) {
-            if (sc->on_store_error_allow == 1) {
-                ap_log_rerror(APLOG_MARK, APLOG_CRIT, 0, r,
-                              "CG02002: FAIL-OPEN: store %s (%s); request allowed unchecked by "
-                              "CertGateOnStoreError allow; fingerprint=%s client=%s",
-                              cg_store_rc_name(rc), err, fp_hex, r->useragent_ip);
-                apr_table_setn(r->notes, NOTE_DECISION, "store_unavailable");
-                apr_table_setn(r->subprocess_env, "CERTGATE_REASON", "store_unavailable");
-                return DECLINED;
-            }
-            /* One tag per kind: CG02001 unavailable, CG02003 corrupt, CG02004 timeout,
-             * CG02005 permission (docs/log-tags.md). */
-            ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r,
-                          "CG%s: store %s (%s): %s; reason=store_unavailable fingerprint=%s "
-                          "client=%s",
-                          rc == CG_STORE_CORRUPT ? "02003" : rc == CG_STORE_TIMEOUT ? "02004"
-                          : rc == CG_STORE_PERM ? "02005" : "02001",
-                          rc == CG_STORE_CORRUPT ? "record corrupt" : rc == CG_STORE_PERM
-                          ? "permission denied" : "unavailable", cg_store_rc_name(rc), err,
-                          fp_hex, r->useragent_ip);
-            apr_table_setn(r->notes, NOTE_DECISION, "store_unavailable");
-            cg_metrics_decision(metrics, CG_R_STORE_UNAVAILABLE);
-            return respond_deny(r, CG_R_STORE_UNAVAILABLE);
-        }
+    if (sc->gate == NULL) {     /* no memory at child start (CG04004) */
+        apr_table_setn(r->notes, NOTE_DECISION, "store_unavailable");
+        return respond_deny(r, CG_R_STORE_UNAVAILABLE);
     }
 
-    cg_input_t in = {
-        .leaf = peer.has_leaf ? &peer.leaf : NULL,
-        .chain = peer.chain,
-        .chain_len = peer.chain_len,
-        .chain_known = peer.chain_known,
-        .verify_failed = peer.verify_failed,
+    log_ctx_t lc = { r->server, r };
+    int with_conn = cc != NULL && cc->lock != NULL;
+    cg_gate_in_t in = {
+        .peer = &peer,
         .app = app,
         .app_ambiguous = app_ambiguous,
-        .now = now,
-        .reg = regp,
+        .fail_open = sc->on_store_error_allow == 1,
+        .now = now_sec(sc, r->request_time),
+        .client = r->useragent_ip,
+        .log_ctx = &lc,
+        .conn = with_conn ? &cc->dc : NULL,
+        .lock = with_conn ? conn_lock : NULL,
+        .lock_arg = with_conn ? cc->lock : NULL,
     };
-    reason = cg_decide(&in);
-    apr_table_setn(r->notes, NOTE_DECISION, cg_reason_name(reason));
-    cg_metrics_decision(metrics, reason);
-
-    if (reason == CG_ALLOW) {
-        export_allow(r, d, regp, fp_hex, now, cert_hdr, chain_hdr);
-        cg_usage_hit(sc->usage, regp->id, now, r->useragent_ip);
-        ap_log_rerror(APLOG_MARK, APLOG_DEBUG, 0, r, "CG01002: allow app=%s cert=%s "
-                      "fingerprint=%s client=%s", regp->app_id, regp->id, fp_hex, r->useragent_ip);
+    cg_gate_verdict_t v;
+    cg_gate_run(sc->gate, &in, &v);
+    apr_table_setn(r->notes, NOTE_DECISION, cg_reason_name(v.reason));
+    if (v.reason == CG_ALLOW) {
+        export_allow(r, d, &v, cert_hdr, chain_hdr);
         return DECLINED;
     }
-    if (reason == CG_R_CHAIN_MISMATCH && !peer.chain_known)
-        ap_log_rerror(APLOG_MARK, APLOG_WARNING, 0, r, "CG03003: resumed TLS session carries no "
-                      "chain record; the client must do a full handshake");
-    ap_log_rerror(APLOG_MARK, APLOG_WARNING, 0, r,
-                  "CG01001: deny reason=%s fingerprint=%s app=%s cert=%s client=%s%s",
-                  cg_reason_name(reason), fp_hex,
-                  regp ? regp->app_id : (app && *app ? ap_escape_logitem(r->pool, app) : "-"),
-                  regp ? regp->id : "-", r->useragent_ip,
-                  peer.verify_failed ? " (TLS verification failed)" : "");
-    return respond_deny(r, reason);
+    if (v.pass) {   /* fail-open (CG02002) */
+        apr_table_setn(r->subprocess_env, "CERTGATE_REASON", cg_reason_name(v.reason));
+        return DECLINED;
+    }
+    return respond_deny(r, v.reason);
 }
 
 /* ---------------------------------------------------------------- admin */
@@ -1516,7 +1387,7 @@ static int cg_admin_handler(request_rec *r)
         } else {
             cg_admin_error(&resp, 400, "Request.Invalid", "the request body could not be read");
         }
-    } else if (sc->store == NULL) {
+    } else if (cg_gate_store(sc->gate) == NULL) {
         cg_admin_error(&resp, 503, "Store.Unavailable", "the store is not set up (see CG04004)");
     } else {
         const char *deny_store[CG_POLICY_DENY_MAX];
@@ -1539,7 +1410,7 @@ static int cg_admin_handler(request_rec *r)
         req.accept = apr_table_get(r->headers_in, "Accept");
         req.if_match = apr_table_get(r->headers_in, "If-Match");
         req.now = now_sec(sc, r->request_time);
-        cg_admin_handle(&cfg, sc->store, &req, &resp);
+        cg_admin_handle(&cfg, cg_gate_store(sc->gate), &req, &resp);
     }
     ap_log_rerror(APLOG_MARK, resp.status >= 500 ? APLOG_ERR : APLOG_INFO, 0, r,
                   "CG06001: admin %s %s -> %d user=%s client=%s", r->method,
@@ -1557,16 +1428,22 @@ static int cg_metrics_handler(request_rec *r)
     if (r->method_number != M_GET)
         return HTTP_METHOD_NOT_ALLOWED;
     cg_srv_t *sc = srv_conf(r->server);
+    cg_dir_t *d = ap_get_module_config(r->per_dir_config, &certgate_module);
+    cg_store_t *store = cg_gate_store(sc->gate);
+    const char *deny_store[CG_POLICY_DENY_MAX];
+    cg_admin_cfg_t acfg;
     cg_store_stats_t stats;
     char err[200];
     memset(&stats, 0, sizeof(stats));
-    int src = sc->store == NULL ? -CG_STORE_CONN
-              : cg_admin_store_stats(sc->store, 2000, now_sec(sc, r->request_time), 30, &stats,
-                                     err, sizeof(err));
+    /* The location's CertGateAdminTimeout and CertGateExpiringSoonDays, or their defaults. */
+    admin_cfg(d, &acfg, deny_store);
+    int src = store == NULL ? -CG_STORE_CONN
+              : cg_admin_store_stats(store, acfg.timeout_ms, now_sec(sc, r->request_time),
+                                     acfg.expiring_soon_days, &stats, err, sizeof(err));
     if (src != 0) {
         stats.ok = 0;
         stats.fail = (cg_store_rc_t)-src;
-        if (sc->store != NULL)
+        if (store != NULL)
             ap_log_rerror(APLOG_MARK, APLOG_WARNING, 0, r, "CG08005: metrics scrape could not "
                           "read Redis (%s): %s", cg_store_rc_name(stats.fail), err);
     }

@@ -15,10 +15,9 @@
 
 #include "cg_cache.h"
 #include "cg_decide.h"
+#include "cg_gate.h"
 #include "cg_store.h"
-#include "cg_sub.h"
 #include "cg_tls.h"
-#include "cg_usage.h"
 #include "ngx_certgate_redis.h"
 
 #define CG_ANY_CONF (NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF)
@@ -71,11 +70,8 @@ typedef struct {
     int state;
     cg_lookup_t *lookup;          /* in flight, or NULL */
     ngx_event_t ev;               /* the timeout, and the resume once the reply is in */
-    cg_store_rc_t rc;
-    cg_reg_t reg;
-    uint64_t version;             /* cache version read before the lookup */
-    int64_t started_ms;
-    char err[160];
+    cg_gate_lookup_t lk;          /* the lookup's state, and its answer once in */
+    cg_gate_verdict_t v;          /* ST_CERT_OK: the certificate's verdict */
     /* The decision, for variables and for redirects after it. */
     cg_reason_t reason;
     ngx_str_t app_id, cert_id, fingerprint, expire_in;
@@ -85,9 +81,7 @@ typedef struct {
 /* Outlives the request if it must: hiredis owns it until its last callback. */
 struct cg_lookup_s {
     cg_req_t *req;                /* NULL once the request is gone or gave up */
-    cg_fp_t leaf;
-    int step;                     /* 1: GET index, 2: HGETALL record, 3: HGET app owner */
-    char reg_key[CG_LOOKUP_KEY_MAX];   /* step 2 checks the record's id against it */
+    cg_gate_lookup_t lk;
 };
 
 static ngx_int_t cg_init(ngx_conf_t *cf);
@@ -112,10 +106,16 @@ static ngx_conf_enum_t cg_store_error_modes[] = {
     { ngx_null_string, 0 }
 };
 
-static ngx_conf_num_bounds_t cg_db_bounds = { ngx_conf_check_num_bounds, 0, 15999 };
-static ngx_conf_num_bounds_t cg_entries_bounds = { ngx_conf_check_num_bounds, 1, 10000000 };
-static ngx_conf_num_bounds_t cg_age_bounds = { ngx_conf_check_num_bounds, 1, 3600 };
-static ngx_conf_num_bounds_t cg_usage_bounds = { ngx_conf_check_num_bounds, 0, 3600 };
+static ngx_conf_num_bounds_t cg_db_bounds = { ngx_conf_check_num_bounds, 0, CG_GATE_DB_MAX };
+static ngx_conf_num_bounds_t cg_entries_bounds = {
+    ngx_conf_check_num_bounds, CG_GATE_CACHE_ENTRIES_MIN, CG_GATE_CACHE_ENTRIES_MAX
+};
+static ngx_conf_num_bounds_t cg_age_bounds = {
+    ngx_conf_check_num_bounds, CG_GATE_CACHE_MAX_AGE_MIN, CG_GATE_CACHE_MAX_AGE_MAX
+};
+static ngx_conf_num_bounds_t cg_usage_bounds = {
+    ngx_conf_check_num_bounds, 0, CG_GATE_USAGE_INTERVAL_MAX
+};
 
 static ngx_command_t cg_commands[] = {
     { ngx_string("certgate"), CG_ANY_CONF | NGX_CONF_FLAG,
@@ -176,10 +176,7 @@ static ngx_str_t cg_forward_headers[] = {
 
 /* Per worker. */
 static cg_main_conf_t *cg_mcf;
-static cg_cache_t *cg_cache;
-static cg_sub_t *cg_sub;
-static cg_store_t *cg_usage_store;
-static cg_usage_t *cg_usage;
+static cg_gate_t *cg_gate_p;      /* store, cache, subscriber and usage thread */
 
 /* ------------------------------------------------------------ config */
 
@@ -198,42 +195,49 @@ static void *cg_create_main_conf(ngx_conf_t *cf)
     return c;
 }
 
-/* Fills the core's store config from ours (strings are NUL-terminated by nginx). */
-static void cg_store_cfg(const cg_main_conf_t *c, cg_store_cfg_t *out)
+/* Fills the core's config from ours (strings are NUL-terminated by nginx). */
+static void cg_gate_cfg(const cg_main_conf_t *c, cg_gate_cfg_t *out)
 {
-    ngx_memzero(out, sizeof(*out));
-    out->host = c->redis.host.len ? (const char *) c->redis.host.data : NULL;
-    out->port = (int) c->redis.port;
-    out->socket = c->redis.socket.len ? (const char *) c->redis.socket.data : NULL;
-    out->user = c->redis.user.len ? (const char *) c->redis.user.data : NULL;
-    out->password = c->redis.password.len ? (const char *) c->redis.password.data : NULL;
-    out->db = (int) c->redis.db;
-    out->prefix = (const char *) c->prefix.data;
-    out->timeout_ms = (int) c->timeout;
-    out->max_idle = 1;
+    cg_gate_cfg_defaults(out);
+    out->store.host = c->redis.host.len ? (const char *) c->redis.host.data : NULL;
+    out->store.port = (int) c->redis.port;
+    out->store.socket = c->redis.socket.len ? (const char *) c->redis.socket.data : NULL;
+    out->store.user = c->redis.user.len ? (const char *) c->redis.user.data : NULL;
+    out->store.password = c->redis.password.len ? (const char *) c->redis.password.data : NULL;
+    out->store.db = (int) c->redis.db;
+    out->store.prefix = (const char *) c->prefix.data;
+    out->store.timeout_ms = (int) c->timeout;
+    out->store.max_idle = 1;      /* lookups are async; only the usage thread blocks */
+    out->cache_on = c->cache == 1;
+    out->cache_entries = c->cache_entries;
+    out->cache_max_age_s = (int) c->cache_max_age;
+    out->usage_interval_s = (int) c->usage_interval;
 }
 
 static char *cg_init_main_conf(ngx_conf_t *cf, void *conf)
 {
     cg_main_conf_t *c = conf;
     char err[128];
-    cg_store_cfg_t scfg;
+    cg_gate_cfg_t def, gcfg;
 
+    cg_gate_cfg_defaults(&def);
     if (!c->redis_set) {
-        ngx_str_set(&c->redis.host, "127.0.0.1");
-        c->redis.port = 6379;
+        c->redis.host.data = (u_char *) def.store.host;
+        c->redis.host.len = ngx_strlen(def.store.host);
+        c->redis.port = def.store.port;
     }
-    ngx_conf_init_value(c->redis.db, 0);
-    ngx_conf_init_msec_value(c->timeout, 200);
+    ngx_conf_init_value(c->redis.db, def.store.db);
+    ngx_conf_init_msec_value(c->timeout, (ngx_msec_t) def.store.timeout_ms);
     if (c->prefix.data == NULL) {
-        ngx_str_set(&c->prefix, "certgate:");
+        c->prefix.data = (u_char *) def.store.prefix;
+        c->prefix.len = ngx_strlen(def.store.prefix);
     }
-    ngx_conf_init_value(c->cache, 1);
-    ngx_conf_init_uint_value(c->cache_entries, 10000);
-    ngx_conf_init_uint_value(c->cache_max_age, 5);
-    ngx_conf_init_uint_value(c->usage_interval, 5);
-    cg_store_cfg(c, &scfg);
-    if (cg_store_cfg_check(&scfg, err, sizeof(err)) != 0) {
+    ngx_conf_init_value(c->cache, def.cache_on);
+    ngx_conf_init_uint_value(c->cache_entries, def.cache_entries);
+    ngx_conf_init_uint_value(c->cache_max_age, (ngx_uint_t) def.cache_max_age_s);
+    ngx_conf_init_uint_value(c->usage_interval, (ngx_uint_t) def.usage_interval_s);
+    cg_gate_cfg(c, &gcfg);
+    if (cg_store_cfg_check(&gcfg.store, err, sizeof(err)) != 0) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "CG04001: certgate: %s", err);
         return NGX_CONF_ERROR;
     }
@@ -364,31 +368,14 @@ static char *cg_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
 
 /* ------------------------------------------------------------ workers */
 
-static void cg_sub_log(void *arg, int event, const char *msg)
+/* The core's lines: ctx is the request's or the cycle's log. The subscriber
+ * and usage threads write too: nginx's logger only writes to an fd. */
+static void cg_log(void *ctx, int level, const char *msg)
 {
-    ngx_log_t *log = arg;
-    /* Called from the subscriber thread: nginx's logger only writes to an fd. */
-    if (event == CG_SUB_SUBSCRIBED) {
-        ngx_log_error(NGX_LOG_INFO, log, 0, "CG07001: %s", msg);
-    } else if (event == CG_SUB_DISCONNECTED) {
-        ngx_log_error(NGX_LOG_WARN, log, 0, "CG07002: %s", msg);
-    } else {
-        ngx_log_error(NGX_LOG_WARN, log, 0, "CG07003: %s", msg);
-    }
-}
-
-static void cg_sub_inval(void *arg, int64_t lag_us)
-{
-    (void) arg;
-    (void) lag_us;
-}
-
-static void cg_usage_flushed(void *arg, size_t written, size_t dropped, const char *err)
-{
-    (void) written;
-    if (dropped > 0)
-        ngx_log_error(NGX_LOG_WARN, (ngx_log_t *) arg, 0, "CG08002: %uz usage records dropped%s%s",
-                      dropped, err ? ": " : "", err ? err : "");
+    ngx_uint_t lv = level == CG_LOG_CRIT ? NGX_LOG_CRIT : level == CG_LOG_ERR ? NGX_LOG_ERR
+                    : level == CG_LOG_WARN ? NGX_LOG_WARN : level == CG_LOG_INFO ? NGX_LOG_INFO
+                    : NGX_LOG_DEBUG;
+    ngx_log_error(lv, (ngx_log_t *) ctx, 0, "%s", msg);
 }
 
 /*
@@ -422,8 +409,7 @@ static void cg_gate_first(ngx_cycle_t *cycle)
 
 static ngx_int_t cg_init_process(ngx_cycle_t *cycle)
 {
-    char err[256];
-    cg_store_cfg_t scfg;
+    cg_gate_cfg_t gcfg;
 
     cg_gate_first(cycle);
 
@@ -431,51 +417,24 @@ static ngx_int_t cg_init_process(ngx_cycle_t *cycle)
     if (cg_mcf == NULL || !cg_mcf->used
         || (ngx_process != NGX_PROCESS_WORKER && ngx_process != NGX_PROCESS_SINGLE))
         return NGX_OK;
-    cg_store_cfg(cg_mcf, &scfg);
-    if (cg_mcf->usage_interval > 0) {
-        /* The usage thread writes with the blocking store, off the event loop. */
-        cg_usage_store = cg_store_new(&scfg, err, sizeof(err));
-        if (cg_usage_store != NULL)
-            cg_usage = cg_usage_start(cg_usage_store, 4096, (int) cg_mcf->usage_interval * 1000,
-                                      2000, cg_usage_flushed, cycle->log);
-        else
-            ngx_log_error(NGX_LOG_ERR, cycle->log, 0, "CG04004: cannot set up the Redis store "
-                          "for usage recording: %s; usage is not recorded", err);
-        if (cg_usage_store != NULL && cg_usage == NULL)
-            ngx_log_error(NGX_LOG_ERR, cycle->log, 0, "CG04009: the usage recording thread "
-                          "could not start; usage is not recorded");
-    }
-    if (!cg_mcf->cache)
-        return NGX_OK;
-    cg_cache = cg_cache_new(cg_mcf->cache_entries, (int64_t) cg_mcf->cache_max_age * 1000);
-    if (cg_cache == NULL) {
-        ngx_log_error(NGX_LOG_ERR, cycle->log, 0,
-                      "CG04005: cannot allocate the registration cache; running without it");
+    cg_gate_set_log(cg_log);
+    cg_gate_cfg(cg_mcf, &gcfg);
+    /* nginx has no metrics endpoint yet: the gate counts in its own struct. */
+    cg_gate_p = cg_gate_new(&gcfg, NULL, cycle->log);
+    if (cg_gate_p == NULL) {
+        ngx_log_error(NGX_LOG_ERR, cycle->log, 0, "CG04004: cannot set up the Redis store: "
+                      "out of memory; gated requests get 503");
         return NGX_OK;
     }
-    cg_sub = cg_sub_start(&scfg, cg_cache, cg_sub_log, cg_sub_inval, cycle->log, err, sizeof(err));
-    if (cg_sub == NULL)
-        ngx_log_error(NGX_LOG_ERR, cycle->log, 0, "CG04006: cannot start the invalidation "
-                      "subscriber: %s; cached entries expire by certgate_cache_max_age", err);
+    cg_gate_start(cg_gate_p);
     return NGX_OK;
 }
 
 static void cg_exit_process(ngx_cycle_t *cycle)
 {
     (void) cycle;
-    /* Stop threads before what they use goes. */
-    if (cg_sub != NULL)
-        cg_sub_stop(cg_sub);
-    cg_sub = NULL;
-    if (cg_usage != NULL)
-        cg_usage_stop(cg_usage);
-    cg_usage = NULL;
-    if (cg_usage_store != NULL)
-        cg_store_free(cg_usage_store);
-    cg_usage_store = NULL;
-    if (cg_cache != NULL)
-        cg_cache_free(cg_cache);
-    cg_cache = NULL;
+    cg_gate_free(cg_gate_p);
+    cg_gate_p = NULL;
 }
 
 /* ------------------------------------------------------------ state */
@@ -560,14 +519,15 @@ static cg_req_t *cg_req_new(ngx_http_request_t *r)
 
 /* ------------------------------------------------------------ Redis lookup */
 
-static void cg_lookup_done(cg_lookup_t *lk, cg_store_rc_t rc)
+static void cg_lookup_done(cg_lookup_t *lk)
 {
     cg_req_t *req = lk->req;
+    if (req != NULL)
+        req->lk = lk->lk;
     ngx_free(lk);
     if (req == NULL)
         return;
     req->lookup = NULL;
-    req->rc = rc;
     req->state = ST_LOOKED_UP;
     if (req->ev.timer_set)
         ngx_del_timer(&req->ev);
@@ -579,84 +539,49 @@ static void cg_on_reply(redisAsyncContext *ac, void *reply, void *privdata)
 {
     cg_lookup_t *lk = privdata;
     redisReply *r = reply;
-    cg_req_t *req = lk->req;
-    char key[CG_LOOKUP_KEY_MAX], scratch[160];
-    cg_reg_t scratch_reg;
-    cg_reg_t *reg = req ? &req->reg : &scratch_reg;
-    char *err = req ? req->err : scratch;
-    size_t errlen = req ? sizeof(req->err) : sizeof(scratch);
-    int klen;
-    cg_store_rc_t rc;
 
-    if (r == NULL) {
-        snprintf(err, errlen, "Redis connection lost%s%s", ac->errstr[0] ? ": " : "",
-                 ac->errstr);
-        cg_lookup_done(lk, CG_STORE_CONN);
-        return;
-    }
-    if (r->type == REDIS_REPLY_ERROR)
+    if (r != NULL && r->type == REDIS_REPLY_ERROR)
         cg_ngx_redis_drop(ac);     /* as the blocking store: never reuse after an error */
-    if (lk->step == 3) {
-        cg_lookup_done(lk, cg_lookup_owner_reply(r, reg, err, errlen));
+    if (lk->req == NULL) {         /* the request is gone or gave up */
+        ngx_free(lk);
         return;
     }
-    if (lk->step == 2) {
-        rc = cg_lookup_reg_reply((const char *) cg_mcf->prefix.data, lk->reg_key, r, &lk->leaf,
-                                 reg, key, sizeof(key), &klen, err, errlen);
-    } else {
-        rc = cg_lookup_index_reply((const char *) cg_mcf->prefix.data, r, lk->reg_key,
-                                   sizeof(lk->reg_key), &klen, err, errlen);
-    }
-    if (rc != CG_STORE_OK || req == NULL) {
-        cg_lookup_done(lk, rc);
+    if (!cg_gate_lookup_reply(cg_gate_p, &lk->lk, r, ac->errstr)) {
+        cg_lookup_done(lk);
         return;
     }
-    /* The next step on the same connection: HGETALL the record, or HGET its app's owner. */
-    const char *argv[3] = { "HGETALL", lk->reg_key, CG_LOOKUP_OWNER_FIELD };
-    size_t lens[3] = { 7, (size_t) klen, sizeof(CG_LOOKUP_OWNER_FIELD) - 1 };
-    int argc = 2;
-    if (lk->step == 2) {
-        argv[0] = "HGET";
-        argv[1] = key;
-        lens[0] = 4;
-        argc = 3;
-    }
-    lk->step++;
-    if (redisAsyncCommandArgv(ac, cg_on_reply, lk, argc, argv, lens) != REDIS_OK) {
-        snprintf(err, errlen, "Redis connection is closing");
-        cg_lookup_done(lk, CG_STORE_CONN);
+    /* The next step on the same connection. */
+    if (redisAsyncCommandArgv(ac, cg_on_reply, lk, lk->lk.argc, lk->lk.argv, lk->lk.lens)
+        != REDIS_OK) {
+        cg_gate_lookup_fail(&lk->lk, CG_STORE_CONN, "Redis connection is closing");
+        cg_lookup_done(lk);
     }
 }
 
-/* Start a lookup. NGX_AGAIN: the reply or the timeout will resume the request. */
-static ngx_int_t cg_lookup_start(ngx_http_request_t *r, cg_req_t *req, const cg_fp_t *leaf)
+/* Send the first command of req->lk. NGX_AGAIN: the reply or the timeout will resume the request. */
+static ngx_int_t cg_lookup_start(ngx_http_request_t *r, cg_req_t *req)
 {
-    char key[CG_LOOKUP_KEY_MAX];
-    int klen = cg_lookup_index_cmd((const char *) cg_mcf->prefix.data, leaf, key, sizeof(key));
     redisAsyncContext *ac = cg_ngx_redis_get(&cg_mcf->redis, ngx_cycle->log);
-    if (ac == NULL || klen < 0) {
-        snprintf(req->err, sizeof(req->err), "cannot connect to Redis");
+    if (ac == NULL) {
+        cg_gate_lookup_fail(&req->lk, CG_STORE_CONN, "cannot connect to Redis");
         return NGX_ERROR;
     }
     cg_lookup_t *lk = ngx_alloc(sizeof(*lk), r->connection->log);
     if (lk == NULL) {
-        snprintf(req->err, sizeof(req->err), "out of memory");
+        cg_gate_lookup_fail(&req->lk, CG_STORE_CONN, "out of memory");
         return NGX_ERROR;
     }
     lk->req = req;
-    lk->leaf = *leaf;
-    lk->step = 1;
-    const char *argv[2] = { "GET", key };
-    size_t lens[2] = { 3, (size_t) klen };
-    if (redisAsyncCommandArgv(ac, cg_on_reply, lk, 2, argv, lens) != REDIS_OK) {
+    lk->lk = req->lk;
+    if (redisAsyncCommandArgv(ac, cg_on_reply, lk, req->lk.argc, req->lk.argv, req->lk.lens)
+        != REDIS_OK) {
         ngx_free(lk);
         cg_ngx_redis_drop(ac);
-        snprintf(req->err, sizeof(req->err), "Redis connection is closing");
+        cg_gate_lookup_fail(&req->lk, CG_STORE_CONN, "Redis connection is closing");
         return NGX_ERROR;
     }
     req->lookup = lk;
     req->state = ST_PENDING;
-    req->started_ms = cg_now_ms();
     ngx_add_timer(&req->ev, cg_mcf->timeout);
     return NGX_AGAIN;
 }
@@ -668,14 +593,14 @@ static void cg_resume(ngx_event_t *ev)
     ngx_connection_t *c = r->connection;
 
     if (ev->timedout) {
+        char err[64];
         ev->timedout = 0;
         if (req->lookup != NULL) {
             req->lookup->req = NULL;
             req->lookup = NULL;
         }
-        snprintf(req->err, sizeof(req->err), "Redis timeout after %lu ms",
-                 (unsigned long) cg_mcf->timeout);
-        req->rc = CG_STORE_TIMEOUT;
+        snprintf(err, sizeof(err), "Redis timeout after %lu ms", (unsigned long) cg_mcf->timeout);
+        cg_gate_lookup_fail(&req->lk, CG_STORE_TIMEOUT, err);
         req->state = ST_LOOKED_UP;
         /* A connection that missed its deadline is in an unknown state. */
         cg_ngx_redis_drop_current();
@@ -826,31 +751,6 @@ static int cg_load_peer(ngx_http_request_t *r, ngx_connection_t *c, cg_conn_t *c
  * The registration from this connection's last answer or the process cache.
  * 1: known (found says whether registered); 0: Redis must be asked.
  */
-static int cg_cached(cg_conn_t *cc, const cg_fp_t *fp, cg_reg_t *reg, int *found)
-{
-    if (cg_cache == NULL)
-        return 0;
-    int64_t now = cg_now_ms(), fetched = now;
-    uint64_t ver = cg_cache_version(cg_cache);
-    if (cc != NULL && cg_conn_entry_get(&cc->dc, cg_cache, fp, now, found, reg))
-        return 1;
-    if (!cg_cache_get(cg_cache, fp, now, found, reg, &fetched))
-        return 0;
-    if (cc != NULL)
-        cg_conn_entry_set(&cc->dc, fp, *found, reg, ver, fetched);
-    return 1;
-}
-
-static void cg_remember(cg_conn_t *cc, cg_req_t *req, const cg_fp_t *fp, int found)
-{
-    if (cg_cache == NULL)
-        return;
-    /* Stamped when the lookup started: errs on the short side. */
-    cg_cache_put(cg_cache, fp, found, &req->reg, req->started_ms, req->version);
-    if (cc != NULL && req->version == cg_cache_version(cg_cache))
-        cg_conn_entry_set(&cc->dc, fp, found, &req->reg, req->version, req->started_ms);
-}
-
 static int cg_accepts_json(ngx_http_request_t *r)
 {
     ngx_list_part_t *part;
@@ -952,18 +852,13 @@ static ngx_int_t cg_pdup(ngx_pool_t *p, const char *s, size_t len, ngx_str_t *ou
 }
 
 static ngx_int_t cg_export_allow(ngx_http_request_t *r, cg_loc_conf_t *lc, cg_req_t *req,
-                                 const cg_reg_t *reg, const char *fp_hex, int64_t now,
-                                 ngx_connection_t *c, cg_conn_t *cc)
+                                 const cg_gate_verdict_t *v, ngx_connection_t *c, cg_conn_t *cc)
 {
-    req->expire_in.data = ngx_pnalloc(r->pool, NGX_INT64_LEN);
-    if (cg_pdup(r->pool, reg->app_id, ngx_strlen(reg->app_id), &req->app_id) != NGX_OK ||
-        cg_pdup(r->pool, reg->id, ngx_strlen(reg->id), &req->cert_id) != NGX_OK ||
-        cg_pdup(r->pool, fp_hex, CG_FP_HEX_LEN, &req->fingerprint) != NGX_OK ||
-        req->expire_in.data == NULL)
+    if (cg_pdup(r->pool, v->reg.app_id, ngx_strlen(v->reg.app_id), &req->app_id) != NGX_OK ||
+        cg_pdup(r->pool, v->reg.id, ngx_strlen(v->reg.id), &req->cert_id) != NGX_OK ||
+        cg_pdup(r->pool, v->fp_hex, CG_FP_HEX_LEN, &req->fingerprint) != NGX_OK ||
+        cg_pdup(r->pool, v->expire_in, ngx_strlen(v->expire_in), &req->expire_in) != NGX_OK)
         return NGX_ERROR;
-    req->expire_in.len = (size_t) (ngx_sprintf(req->expire_in.data, "%L",
-                                               (int64_t) cg_expire_in_days(reg, now))
-                                   - req->expire_in.data);
     if (lc->forward_headers != 1)
         return NGX_OK;
     if (cg_add_header(r, &cg_forward_headers[0], req->app_id) != NGX_OK ||
@@ -1085,108 +980,51 @@ static ngx_int_t cg_gate(ngx_http_request_t *r, int in_rewrite)
                                        sizeof(app_buf));
         app = app_buf;
     }
-    char fp_hex[CG_FP_HEX_LEN + 1] = "-";
-    const cg_reg_t *regp = NULL;
-    int64_t now = (int64_t) ngx_time();
-
-    /* An ambiguous request is refused whatever the registration: no lookup. */
-    if (peer->has_leaf && !app_ambiguous) {
-        cg_fp_to_hex(&peer->leaf, fp_hex);
-        int found = 0;
-        if (req->state == ST_NEW) {
-            if (cg_cached(cc, &peer->leaf, &req->reg, &found)) {
-                req->rc = found ? CG_STORE_OK : CG_STORE_NOTFOUND;
-            } else {
-                req->version = cg_cache ? cg_cache_version(cg_cache) : 0;
-                ngx_int_t rc = cg_lookup_start(r, req, &peer->leaf);
-                if (rc == NGX_AGAIN)
-                    return NGX_AGAIN;
-                req->rc = CG_STORE_CONN;
-            }
-        } else if (req->state == ST_LOOKED_UP &&
-                   (req->rc == CG_STORE_OK || req->rc == CG_STORE_NOTFOUND)) {
-            cg_remember(cc, req, &peer->leaf, req->rc == CG_STORE_OK);
-        }
-        if (req->rc == CG_STORE_OK) {
-            regp = &req->reg;
-        } else if (cg_store_failed(req->rc)) {
-            const char *what = req->rc == CG_STORE_CORRUPT ? "record corrupt"
-                               : req->rc == CG_STORE_PERM ? "permission denied" : "unavailable";
-            req->state = ST_DECIDED;
-            req->reason = CG_R_STORE_UNAVAILABLE;
-            if (lc->on_store_error == 1) {
-                ngx_log_error(NGX_LOG_CRIT, r->connection->log, 0, "CG02002: FAIL-OPEN: store %s "
-                              "(%s); request allowed unchecked by certgate_on_store_error allow; "
-                              "fingerprint=%s client=%V", what, req->err, fp_hex,
-                              &r->connection->addr_text);
-                return NGX_DECLINED;
-            }
-            /* One tag per kind, as the httpd module (docs/log-tags.md). */
-            ngx_log_error(NGX_LOG_ERR, r->connection->log, 0, "CG%s: store %s (%s): %s; "
-                          "reason=store_unavailable fingerprint=%s client=%V",
-                          req->rc == CG_STORE_CORRUPT ? "02003" : req->rc == CG_STORE_TIMEOUT
-                          ? "02004" : req->rc == CG_STORE_PERM ? "02005" : "02001", what,
-                          cg_store_rc_name(req->rc), req->err, fp_hex, &r->connection->addr_text);
-            return cg_respond_deny(r, CG_R_STORE_UNAVAILABLE);
-        }
+    if (cg_gate_p == NULL) {    /* no memory at worker start (CG04004) */
+        req->state = ST_DECIDED;
+        req->reason = CG_R_STORE_UNAVAILABLE;
+        return cg_respond_deny(r, CG_R_STORE_UNAVAILABLE);
     }
-
-    cg_input_t in = {
-        .leaf = peer->has_leaf ? &peer->leaf : NULL,
-        .chain = peer->chain,
-        .chain_len = peer->chain_len,
-        .chain_known = peer->chain_known,
-        .verify_failed = peer->verify_failed,
+    char ip[NGX_SOCKADDR_STRLEN + 1];
+    size_t iplen = ngx_min(r->connection->addr_text.len, sizeof(ip) - 1);
+    ngx_memcpy(ip, r->connection->addr_text.data, iplen);
+    ip[iplen] = '\0';
+    cg_gate_in_t in = {
+        .peer = peer,
         .app = app,
         .app_ambiguous = app_ambiguous,
-        .now = now,
-        .reg = regp,
+        .cert_only = app_later,
+        .fail_open = lc->on_store_error == 1,
+        .now = (int64_t) ngx_time(),
+        .client = ip,
+        .log_ctx = r->connection->log,
+        .conn = cc != NULL ? &cc->dc : NULL,
     };
-    cg_reason_t reason = cg_decide(&in);
-    if (reason == CG_ALLOW && app_later) {
+    cg_gate_verdict_t v;
+    if (req->state == ST_CERT_OK) {
+        /* The certificate was admitted before: now with the app. */
+        cg_gate_decide(cg_gate_p, &in, CG_STORE_OK, &req->v.reg, NULL, &v);
+    } else if (req->state == ST_LOOKED_UP) {
+        cg_gate_finish(cg_gate_p, &in, &req->lk, &v);
+    } else if (cg_gate_begin(cg_gate_p, &in, &req->lk, &v) == CG_GATE_LOOKUP) {
+        if (cg_lookup_start(r, req) == NGX_AGAIN)
+            return NGX_AGAIN;
+        cg_gate_finish(cg_gate_p, &in, &req->lk, &v);
+    }
+    if (!v.final) {
         req->state = ST_CERT_OK;
         req->app_var = lc->app_var;
+        req->v = v;
         return NGX_DECLINED;
     }
     req->state = ST_DECIDED;
-    req->reason = reason;
-    if (reason == CG_ALLOW) {
-        if (cg_export_allow(r, lc, req, regp, fp_hex, now, c, cc) != NGX_OK)
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        if (cg_usage != NULL) {
-            char ip[NGX_SOCKADDR_STRLEN + 1];
-            size_t n = ngx_min(r->connection->addr_text.len, sizeof(ip) - 1);
-            ngx_memcpy(ip, r->connection->addr_text.data, n);
-            ip[n] = '\0';
-            cg_usage_hit(cg_usage, regp->id, now, ip);
-        }
-        ngx_log_debug3(NGX_LOG_DEBUG_HTTP, r->connection->log, 0, "CG01002: allow app=%s cert=%s "
-                       "fingerprint=%s", regp->app_id, regp->id, fp_hex);
+    req->reason = v.reason;
+    if (v.reason == CG_ALLOW)
+        return cg_export_allow(r, lc, req, &v, c, cc) == NGX_OK ? NGX_DECLINED
+                                                              : NGX_HTTP_INTERNAL_SERVER_ERROR;
+    if (v.pass)     /* fail-open (CG02002) */
         return NGX_DECLINED;
-    }
-    if (reason == CG_R_CHAIN_MISMATCH && !peer->chain_known)
-        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0, "CG03003: resumed TLS session carries "
-                      "no chain record; the client must do a full handshake");
-    /* app comes from the request: log at most a bounded, escaped copy. */
-    u_char app_esc[CG_APP_MAX * 4 + 2];
-    size_t app_len = 0;
-    if (regp == NULL && app != NULL && *app) {
-        size_t alen = ngx_min(ngx_strlen(app), (size_t) CG_APP_MAX);
-        app_len = (size_t) ngx_escape_uri(NULL, (u_char *) app, alen, NGX_ESCAPE_URI_COMPONENT)
-                  * 2 + alen;
-        if (app_len < sizeof(app_esc))
-            ngx_escape_uri(app_esc, (u_char *) app, alen, NGX_ESCAPE_URI_COMPONENT);
-        else
-            app_len = 0;
-    }
-    ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
-                  "CG01001: deny reason=%s fingerprint=%s app=%*s cert=%s client=%V%s",
-                  cg_reason_name(reason), fp_hex,
-                  regp ? ngx_strlen(regp->app_id) : (app_len ? app_len : 1),
-                  regp ? (u_char *) regp->app_id : (app_len ? app_esc : (u_char *) "-"),
-                  regp ? regp->id : "-", &r->connection->addr_text,
-                  peer->verify_failed ? " (TLS verification failed)" : "");
-    return cg_respond_deny(r, reason);
+    return cg_respond_deny(r, v.reason);
 }
 
 static ngx_int_t cg_app_handler(ngx_http_request_t *r)
@@ -1219,14 +1057,14 @@ static ngx_int_t cg_header_filter(ngx_http_request_t *r)
     char app[CG_APP_MAX + 2];
     cg_request_app(r, APP_FROM_VARIABLE, NULL, req->app_var, app, sizeof(app));
     req->state = ST_DECIDED;
-    if (app[0] != '\0' && ngx_strcmp(app, req->reg.app_id) == 0) {
+    if (app[0] != '\0' && ngx_strcmp(app, req->v.reg.app_id) == 0) {
         req->reason = CG_ALLOW;
         return cg_next_header_filter(r);
     }
     req->reason = CG_R_APP_MISMATCH;
     ngx_log_error(NGX_LOG_WARN, r->connection->log, 0, "CG01001: deny reason=app_mismatch "
                   "fingerprint=- app=%s cert=%s client=%V (answer made before the app check)",
-                  req->reg.app_id, req->reg.id, &r->connection->addr_text);
+                  req->v.reg.app_id, req->v.reg.id, &r->connection->addr_text);
     r->headers_out.status = NGX_HTTP_FORBIDDEN;
     r->headers_out.status_line.len = 0;
     ngx_http_clear_content_length(r);

@@ -37,16 +37,17 @@ int cg_store_cfg_check(const cg_store_cfg_t *cfg, char *err, size_t errlen)
         msg = "no Redis host or socket";
     else if (cfg->socket == NULL && (cfg->port < 1 || cfg->port > 65535))
         msg = "Redis port must be 1..65535";
-    else if (cfg->db < 0 || cfg->db > 15999)
-        msg = "Redis db must be 0..15999";
-    else if (cfg->timeout_ms < 1 || cfg->timeout_ms > 60000)
-        msg = "Redis timeout must be 1..60000 ms";
+    else if (cfg->db < 0 || cfg->db > CG_STORE_DB_MAX)
+        msg = "Redis db must be 0.." CG_STORE_STR(CG_STORE_DB_MAX);
+    else if (cfg->timeout_ms < CG_STORE_TIMEOUT_MS_MIN || cfg->timeout_ms > CG_STORE_TIMEOUT_MS_MAX)
+        msg = "Redis timeout must be " CG_STORE_STR(CG_STORE_TIMEOUT_MS_MIN) ".."
+              CG_STORE_STR(CG_STORE_TIMEOUT_MS_MAX) " ms";
     else if (cfg->prefix == NULL || strlen(cfg->prefix) > CG_PREFIX_MAX)
         msg = "key prefix must be at most 64 bytes";
     else if (cfg->user != NULL && cfg->password == NULL)
         msg = "a Redis ACL user needs a password";
-    else if (cfg->max_idle < 0 || cfg->max_idle > 1024)
-        msg = "idle connection count must be 0..1024";
+    else if (cfg->max_idle < 0 || cfg->max_idle > CG_STORE_MAX_IDLE_MAX)
+        msg = "idle connection count must be 0.." CG_STORE_STR(CG_STORE_MAX_IDLE_MAX);
     if (msg != NULL) {
         if (err != NULL && errlen > 0)
             snprintf(err, errlen, "%s", msg);

@@ -9,6 +9,14 @@
 #define CG_SCHEMA_VERSION "1"
 #define CG_PREFIX_MAX 64
 
+/* Ranges cg_store_cfg_check enforces (directive parsers use them through cg_gate.h). */
+#define CG_STORE_DB_MAX 15999
+#define CG_STORE_TIMEOUT_MS_MIN 1
+#define CG_STORE_TIMEOUT_MS_MAX 60000
+#define CG_STORE_MAX_IDLE_MAX 1024
+#define CG_STORE_STR_(x) #x
+#define CG_STORE_STR(x) CG_STORE_STR_(x)
+
 typedef struct {
     const char *host;        /* TCP host, used when socket is NULL */
     int port;

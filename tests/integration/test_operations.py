@@ -176,3 +176,22 @@ def test_clock_offset_moves_scans_and_decisions(pki):
         assert reason_of(get(s, GATED, pki.leaf_b)) == "retired"     # a day is nothing at +345
     finally:
         s.close()
+
+
+def test_metrics_scrape_is_bounded_by_the_admin_timeout(pki):
+    # The scrape reads Redis within CertGateAdminTimeout (a literal 2000 ms before).
+    s = Stack(pki, extra_server="CertGateAdminTimeout 150", extra_vhost=METRICS)
+    try:
+        assert scrape(s)["certgate_store_up"] == 1
+        s.redis.pause()
+        try:
+            t0 = time.monotonic()
+            m = scrape(s)
+            elapsed = time.monotonic() - t0
+        finally:
+            s.redis.resume()
+        assert m["certgate_store_up"] == 0
+        assert elapsed < 1.5, elapsed
+        assert "CG08005" in s.httpd.read_log()
+    finally:
+        s.close()

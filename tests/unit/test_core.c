@@ -15,6 +15,7 @@
 
 #include "cg_decide.h"
 #include "cg_fp.h"
+#include "cg_gate.h"
 #include "cg_reg.h"
 #include "cg_cache.h"
 #include "cg_metrics.h"
@@ -679,6 +680,336 @@ static void test_conn_entry(void **state)
     cg_cache_free(c);
 }
 
+/* ---- The gate sequence (src/cg_gate): cache protocol, fail-open, log lines. ---- */
+
+static char gate_lines[16][1024];
+static int gate_nlines;
+
+static void gate_sink(void *ctx, int level, const char *msg)
+{
+    (void)ctx;
+    (void)level;
+    if (gate_nlines < 16)
+        snprintf(gate_lines[gate_nlines++], sizeof(gate_lines[0]), "%s", msg);
+}
+
+/* The line the gate logged with this tag, or NULL. */
+static const char *gate_line(const char *tag)
+{
+    for (int i = 0; i < gate_nlines; i++)
+        if (strncmp(gate_lines[i], tag, strlen(tag)) == 0)
+            return gate_lines[i];
+    return NULL;
+}
+
+static cg_gate_t *gate_for_test(int cache_on)
+{
+    cg_gate_cfg_t cfg;
+    cg_gate_cfg_defaults(&cfg);
+    cfg.store.port = 1;             /* never used: replies are fed by hand */
+    cfg.store.prefix = "p:";
+    cfg.cache_on = cache_on;
+    cfg.usage_interval_s = 0;
+    cg_gate_set_log(gate_sink);
+    gate_nlines = 0;
+    cg_gate_t *g = cg_gate_new(&cfg, NULL, NULL);
+    assert_non_null(g);
+    return g;
+}
+
+typedef struct {
+    cg_peer_t peer;
+    cg_conn_entry_t conn;
+    cg_gate_in_t in;
+} gate_req_t;
+
+static void gate_req(gate_req_t *q, unsigned char seed)
+{
+    memset(q, 0, sizeof(*q));
+    q->peer.has_leaf = 1;
+    q->peer.leaf = fp_of(seed);
+    q->peer.chain_known = 1;
+    q->in.peer = &q->peer;
+    q->in.app = "app1";
+    q->in.now = NOW;
+    q->in.client = "192.0.2.7";
+    q->in.conn = &q->conn;
+}
+
+/* Answer the three commands of a lookup as Redis would: registered (and
+ * approved) or not registered at all. Returns the last step's result. */
+static int gate_feed(cg_gate_t *g, cg_gate_lookup_t *lk, const cg_fp_t *leaf, int registered)
+{
+    char hex[CG_FP_HEX_LEN + 1], vf[24], vt[24];
+    cg_fp_to_hex(leaf, hex);
+    assert_int_equal(lk->argc, 2);
+    assert_string_equal(lk->argv[0], "GET");
+    assert_int_equal(lk->lens[1], strlen("p:fp:") + CG_FP_HEX_LEN);
+    if (!registered) {
+        redisReply nil = str_reply(REDIS_REPLY_NIL, NULL);
+        return cg_gate_lookup_reply(g, lk, &nil, NULL);
+    }
+    redisReply id = str_reply(REDIS_REPLY_STRING, "r1");
+    assert_int_equal(cg_gate_lookup_reply(g, lk, &id, NULL), 1);
+    assert_string_equal(lk->argv[0], "HGETALL");
+    assert_memory_equal(lk->argv[1], "p:reg:r1", lk->lens[1]);
+    snprintf(vf, sizeof(vf), "%d", NOW - 86400);
+    snprintf(vt, sizeof(vt), "%d", NOW + 86400 * 10 + 3600);
+    const char *kv[] = { "id", "r1", "app_id", "app1", "status", "APPROVED", "fingerprint", hex,
+                         "customer_id", "c1", "valid_from", vf, "valid_to", vt };
+    redisReply el[14], *elp[14], arr;
+    for (int i = 0; i < 14; i++) {
+        el[i] = str_reply(REDIS_REPLY_STRING, kv[i]);
+        elp[i] = &el[i];
+    }
+    memset(&arr, 0, sizeof(arr));
+    arr.type = REDIS_REPLY_ARRAY;
+    arr.elements = 14;
+    arr.element = elp;
+    assert_int_equal(cg_gate_lookup_reply(g, lk, &arr, NULL), 1);
+    assert_int_equal(lk->argc, 3);
+    assert_string_equal(lk->argv[0], "HGET");
+    assert_string_equal(lk->argv[2], CG_LOOKUP_OWNER_FIELD);
+    redisReply owner = str_reply(REDIS_REPLY_STRING, "c1");
+    return cg_gate_lookup_reply(g, lk, &owner, NULL);
+}
+
+/* A miss, a lookup fed reply by reply, then the connection entry, then the
+ * process cache answer; a generation bump drops the connection entry only. */
+static void test_gate_cache_protocol(void **state)
+{
+    (void)state;
+    cg_gate_t *g = gate_for_test(1);
+    cg_metrics_t *m = cg_gate_metrics(g);
+    gate_req_t q;
+    cg_gate_lookup_t lk;
+    cg_gate_verdict_t v;
+    gate_req(&q, 0x11);
+
+    assert_int_equal(cg_gate_begin(g, &q.in, &lk, &v), CG_GATE_LOOKUP);
+    assert_int_equal(m->cache_misses, 1);
+    assert_int_equal(gate_feed(g, &lk, &q.peer.leaf, 1), 0);
+    assert_int_equal(lk.rc, CG_STORE_OK);
+    cg_gate_finish(g, &q.in, &lk, &v);
+    assert_int_equal(v.reason, CG_ALLOW);
+    assert_true(v.pass && v.final && v.has_reg);
+    assert_string_equal(v.reg.id, "r1");
+    assert_string_equal(v.expire_in, "10");
+    char hex[CG_FP_HEX_LEN + 1];
+    cg_fp_to_hex(&q.peer.leaf, hex);
+    assert_string_equal(v.fp_hex, hex);
+    assert_int_equal(m->redis_ok, 1);
+    assert_int_equal(m->decisions[CG_ALLOW], 1);
+    const char *line = gate_line("CG01002: allow ");
+    assert_non_null(line);
+    assert_non_null(strstr(line, "client=192.0.2.7"));
+    assert_true(q.conn.valid);
+
+    /* The connection's entry answers while the generation holds. */
+    assert_int_equal(cg_gate_begin(g, &q.in, &lk, &v), CG_GATE_DONE);
+    assert_int_equal(v.reason, CG_ALLOW);
+    assert_int_equal(m->cache_conn_hits, 1);
+
+    /* Another connection: the process cache answers and fills its entry. */
+    gate_req_t q2;
+    gate_req(&q2, 0x11);
+    assert_int_equal(cg_gate_begin(g, &q2.in, &lk, &v), CG_GATE_DONE);
+    assert_int_equal(v.reason, CG_ALLOW);
+    assert_int_equal(m->cache_proc_hits, 1);
+    assert_true(q2.conn.valid);
+
+    /* An invalidation of another leaf bumps the generation: the connection
+     * entry no longer answers, the process cache still does. */
+    cg_fp_t other = fp_of(0x99);
+    cg_cache_invalidate(cg_gate_cache(g), &other);
+    assert_int_equal(cg_gate_begin(g, &q.in, &lk, &v), CG_GATE_DONE);
+    assert_int_equal(m->cache_conn_hits, 1);
+    assert_int_equal(m->cache_proc_hits, 2);
+
+    /* An invalidation of this leaf drops both: Redis is asked again. */
+    cg_cache_invalidate(cg_gate_cache(g), &q.peer.leaf);
+    assert_int_equal(cg_gate_begin(g, &q.in, &lk, &v), CG_GATE_LOOKUP);
+    assert_int_equal(cg_gate_begin(g, &q2.in, &lk, &v), CG_GATE_LOOKUP);
+    assert_int_equal(m->cache_misses, 3);
+    cg_gate_free(g);
+}
+
+/* An answer is trusted for the max age at most, from when its lookup began. */
+static void test_gate_max_age(void **state)
+{
+    (void)state;
+    cg_gate_t *g = gate_for_test(1);
+    gate_req_t q;
+    cg_gate_lookup_t lk;
+    cg_gate_verdict_t v;
+    gate_req(&q, 0x12);
+    assert_int_equal(cg_gate_begin(g, &q.in, &lk, &v), CG_GATE_LOOKUP);
+    assert_int_equal(gate_feed(g, &lk, &q.peer.leaf, 0), 0);
+    assert_int_equal(lk.rc, CG_STORE_NOTFOUND);
+    lk.started_ms -= CG_GATE_CACHE_MAX_AGE_DEFAULT * 1000 + 1;   /* a lookup that began too long ago */
+    cg_gate_finish(g, &q.in, &lk, &v);
+    assert_int_equal(v.reason, CG_R_UNREGISTERED);
+    assert_non_null(gate_line("CG01001: deny reason=unregistered "));
+    assert_int_equal(cg_gate_begin(g, &q.in, &lk, &v), CG_GATE_LOOKUP);
+
+    /* Fresh: a negative answer is cached like a positive one. */
+    assert_int_equal(gate_feed(g, &lk, &q.peer.leaf, 0), 0);
+    cg_gate_finish(g, &q.in, &lk, &v);
+    assert_int_equal(cg_gate_begin(g, &q.in, &lk, &v), CG_GATE_DONE);
+    assert_int_equal(v.reason, CG_R_UNREGISTERED);
+    cg_gate_free(g);
+}
+
+/* An invalidation that arrives while a lookup is in flight: its answer may
+ * be stale and is not cached. */
+static void test_gate_invalidation_during_lookup(void **state)
+{
+    (void)state;
+    cg_gate_t *g = gate_for_test(1);
+    gate_req_t q;
+    cg_gate_lookup_t lk;
+    cg_gate_verdict_t v;
+    gate_req(&q, 0x13);
+    assert_int_equal(cg_gate_begin(g, &q.in, &lk, &v), CG_GATE_LOOKUP);
+    cg_cache_invalidate(cg_gate_cache(g), &q.peer.leaf);
+    assert_int_equal(gate_feed(g, &lk, &q.peer.leaf, 1), 0);
+    cg_gate_finish(g, &q.in, &lk, &v);
+    assert_int_equal(v.reason, CG_ALLOW);
+    assert_int_equal(cg_gate_begin(g, &q.in, &lk, &v), CG_GATE_LOOKUP);
+    cg_gate_free(g);
+}
+
+/* Every store failure kind: 503 with its own tag, or FAIL-OPEN; never cached. */
+static void test_gate_store_errors(void **state)
+{
+    (void)state;
+    const struct {
+        cg_store_rc_t rc;
+        const char *tag;
+    } kinds[] = {
+        { CG_STORE_ERROR, "CG02001: " }, { CG_STORE_CONN, "CG02001: " },
+        { CG_STORE_CORRUPT, "CG02003: " }, { CG_STORE_TIMEOUT, "CG02004: " },
+        { CG_STORE_PERM, "CG02005: " },
+    };
+    for (int open = 0; open < 2; open++) {
+        for (size_t k = 0; k < sizeof(kinds) / sizeof(kinds[0]); k++) {
+            cg_gate_t *g = gate_for_test(1);
+            cg_metrics_t *m = cg_gate_metrics(g);
+            gate_req_t q;
+            cg_gate_lookup_t lk;
+            cg_gate_verdict_t v;
+            gate_req(&q, 0x14);
+            q.in.fail_open = open;
+            assert_int_equal(cg_gate_begin(g, &q.in, &lk, &v), CG_GATE_LOOKUP);
+            cg_gate_lookup_fail(&lk, kinds[k].rc, "boom");
+            cg_gate_finish(g, &q.in, &lk, &v);
+            assert_int_equal(v.reason, CG_R_STORE_UNAVAILABLE);
+            assert_int_equal(v.pass, open);
+            const char *line = gate_line(open ? "CG02002: FAIL-OPEN" : kinds[k].tag);
+            assert_non_null(line);
+            assert_non_null(strstr(line, cg_store_rc_name(kinds[k].rc)));
+            assert_non_null(strstr(line, "client=192.0.2.7"));
+            assert_int_equal(gate_nlines, 1);
+            assert_int_equal(m->decisions[CG_R_STORE_UNAVAILABLE], open ? 0 : 1);
+            assert_int_equal(m->redis_ok, 0);
+            assert_false(q.conn.valid);
+            assert_int_equal(cg_gate_begin(g, &q.in, &lk, &v), CG_GATE_LOOKUP);
+            cg_gate_free(g);
+        }
+    }
+    /* Error replies keep their kind through the reply step, a lost connection too. */
+    cg_gate_t *g = gate_for_test(0);
+    gate_req_t q;
+    cg_gate_lookup_t lk;
+    cg_gate_verdict_t v;
+    gate_req(&q, 0x15);
+    redisReply noperm = str_reply(REDIS_REPLY_ERROR, "NOPERM no permissions to run 'get'");
+    assert_int_equal(cg_gate_begin(g, &q.in, &lk, &v), CG_GATE_LOOKUP);
+    assert_int_equal(cg_gate_lookup_reply(g, &lk, &noperm, NULL), 0);
+    assert_int_equal(lk.rc, CG_STORE_PERM);
+    assert_int_equal(cg_gate_begin(g, &q.in, &lk, &v), CG_GATE_LOOKUP);
+    assert_int_equal(cg_gate_lookup_reply(g, &lk, NULL, "reset"), 0);
+    assert_int_equal(lk.rc, CG_STORE_CONN);
+    assert_non_null(strstr(lk.err, "reset"));
+    cg_gate_finish(g, &q.in, &lk, &v);
+    assert_int_equal(cg_gate_metrics(g)->redis_conn, 1);
+    /* Without a cache nothing is counted as a cache hit or miss. */
+    assert_int_equal(cg_gate_metrics(g)->cache_misses, 0);
+    cg_gate_free(g);
+}
+
+/* No lookup without a leaf or with an ambiguous app; a cert-only allow is not
+ * final and counts nothing; the app is then checked on the same answer. */
+static void test_gate_no_lookup_and_cert_only(void **state)
+{
+    (void)state;
+    cg_gate_t *g = gate_for_test(1);
+    cg_metrics_t *m = cg_gate_metrics(g);
+    gate_req_t q;
+    cg_gate_lookup_t lk;
+    cg_gate_verdict_t v;
+    gate_req(&q, 0x16);
+    q.in.app_ambiguous = 1;
+    q.in.app = "a, b\x01";
+    assert_int_equal(cg_gate_begin(g, &q.in, &lk, &v), CG_GATE_DONE);
+    assert_int_equal(v.reason, CG_R_APP_AMBIGUOUS);
+    assert_string_equal(v.fp_hex, "-");
+    const char *line = gate_line("CG01001: deny reason=app_ambiguous fingerprint=- ");
+    assert_non_null(line);
+    assert_non_null(strstr(line, "app=a,\\x20b\\x01 "));   /* escaped, one token */
+    q.in.peer = NULL;
+    q.in.app_ambiguous = 0;
+    assert_int_equal(cg_gate_begin(g, &q.in, &lk, &v), CG_GATE_DONE);
+    assert_int_equal(v.reason, CG_R_NO_CLIENT_CERT);
+    assert_int_equal(m->cache_misses, 0);
+
+    gate_req(&q, 0x16);
+    q.in.app = NULL;
+    q.in.cert_only = 1;
+    assert_int_equal(cg_gate_begin(g, &q.in, &lk, &v), CG_GATE_LOOKUP);
+    assert_int_equal(gate_feed(g, &lk, &q.peer.leaf, 1), 0);
+    gate_nlines = 0;
+    cg_gate_finish(g, &q.in, &lk, &v);
+    assert_int_equal(v.reason, CG_ALLOW);
+    assert_true(v.pass);
+    assert_false(v.final);
+    assert_int_equal(gate_nlines, 0);
+    assert_int_equal(m->decisions[CG_ALLOW], 0);
+    cg_reg_t reg = v.reg;
+    q.in.cert_only = 0;
+    q.in.app = "app2";
+    cg_gate_decide(g, &q.in, CG_STORE_OK, &reg, NULL, &v);
+    assert_int_equal(v.reason, CG_R_APP_MISMATCH);
+    assert_int_equal(m->decisions[CG_R_APP_MISMATCH], 1);
+    cg_gate_free(g);
+}
+
+/* The blocking form on an unreachable store, threads started and stopped. */
+static void test_gate_run_and_lifecycle(void **state)
+{
+    (void)state;
+    cg_gate_cfg_t cfg;
+    cg_gate_cfg_defaults(&cfg);
+    cfg.store.port = 1;     /* nothing listens: refused at once */
+    cg_gate_set_log(gate_sink);
+    gate_nlines = 0;
+    cg_metrics_t shared;
+    cg_metrics_init(&shared);
+    cg_gate_t *g = cg_gate_new(&cfg, &shared, NULL);
+    assert_non_null(g);
+    assert_ptr_equal(cg_gate_metrics(g), &shared);
+    cg_gate_start(g);
+    gate_req_t q;
+    cg_gate_verdict_t v;
+    gate_req(&q, 0x17);
+    cg_gate_run(g, &q.in, &v);
+    assert_int_equal(v.reason, CG_R_STORE_UNAVAILABLE);
+    assert_false(v.pass);
+    assert_int_equal(shared.redis_conn, 1);
+    assert_int_equal(shared.decisions[CG_R_STORE_UNAVAILABLE], 1);
+    cg_gate_free(g);
+}
+
 static void test_lookup_steps(void **state)
 {
     (void)state;
@@ -909,6 +1240,12 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_allow),
         cmocka_unit_test(test_lookup_steps),
+        cmocka_unit_test(test_gate_cache_protocol),
+        cmocka_unit_test(test_gate_max_age),
+        cmocka_unit_test(test_gate_invalidation_during_lookup),
+        cmocka_unit_test(test_gate_store_errors),
+        cmocka_unit_test(test_gate_no_lookup_and_cert_only),
+        cmocka_unit_test(test_gate_run_and_lifecycle),
         cmocka_unit_test(test_store_result_kinds),
         cmocka_unit_test(test_lookup_id_and_owner_steps),
         cmocka_unit_test(test_app_owner_decision),

@@ -1,0 +1,482 @@
+#include "cg_gate.h"
+
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <hiredis/hiredis.h>
+#include <openssl/crypto.h>
+
+#include "cg_sub.h"
+#include "cg_usage.h"
+
+struct cg_gate {
+    cg_store_cfg_t cfg;         /* own copies of the strings */
+    int usage_interval_s;
+    cg_store_t *store;
+    cg_cache_t *cache;
+    cg_sub_t *sub;
+    cg_usage_t *usage;
+    cg_metrics_t *metrics;
+    cg_metrics_t *own_metrics;
+    void *log_ctx;
+};
+
+static cg_gate_log_fn sink;
+
+void cg_gate_set_log(cg_gate_log_fn fn)
+{
+    sink = fn;
+}
+
+static void glog(void *ctx, int level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+static void glog(void *ctx, int level, const char *fmt, ...)
+{
+    char msg[1024];
+    va_list ap;
+    if (sink == NULL)
+        return;
+    va_start(ap, fmt);
+    int n = vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return;
+    sink(ctx, level, msg);
+}
+
+static void count(_Atomic uint64_t *c, uint64_t n)
+{
+    atomic_fetch_add_explicit(c, n, memory_order_relaxed);
+}
+
+void cg_gate_cfg_defaults(cg_gate_cfg_t *c)
+{
+    memset(c, 0, sizeof(*c));
+    c->store.host = CG_GATE_HOST_DEFAULT;
+    c->store.port = CG_GATE_PORT_DEFAULT;
+    c->store.prefix = CG_GATE_PREFIX_DEFAULT;
+    c->store.timeout_ms = CG_GATE_TIMEOUT_MS_DEFAULT;
+    c->store.max_idle = CG_GATE_MAX_IDLE_DEFAULT;
+    c->cache_on = 1;
+    c->cache_entries = CG_GATE_CACHE_ENTRIES_DEFAULT;
+    c->cache_max_age_s = CG_GATE_CACHE_MAX_AGE_DEFAULT;
+    c->usage_interval_s = CG_GATE_USAGE_INTERVAL_DEFAULT;
+}
+
+/* ---------------------------------------------------------------- lifecycle */
+
+static int dup_str(const char *s, const char **out)
+{
+    *out = NULL;
+    if (s == NULL)
+        return 0;
+    char *d = strdup(s);
+    if (d == NULL)
+        return -1;
+    *out = d;
+    return 0;
+}
+
+static void free_str(const char *s, int secret)
+{
+    if (s == NULL)
+        return;
+    if (secret)
+        OPENSSL_cleanse((char *)s, strlen(s));
+    free((char *)s);
+}
+
+static void free_cfg(cg_store_cfg_t *c)
+{
+    free_str(c->host, 0);
+    free_str(c->socket, 0);
+    free_str(c->user, 0);
+    free_str(c->password, 1);
+    free_str(c->prefix, 0);
+}
+
+cg_gate_t *cg_gate_new(const cg_gate_cfg_t *cfg, cg_metrics_t *metrics, void *log_ctx)
+{
+    char err[256];
+    cg_gate_t *g = calloc(1, sizeof(*g));
+    if (g == NULL)
+        return NULL;
+    g->cfg = cfg->store;
+    if (dup_str(cfg->store.host, &g->cfg.host) || dup_str(cfg->store.socket, &g->cfg.socket) ||
+        dup_str(cfg->store.user, &g->cfg.user) || dup_str(cfg->store.password, &g->cfg.password) ||
+        dup_str(cfg->store.prefix ? cfg->store.prefix : CG_GATE_PREFIX_DEFAULT, &g->cfg.prefix))
+        goto oom;
+    g->usage_interval_s = cfg->usage_interval_s;
+    g->log_ctx = log_ctx;
+    g->metrics = metrics;
+    if (metrics == NULL) {
+        g->own_metrics = malloc(sizeof(*g->own_metrics));
+        if (g->own_metrics == NULL)
+            goto oom;
+        cg_metrics_init(g->own_metrics);
+        g->metrics = g->own_metrics;
+    }
+    /* No connection yet: each thread connects lazily on its first lookup. */
+    g->store = cg_store_new(&g->cfg, err, sizeof(err));
+    if (g->store == NULL)
+        glog(log_ctx, CG_LOG_ERR, "CG04004: cannot set up the Redis store: %s; gated requests "
+             "get 503 and usage is not recorded", err);
+    if (cfg->cache_on) {
+        g->cache = cg_cache_new(cfg->cache_entries, (int64_t)cfg->cache_max_age_s * 1000);
+        if (g->cache == NULL)
+            glog(log_ctx, CG_LOG_ERR, "CG04005: cannot allocate the registration cache; "
+                 "running without it");
+    }
+    return g;
+oom:
+    free_cfg(&g->cfg);
+    free(g);
+    return NULL;
+}
+
+static void sub_log(void *arg, int event, const char *msg)
+{
+    cg_gate_t *g = arg;
+    if (event == CG_SUB_SUBSCRIBED)
+        glog(g->log_ctx, CG_LOG_INFO, "CG07001: %s", msg);
+    else if (event == CG_SUB_DISCONNECTED)
+        glog(g->log_ctx, CG_LOG_WARN, "CG07002: %s", msg);
+    else
+        glog(g->log_ctx, CG_LOG_WARN, "CG07003: %s", msg);
+}
+
+static void sub_inval(void *arg, int64_t lag_us)
+{
+    cg_gate_t *g = arg;
+    cg_metrics_invalidation(g->metrics, lag_us);
+}
+
+static void usage_flushed(void *arg, size_t written, size_t dropped, const char *err)
+{
+    cg_gate_t *g = arg;
+    (void)written;
+    count(&g->metrics->usage_flushes, 1);
+    count(&g->metrics->usage_dropped, dropped);
+    if (dropped > 0)
+        glog(g->log_ctx, CG_LOG_WARN, "CG08002: %zu usage records dropped%s%s", dropped,
+             err ? ": " : "", err ? err : "");
+}
+
+void cg_gate_start(cg_gate_t *g)
+{
+    char err[256];
+    if (g->store != NULL && g->usage_interval_s > 0 && g->usage == NULL) {
+        g->usage = cg_usage_start(g->store, CG_GATE_USAGE_CAP, g->usage_interval_s * 1000,
+                                  CG_GATE_USAGE_TIMEOUT_MS, usage_flushed, g);
+        if (g->usage == NULL)
+            glog(g->log_ctx, CG_LOG_ERR, "CG04009: the usage recording thread could not "
+                 "start; usage is not recorded");
+    }
+    if (g->cache != NULL && g->sub == NULL) {
+        g->sub = cg_sub_start(&g->cfg, g->cache, sub_log, sub_inval, g, err, sizeof(err));
+        if (g->sub == NULL)
+            glog(g->log_ctx, CG_LOG_ERR, "CG04006: cannot start the invalidation subscriber: "
+                 "%s; cached entries expire by the cache max age", err);
+    }
+}
+
+void cg_gate_free(cg_gate_t *g)
+{
+    if (g == NULL)
+        return;
+    /* Threads first, before what they use goes. */
+    if (g->sub != NULL)
+        cg_sub_stop(g->sub);
+    if (g->usage != NULL)
+        cg_usage_stop(g->usage);
+    if (g->cache != NULL)
+        cg_cache_free(g->cache);
+    if (g->store != NULL)
+        cg_store_free(g->store);
+    free(g->own_metrics);
+    free_cfg(&g->cfg);
+    free(g);
+}
+
+cg_store_t *cg_gate_store(cg_gate_t *g)
+{
+    return g ? g->store : NULL;
+}
+
+cg_cache_t *cg_gate_cache(cg_gate_t *g)
+{
+    return g ? g->cache : NULL;
+}
+
+cg_metrics_t *cg_gate_metrics(cg_gate_t *g)
+{
+    return g ? g->metrics : NULL;
+}
+
+int cg_gate_timeout_ms(const cg_gate_t *g)
+{
+    return g->cfg.timeout_ms;
+}
+
+const char *cg_gate_prefix(const cg_gate_t *g)
+{
+    return g->cfg.prefix;
+}
+
+/* ---------------------------------------------------------------- decision */
+
+/* A request's app for the log: bounded, control bytes, quotes and '\' as \xHH. */
+static void escape_app(const char *s, char *out, size_t cap)
+{
+    size_t o = 0;
+    for (size_t i = 0; s[i] != '\0' && i < CG_APP_MAX && o + 5 < cap; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (ch <= 0x20 || ch >= 0x7f || ch == '"' || ch == '\\')
+            o += (size_t)snprintf(out + o, cap - o, "\\x%02x", ch);
+        else
+            out[o++] = (char)ch;
+    }
+    out[o] = '\0';
+}
+
+static void log_store_error(const cg_gate_in_t *in, cg_store_rc_t rc, const char *err,
+                            const char *fp_hex)
+{
+    const char *kind = cg_store_rc_name(rc), *client = in->client ? in->client : "-";
+    /* One tag per kind (docs/log-tags.md). */
+    if (rc == CG_STORE_CORRUPT)
+        glog(in->log_ctx, CG_LOG_ERR, "CG02003: store record corrupt (%s): %s; "
+             "reason=store_unavailable fingerprint=%s client=%s", kind, err, fp_hex, client);
+    else if (rc == CG_STORE_TIMEOUT)
+        glog(in->log_ctx, CG_LOG_ERR, "CG02004: store unavailable (%s): %s; "
+             "reason=store_unavailable fingerprint=%s client=%s", kind, err, fp_hex, client);
+    else if (rc == CG_STORE_PERM)
+        glog(in->log_ctx, CG_LOG_ERR, "CG02005: store permission denied (%s): %s; "
+             "reason=store_unavailable fingerprint=%s client=%s", kind, err, fp_hex, client);
+    else
+        glog(in->log_ctx, CG_LOG_ERR, "CG02001: store unavailable (%s): %s; "
+             "reason=store_unavailable fingerprint=%s client=%s", kind, err, fp_hex, client);
+}
+
+void cg_gate_decide(cg_gate_t *g, const cg_gate_in_t *in, cg_store_rc_t rc,
+                    const cg_reg_t *reg, const char *err, cg_gate_verdict_t *v)
+{
+    const cg_peer_t *peer = in->peer != NULL && in->peer->has_leaf ? in->peer : NULL;
+    const char *client = in->client ? in->client : "-";
+    const cg_reg_t *regp = NULL;
+
+    memset(v, 0, sizeof(*v));
+    strcpy(v->fp_hex, "-");
+    v->final = 1;
+    /* An ambiguous request is refused whatever the registration: no lookup. */
+    if (peer != NULL && !in->app_ambiguous) {
+        cg_fp_to_hex(&peer->leaf, v->fp_hex);
+        if (rc == CG_STORE_OK) {
+            regp = reg;
+        } else if (cg_store_failed(rc)) {
+            v->reason = CG_R_STORE_UNAVAILABLE;
+            if (in->fail_open) {
+                glog(in->log_ctx, CG_LOG_CRIT, "CG02002: FAIL-OPEN: store %s (%s); request "
+                     "allowed unchecked by the on-store-error allow setting; fingerprint=%s "
+                     "client=%s", cg_store_rc_name(rc), err ? err : "", v->fp_hex, client);
+                v->pass = 1;
+                return;
+            }
+            log_store_error(in, rc, err ? err : "", v->fp_hex);
+            cg_metrics_decision(g->metrics, CG_R_STORE_UNAVAILABLE);
+            return;
+        }
+    }
+
+    cg_input_t ci = {
+        .leaf = peer ? &peer->leaf : NULL,
+        .chain = peer ? peer->chain : NULL,
+        .chain_len = peer ? peer->chain_len : 0,
+        .chain_known = peer ? peer->chain_known : 0,
+        .verify_failed = in->peer ? in->peer->verify_failed : 0,
+        .app = in->app,
+        .app_ambiguous = in->app_ambiguous,
+        .now = in->now,
+        .reg = regp,
+    };
+    v->reason = cg_decide(&ci);
+    if (regp != NULL) {
+        v->has_reg = 1;
+        v->reg = *regp;
+    }
+    if (v->reason == CG_ALLOW && in->cert_only) {
+        v->pass = 1;
+        v->final = 0;
+        return;
+    }
+    cg_metrics_decision(g->metrics, v->reason);
+    if (v->reason == CG_ALLOW) {
+        v->pass = 1;
+        snprintf(v->expire_in, sizeof(v->expire_in), "%" PRId64,
+                 cg_expire_in_days(regp, in->now));
+        cg_usage_hit(g->usage, regp->id, in->now, client);
+        glog(in->log_ctx, CG_LOG_DEBUG, "CG01002: allow app=%s cert=%s fingerprint=%s client=%s",
+             regp->app_id, regp->id, v->fp_hex, client);
+        return;
+    }
+    if (v->reason == CG_R_CHAIN_MISMATCH && peer != NULL && !peer->chain_known)
+        glog(in->log_ctx, CG_LOG_WARN, "CG03003: resumed TLS session carries no chain record; "
+             "the client must do a full handshake");
+    char app[CG_APP_MAX * 4 + 1] = "-";
+    if (regp != NULL)
+        snprintf(app, sizeof(app), "%s", regp->app_id);
+    else if (in->app != NULL && in->app[0] != '\0')
+        escape_app(in->app, app, sizeof(app));
+    glog(in->log_ctx, CG_LOG_WARN, "CG01001: deny reason=%s fingerprint=%s app=%s cert=%s "
+         "client=%s%s", cg_reason_name(v->reason), v->fp_hex, app, regp ? regp->id : "-",
+         client, in->peer && in->peer->verify_failed ? " (TLS verification failed)" : "");
+}
+
+/* ---------------------------------------------------------------- lookup */
+
+static void conn_lock(const cg_gate_in_t *in, int on)
+{
+    if (in->lock != NULL)
+        in->lock(in->lock_arg, on);
+}
+
+static void conn_set(const cg_gate_in_t *in, const cg_fp_t *fp, int found, const cg_reg_t *reg,
+                     uint64_t version, int64_t fetched_ms)
+{
+    if (in->conn == NULL)
+        return;
+    conn_lock(in, 1);
+    cg_conn_entry_set(in->conn, fp, found, reg, version, fetched_ms);
+    conn_lock(in, 0);
+}
+
+void cg_gate_lookup_fail(cg_gate_lookup_t *lk, cg_store_rc_t rc, const char *err)
+{
+    lk->rc = rc;
+    snprintf(lk->err, sizeof(lk->err), "%s", err ? err : "");
+}
+
+int cg_gate_begin(cg_gate_t *g, const cg_gate_in_t *in, cg_gate_lookup_t *lk,
+                  cg_gate_verdict_t *v)
+{
+    if (in->peer == NULL || !in->peer->has_leaf || in->app_ambiguous) {
+        cg_gate_decide(g, in, CG_STORE_NOTFOUND, NULL, NULL, v);
+        return CG_GATE_DONE;
+    }
+    const cg_fp_t *fp = &in->peer->leaf;
+    int64_t now = cg_now_ms(), fetched = now;
+    uint64_t ver = 0;
+    cg_reg_t reg;
+    int found = 0;
+
+    if (g->cache != NULL) {
+        ver = cg_cache_version(g->cache);
+        if (in->conn != NULL) {
+            conn_lock(in, 1);
+            int hit = cg_conn_entry_get(in->conn, g->cache, fp, now, &found, &reg);
+            conn_lock(in, 0);
+            if (hit) {
+                count(&g->metrics->cache_conn_hits, 1);
+                cg_gate_decide(g, in, found ? CG_STORE_OK : CG_STORE_NOTFOUND, &reg, NULL, v);
+                return CG_GATE_DONE;
+            }
+        }
+        if (cg_cache_get(g->cache, fp, now, &found, &reg, &fetched)) {
+            count(&g->metrics->cache_proc_hits, 1);
+            conn_set(in, fp, found, &reg, ver, fetched);
+            cg_gate_decide(g, in, found ? CG_STORE_OK : CG_STORE_NOTFOUND, &reg, NULL, v);
+            return CG_GATE_DONE;
+        }
+        count(&g->metrics->cache_misses, 1);
+    }
+    memset(lk, 0, sizeof(*lk));
+    lk->leaf = *fp;
+    lk->version = ver;
+    lk->started_ms = now;   /* taken before the read: an entry errs on the short side */
+    lk->started_us = cg_now_us();
+    lk->step = 1;
+    int klen = cg_lookup_index_cmd(g->cfg.prefix, fp, lk->key, sizeof(lk->key));
+    if (klen < 0) {
+        cg_gate_lookup_fail(lk, CG_STORE_ERROR, "index key too long");
+        cg_gate_finish(g, in, lk, v);
+        return CG_GATE_DONE;
+    }
+    lk->argc = 2;
+    lk->argv[0] = "GET";
+    lk->lens[0] = 3;
+    lk->argv[1] = lk->key;
+    lk->lens[1] = (size_t)klen;
+    return CG_GATE_LOOKUP;
+}
+
+int cg_gate_lookup_reply(const cg_gate_t *g, cg_gate_lookup_t *lk, const struct redisReply *r,
+                         const char *errstr)
+{
+    int klen = 0;
+    cg_store_rc_t rc;
+
+    if (r == NULL) {
+        lk->rc = CG_STORE_CONN;
+        snprintf(lk->err, sizeof(lk->err), "Redis connection lost%s%s",
+                 errstr && errstr[0] ? ": " : "", errstr ? errstr : "");
+        return 0;
+    }
+    if (lk->step == 3) {
+        lk->rc = cg_lookup_owner_reply(r, &lk->reg, lk->err, sizeof(lk->err));
+        return 0;
+    }
+    if (lk->step == 2)
+        rc = cg_lookup_reg_reply(g->cfg.prefix, lk->reg_key, r, &lk->leaf, &lk->reg, lk->key,
+                                 sizeof(lk->key), &klen, lk->err, sizeof(lk->err));
+    else
+        rc = cg_lookup_index_reply(g->cfg.prefix, r, lk->reg_key, sizeof(lk->reg_key), &klen,
+                                   lk->err, sizeof(lk->err));
+    if (rc != CG_STORE_OK) {
+        lk->rc = rc;
+        return 0;
+    }
+    /* The next step on the same connection: HGETALL the record, or HGET its app's owner. */
+    if (lk->step == 1) {
+        lk->argc = 2;
+        lk->argv[0] = "HGETALL";
+        lk->lens[0] = 7;
+        lk->argv[1] = lk->reg_key;
+    } else {
+        lk->argc = 3;
+        lk->argv[0] = "HGET";
+        lk->lens[0] = 4;
+        lk->argv[1] = lk->key;
+        lk->argv[2] = CG_LOOKUP_OWNER_FIELD;
+        lk->lens[2] = sizeof(CG_LOOKUP_OWNER_FIELD) - 1;
+    }
+    lk->lens[1] = (size_t)klen;
+    lk->step++;
+    return 1;
+}
+
+void cg_gate_finish(cg_gate_t *g, const cg_gate_in_t *in, cg_gate_lookup_t *lk,
+                    cg_gate_verdict_t *v)
+{
+    cg_metrics_store(g->metrics, (uint64_t)(cg_now_us() - lk->started_us), lk->rc);
+    if (!cg_store_failed(lk->rc) && g->cache != NULL) {
+        int found = lk->rc == CG_STORE_OK;
+        cg_cache_put(g->cache, &lk->leaf, found, &lk->reg, lk->started_ms, lk->version);
+        conn_set(in, &lk->leaf, found, &lk->reg, lk->version, lk->started_ms);
+    }
+    cg_gate_decide(g, in, lk->rc, &lk->reg, lk->err, v);
+}
+
+void cg_gate_run(cg_gate_t *g, const cg_gate_in_t *in, cg_gate_verdict_t *v)
+{
+    cg_gate_lookup_t lk;
+    if (cg_gate_begin(g, in, &lk, v) == CG_GATE_DONE)
+        return;
+    if (g->store == NULL)
+        cg_gate_lookup_fail(&lk, CG_STORE_ERROR, "store not set up (see CG04004)");
+    else
+        lk.rc = cg_store_lookup(g->store, &lk.leaf, &lk.reg, lk.err, sizeof(lk.err));
+    cg_gate_finish(g, in, &lk, v);
+}
