@@ -29,6 +29,7 @@
 #include "cg_store.h"
 #include "cg_metrics.h"
 #include "cg_tls.h"
+#include "cg_version.h"
 #include "apr_shm.h"
 #include "mod_watchdog.h"
 
@@ -783,6 +784,8 @@ static int cg_post_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *ptemp
 {
     char err[256];
     (void)plog; (void)ptemp;
+    /* "mod_certgate/0.9.0" in the server signature (ServerTokens Full). */
+    ap_add_version_component(pconf, "mod_certgate/" CG_VERSION);
 
     /* Counters for all children: anonymous shared memory made before the fork. */
     apr_shm_t *shm = NULL;

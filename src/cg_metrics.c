@@ -1,4 +1,5 @@
 #include "cg_metrics.h"
+#include "cg_version.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -181,6 +182,9 @@ char *cg_metrics_render(const cg_metrics_t *m, const cg_store_stats_t *st)
             (unsigned long long)st->expiring[0], (unsigned long long)st->expiring[1],
             (unsigned long long)st->expiring[2]);
     }
+    put(&o, "# HELP certgate_build_info The version of the module (always 1).\n"
+            "# TYPE certgate_build_info gauge\ncertgate_build_info{version=\"%s\"} 1\n",
+        CG_VERSION);
     put(&o, "# HELP certgate_store_up 1 when the registration counts could be read from Redis.\n"
             "# TYPE certgate_store_up gauge\ncertgate_store_up %d\n", st != NULL && st->ok);
     /* Why the last scrape could not read Redis: one kind is 1 when store_up is 0. */

@@ -1,5 +1,6 @@
 """Operations: Prometheus metrics, per-certificate usage, expiry events."""
 import os
+import re
 import shutil
 import time
 
@@ -9,7 +10,7 @@ import requests
 from admin import Admin, seed
 from clients import files_for, get, reason_of
 from conftest import Stack
-from harness import Httpd, flush_store, register
+from harness import ROOT, Httpd, flush_store, register
 from pki import make_cert
 
 GATED = "/gated/ok.txt"
@@ -77,6 +78,10 @@ def test_metrics_move_with_requests(stack, pki):
     assert m1['certgate_certificates_expiring{within_days="30"}'] == 1
     assert m1['certgate_certificates_expiring{within_days="7"}'] == 0
     assert m1["certgate_store_up"] == 1
+    version = re.search(r'#define CG_VERSION "([^"]+)"',
+                        open(os.path.join(ROOT, "src", "cg_version.h")).read()).group(1)
+    assert m1['certgate_build_info{version="%s"}' % version] == 1
+    assert "mod_certgate/" + version in get(stack, GATED, pki.leaf).headers["Server"]
 
 
 def test_usage_shows_when_the_old_certificate_went_quiet(stack, pki):

@@ -17,6 +17,7 @@
 #include "cg_fp.h"
 #include "cg_gate.h"
 #include "cg_reg.h"
+#include "cg_admin.h"
 #include "cg_cache.h"
 #include "cg_metrics.h"
 #include "cg_store.h"
@@ -1235,6 +1236,43 @@ static void test_deny_body(void **state)
             assert_true(cg_deny_body((cg_reason_t)r, json, buf, sizeof(buf), &ctype) > 0);
 }
 
+/* The route table answers 404, 405 and 400 before any store access. */
+static void test_admin_routes(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *method, *path;
+        int status;
+        const char *code, *msg;
+    } cases[] = {
+        { "PUT", "/certs", 405, "Route.MethodNotAllowed", "use GET or POST" },
+        { "DELETE", "/certs/abc", 405, "Route.MethodNotAllowed", "use GET" },
+        { "GET", "/certs/abc/approve", 405, "Route.MethodNotAllowed", "use POST" },
+        { "PUT", "/customers/c1", 405, "Route.MethodNotAllowed", "use GET or PATCH" },
+        { "GET", "/nope", 404, "Route.NotFound", NULL },
+        { "GET", "/a/b/c/d/e/f", 404, "Route.NotFound", NULL },
+        { "GET", "/apps/bad id", 400, "Request.Invalid", NULL },
+    };
+    cg_admin_cfg_t cfg;
+    cg_admin_cfg_defaults(&cfg);
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        cg_admin_req_t req;
+        cg_admin_resp_t resp;
+        memset(&req, 0, sizeof(req));
+        req.method = cases[i].method;
+        req.path = cases[i].path;
+        req.user = "someone";
+        cg_admin_handle(&cfg, NULL, &req, &resp);
+        assert_int_equal(resp.status, cases[i].status);
+        char want[96];
+        snprintf(want, sizeof(want), "\"code\":\"%s\"", cases[i].code);
+        assert_non_null(strstr(resp.body, want));
+        if (cases[i].msg != NULL)
+            assert_non_null(strstr(resp.body, cases[i].msg));
+        cg_admin_resp_free(&resp);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1275,6 +1313,7 @@ int main(void)
         cmocka_unit_test(test_cache_lru_bound_and_age),
         cmocka_unit_test(test_cache_invalidation_beats_a_racing_put),
         cmocka_unit_test(test_metrics_render),
+        cmocka_unit_test(test_admin_routes),
     };
     return cmocka_run_group_tests_name("certgate core", tests, NULL, NULL);
 }
