@@ -434,7 +434,7 @@ void adm_import(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_admin_req_t *req,
         goto done;
     }
     int fatal = 0;
-    char fatal_msg[700] = "";
+    char fatal_msg[64] = "";
     size_t i;
     json_t *item;
     json_array_foreach(items, i, item) {

@@ -3,6 +3,7 @@ that round-trips, an import that vets every record like an upload, is
 idempotent by fingerprint, has a dry run, keeps statuses only for a manager
 who asks, writes one event per record, and never half-writes a bad record."""
 import datetime
+import time
 
 import pytest
 
@@ -354,3 +355,27 @@ def test_a_few_hundred_are_imported_correctly(stack, api, pki):
     assert stack.r.xlen("certgate:events") == 300
     out = do_import(api, items, query="?dryRun=1")
     assert out["unchanged"] == 300
+
+
+def test_a_damaged_key_fails_its_record_only(stack, api, pki):
+    certs = [make_cert("app1 damaged %d" % i, issuer=pki.inter) for i in range(3)]
+    # The index key of the middle certificate holds the wrong type.
+    stack.r.hset("certgate:fp:" + certs[1].fingerprint, "x", "y")
+    out = do_import(api, [body(c) for c in certs])
+    assert [(r["outcome"], r["code"]) for r in out["results"]] == \
+        [("created", None), ("error", "Store.Corrupt"), ("created", None)]
+    assert stack.r.scard("certgate:regs") == 2
+    assert stack.r.xlen("certgate:events") == 2
+    assert stack.r.hgetall("certgate:fp:" + certs[1].fingerprint) == {b"x": b"y"}
+
+
+def test_when_the_store_stops_answering_the_rest_is_not_tried(stack, api, pki):
+    certs = [make_cert("app1 paused %d" % i, issuer=pki.inter) for i in range(3)]
+    stack.r.execute_command("CLIENT", "PAUSE", "3000", "ALL")   # longer than the admin timeout
+    out = do_import(api, [body(c) for c in certs])
+    time.sleep(1.5)
+    assert [(r["outcome"], r["code"]) for r in out["results"]] == \
+        [("error", "Store.Unavailable")] * 3
+    assert "not tried" in out["results"][1]["message"]
+    assert "not tried" not in out["results"][0]["message"]
+    assert stack.r.scard("certgate:regs") == 0 and stack.r.xlen("certgate:events") == 0
