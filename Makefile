@@ -10,7 +10,8 @@ CORE_SRC = src/cg_fp.c src/cg_reg.c src/cg_decide.c src/cg_store.c src/cg_regist
            src/cg_thread.c src/cg_gate.c $(ADMIN_SRC)
 # The admin API, by job (src/cg_admin_int.h says which file does what).
 ADMIN_SRC = src/cg_admin.c src/cg_admin_route.c src/cg_admin_view.c src/cg_admin_upload.c \
-            src/cg_admin_lifecycle.c src/cg_admin_entity.c src/cg_admin_read.c src/cg_admin_stats.c
+            src/cg_admin_lifecycle.c src/cg_admin_entity.c src/cg_admin_read.c src/cg_admin_stats.c \
+            src/cg_admin_transfer.c
 CORE_OBJ = $(CORE_SRC:src/%.c=build/core/%.o)
 CORE_LIB = build/libcertgate.a
 LIBS     = -ljansson -lhiredis -lssl -lcrypto -lpthread

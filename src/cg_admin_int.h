@@ -6,7 +6,7 @@
  * cg_admin_upload.c: upload and check; cg_admin_lifecycle.c: transitions
  * and rotations; cg_admin_entity.c: customers and apps; cg_admin_read.c:
  * listing, reading and the audit log; cg_admin_stats.c: usage, store stats
- * and the expiry scan. Redis keys and scripts live in cg_registry.c.
+ * and the expiry scan; cg_admin_transfer.c: export and import. Redis keys and scripts live in cg_registry.c.
  */
 #ifndef CG_ADMIN_INT_H
 #define CG_ADMIN_INT_H
@@ -118,6 +118,48 @@ json_t *adm_rotation_view(json_t *rot, int64_t now);
 /* A customer or app record as the API shows it. */
 json_t *adm_entity_view(json_t *rec, const char *idname);
 
+/* ---- uploads (cg_admin_upload.c), shared with imports (cg_admin_transfer.c) */
+/* A certificate as sent: its chain, app and customer, and the proof-of-possession key. */
+typedef struct {
+    STACK_OF(X509) *certs;      /* leaf first */
+    char *app, *customer;
+    const char *pkey;           /* points into the JSON document; wiped by adm_upload_free */
+    size_t pkey_len;
+    json_t *doc;                /* the body, when the upload owns it */
+} adm_upload_t;
+
+void adm_upload_free(adm_upload_t *u);
+/* Read one JSON object of the upload's shape (certificate, chain, appId, customerId,
+ * privateKey) as an upload reads its body; obj stays the caller's. 0, or -1 with resp set. */
+int adm_upload_from_json(json_t *obj, adm_upload_t *u, const char *code_bad,
+                         cg_admin_resp_t *resp);
+/* Whose registration it makes: the app's customer, checked against the user. 0 with
+ * *owner (malloc'd), or -1 with resp set. */
+int adm_upload_owner(const cg_admin_cfg_t *cfg, cg_store_t *st, const cg_admin_req_t *req,
+                     const adm_upload_t *u, char **owner, cg_admin_resp_t *resp);
+/* The upload policy. 0 with *info filled (free it); 1 refused (*status, *code, msg);
+ * -1 store error (resp set). */
+int adm_vet_upload(const cg_admin_cfg_t *cfg, cg_store_t *st, const cg_admin_req_t *req,
+                   const adm_upload_t *u, const char *owner, cg_cert_info_t *info, int *status,
+                   const char **code, char *msg, size_t cap, cg_admin_resp_t *resp);
+
+/* How a vetted certificate is written: an upload, or an import's record. */
+typedef struct {
+    int import;                 /* CG_LUA_IMPORT (idempotent by fingerprint) or CG_LUA_UPLOAD */
+    int dry;                    /* import only: every check, no write */
+    const char *id;             /* NULL: a new one */
+    const char *status, *status_reason;
+    const char *activate_at, *retire_at;    /* Unix seconds, "" for open */
+    const char *created, *created_by;       /* NULL: now and the user */
+} adm_reg_write_t;
+
+/* Write the registration (one guarded script, one event). 0 written (dry: would be),
+ * 1 unchanged (import: the fingerprint is registered to the same app and customer), both
+ * with id (CG_ID_MAX + 1 bytes) set; -1 with resp set. */
+int adm_write_registration(const cg_admin_cfg_t *cfg, cg_store_t *st, const cg_admin_req_t *req,
+                           const adm_upload_t *u, const char *owner, const cg_cert_info_t *info,
+                           const adm_reg_write_t *w, char *id, cg_admin_resp_t *resp);
+
 /* ---- handlers, by file */
 void adm_upload(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_admin_req_t *req,
                 cg_admin_resp_t *resp);
@@ -154,6 +196,11 @@ void adm_get(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_admin_req_t *req,
 void adm_app(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_admin_req_t *req,
              cg_admin_resp_t *resp, const char *app);
 void adm_events(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_admin_req_t *req,
+                cg_admin_resp_t *resp);
+
+void adm_export(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_admin_req_t *req,
+                cg_admin_resp_t *resp);
+void adm_import(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_admin_req_t *req,
                 cg_admin_resp_t *resp);
 
 /* ---- usage (cg_admin_stats.c): add "usage" to each view in items. */

@@ -121,6 +121,20 @@ static void r_check(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_admin_req_t *r
     adm_check(cfg, st, req, resp);
 }
 
+static void r_export(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_admin_req_t *req,
+                     cg_admin_resp_t *resp, char seg[][SEG_LEN])
+{
+    (void)seg;
+    adm_export(cfg, st, req, resp);
+}
+
+static void r_import(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_admin_req_t *req,
+                     cg_admin_resp_t *resp, char seg[][SEG_LEN])
+{
+    (void)seg;
+    adm_import(cfg, st, req, resp);
+}
+
 static void r_events(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_admin_req_t *req,
                      cg_admin_resp_t *resp, char seg[][SEG_LEN])
 {
@@ -152,6 +166,8 @@ static const route_t ROUTES[] = {
     { "DELETE", "apps/*/rotations/*",    r_rotation_cancel },
     { "POST",   "check",                 r_check },
     { "GET",    "events",                r_events },
+    { "GET",    "export",                r_export },
+    { "POST",   "import",                r_import },
 };
 
 /* Paths below these hold an app or customer id as their second segment. */

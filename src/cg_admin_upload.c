@@ -7,6 +7,7 @@
 #include <string.h>
 #include <strings.h>
 #include <openssl/crypto.h>
+#include <openssl/pem.h>
 #include <openssl/x509.h>
 
 #include "cg_decide.h"
@@ -14,15 +15,7 @@
 
 /* ------------------------------------------------------------ upload */
 
-typedef struct {
-    STACK_OF(X509) *certs;      /* leaf first */
-    char *app, *customer;
-    const char *pkey;           /* points into the JSON document */
-    size_t pkey_len;
-    json_t *doc;
-} upload_t;
-
-static void upload_free(upload_t *u)
+void adm_upload_free(adm_upload_t *u)
 {
     if (u->pkey != NULL)
         OPENSSL_cleanse((void *)u->pkey, u->pkey_len);
@@ -42,7 +35,7 @@ static int ctype_is(const char *ct, const char *want)
 }
 
 /* Append the certificates of `more` to u->certs (taking them). */
-static int take_certs(upload_t *u, STACK_OF(X509) *more)
+static int take_certs(adm_upload_t *u, STACK_OF(X509) *more)
 {
     while (sk_X509_num(more) > 0) {
         X509 *x = sk_X509_shift(more);
@@ -57,105 +50,80 @@ static int take_certs(upload_t *u, STACK_OF(X509) *more)
 }
 
 /*
- * Read an upload or check body: JSON {certificate, chain, appId, customerId,
- * privateKey}, or a raw PEM/DER/PKCS#7 body with appId/customerId in the query.
- * code_bad is the code for a malformed request. 0, or -1 with resp set.
+ * The fields of an upload's JSON object: {certificate, chain, appId, customerId,
+ * privateKey}. obj stays the caller's (u->pkey points into it). 0, or -1 with
+ * resp set; *p7 tells whether the certificates came from a PKCS#7 bundle.
  */
-static int read_upload(const cg_admin_req_t *req, cg_admin_resp_t *resp, upload_t *u,
-                       const char *code_bad, int app_required)
+static int upload_fields(json_t *obj, adm_upload_t *u, const char *code_bad, int *p7,
+                         cg_admin_resp_t *resp)
 {
     char err[200];
-    int p7 = 0;
-    const char *ct = req->content_type;
-    memset(u, 0, sizeof(*u));
+    json_t *jc = json_object_get(obj, "certificate");
+    json_t *jch = json_object_get(obj, "chain");
+    json_t *ja = json_object_get(obj, "appId");
+    json_t *jcu = json_object_get(obj, "customerId");
+    json_t *jk = json_object_get(obj, "privateKey");
+    if (jk != NULL && !json_is_null(jk)) {
+        if (!json_is_string(jk)) {
+            adm_errorf(resp, 400, code_bad, "privateKey must be a PEM string");
+            return -1;
+        }
+        u->pkey = json_string_value(jk);
+        u->pkey_len = json_string_length(jk);
+    }
+    if (!json_is_string(jc) || json_string_length(jc) == 0) {
+        adm_errorf(resp, 400, code_bad, "certificate is required and must be a PEM string");
+        return -1;
+    }
+    if ((ja != NULL && !json_is_string(ja) && !json_is_null(ja)) ||
+        (jcu != NULL && !json_is_string(jcu) && !json_is_null(jcu))) {
+        adm_errorf(resp, 400, code_bad, "appId and customerId must be strings");
+        return -1;
+    }
+    u->app = json_is_string(ja) ? strdup(json_string_value(ja)) : NULL;
+    u->customer = json_is_string(jcu) ? strdup(json_string_value(jcu)) : NULL;
+    u->certs = cg_cert_read_all((const unsigned char *)json_string_value(jc),
+                                json_string_length(jc), p7, err, sizeof(err));
+    if (u->certs == NULL) {
+        adm_errorf(resp, 400, "Certificate.Invalid", "certificate: %s", err);
+        return -1;
+    }
+    if (jch != NULL && !json_is_null(jch)) {
+        if (sk_X509_num(u->certs) > 1) {
+            adm_errorf(resp, 400, "Certificate.Invalid",
+                       "certificate must hold one certificate when chain is sent separately");
+            return -1;
+        }
+        size_t i;
+        json_t *el;
+        json_t *parts = json_is_array(jch) ? json_incref(jch) : json_pack("[O]", jch);
+        json_array_foreach(parts, i, el) {
+            if (!json_is_string(el)) {
+                json_decref(parts);
+                adm_errorf(resp, 400, code_bad, "chain must be a PEM string or an array of them");
+                return -1;
+            }
+            STACK_OF(X509) *more = cg_cert_read_all((const unsigned char *)json_string_value(el),
+                                                    json_string_length(el), NULL, err,
+                                                    sizeof(err));
+            if (more == NULL || take_certs(u, more) != 0) {
+                json_decref(parts);
+                adm_errorf(resp, 400, "Chain.Invalid", "chain element %zu: %s", i,
+                           more ? "out of memory" : err);
+                return -1;
+            }
+        }
+        json_decref(parts);
+    }
+    return 0;
+}
 
-    if (req->body_len == 0) {
-        adm_errorf(resp, 400, code_bad, "the request body is empty");
-        return -1;
-    }
-    if (ct == NULL || ctype_is(ct, "application/json")) {
-        json_error_t je;
-        u->doc = json_loadb((const char *)req->body, req->body_len,
-                            JSON_REJECT_DUPLICATES, &je);
-        if (u->doc == NULL || !json_is_object(u->doc)) {
-            adm_errorf(resp, 400, code_bad, "the body is not a JSON object%s%s",
-                       u->doc ? "" : ": ", u->doc ? "" : je.text);
-            return -1;
-        }
-        json_t *jc = json_object_get(u->doc, "certificate");
-        json_t *jch = json_object_get(u->doc, "chain");
-        json_t *ja = json_object_get(u->doc, "appId");
-        json_t *jcu = json_object_get(u->doc, "customerId");
-        json_t *jk = json_object_get(u->doc, "privateKey");
-        if (jk != NULL && !json_is_null(jk)) {
-            if (!json_is_string(jk)) {
-                adm_errorf(resp, 400, code_bad, "privateKey must be a PEM string");
-                return -1;
-            }
-            u->pkey = json_string_value(jk);
-            u->pkey_len = json_string_length(jk);
-        }
-        if (!json_is_string(jc) || json_string_length(jc) == 0) {
-            adm_errorf(resp, 400, code_bad, "certificate is required and must be a PEM string");
-            return -1;
-        }
-        if ((ja != NULL && !json_is_string(ja) && !json_is_null(ja)) ||
-            (jcu != NULL && !json_is_string(jcu) && !json_is_null(jcu))) {
-            adm_errorf(resp, 400, code_bad, "appId and customerId must be strings");
-            return -1;
-        }
-        u->app = json_is_string(ja) ? strdup(json_string_value(ja)) : NULL;
-        u->customer = json_is_string(jcu) ? strdup(json_string_value(jcu)) : NULL;
-        u->certs = cg_cert_read_all((const unsigned char *)json_string_value(jc),
-                                    json_string_length(jc), &p7, err, sizeof(err));
-        if (u->certs == NULL) {
-            adm_errorf(resp, 400, "Certificate.Invalid", "certificate: %s", err);
-            return -1;
-        }
-        if (jch != NULL && !json_is_null(jch)) {
-            if (sk_X509_num(u->certs) > 1) {
-                adm_errorf(resp, 400, "Certificate.Invalid",
-                           "certificate must hold one certificate when chain is sent separately");
-                return -1;
-            }
-            size_t i;
-            json_t *el;
-            json_t *parts = json_is_array(jch) ? json_incref(jch) : json_pack("[O]", jch);
-            json_array_foreach(parts, i, el) {
-                if (!json_is_string(el)) {
-                    json_decref(parts);
-                    adm_errorf(resp, 400, code_bad,
-                               "chain must be a PEM string or an array of them");
-                    return -1;
-                }
-                STACK_OF(X509) *more = cg_cert_read_all((const unsigned char *)json_string_value(el),
-                                                        json_string_length(el), NULL, err,
-                                                        sizeof(err));
-                if (more == NULL || take_certs(u, more) != 0) {
-                    json_decref(parts);
-                    adm_errorf(resp, 400, "Chain.Invalid", "chain element %zu: %s", i,
-                               more ? "out of memory" : err);
-                    return -1;
-                }
-            }
-            json_decref(parts);
-        }
-    } else if (ctype_is(ct, "application/x-pem-file") || ctype_is(ct, "application/pkix-cert") ||
-               ctype_is(ct, "application/pkcs7-mime") || ctype_is(ct, "application/x-x509-ca-cert") ||
-               ctype_is(ct, "application/pkcs7-certificates") ||
-               ctype_is(ct, "application/x-pkcs7-certificates")) {
-        u->certs = cg_cert_read_all(req->body, req->body_len, &p7, err, sizeof(err));
-        if (u->certs == NULL) {
-            adm_errorf(resp, 400, "Certificate.Invalid", "%s", err);
-            return -1;
-        }
-        u->app = adm_qparam(req->query, "appId");
-        u->customer = adm_qparam(req->query, "customerId");
-    } else {
-        adm_errorf(resp, 415, code_bad, "unsupported Content-Type; send application/json, "
-                   "application/x-pem-file, application/pkix-cert or application/pkcs7-mime");
-        return -1;
-    }
+/* What every way of sending certificates shares: one chain, leaf first, and ids
+ * that can be keys. 0, or -1 with resp set. */
+static int upload_finish(adm_upload_t *u, int p7, const char *code_bad, int app_required,
+                         cg_admin_resp_t *resp)
+{
+    char err[200];
     /* Developers' chain files often start with the leaf (leaf -> root, as the
      * requirements tell them to build it): the same certificate twice is one. */
     cg_cert_drop_repeats(u->certs);
@@ -181,18 +149,79 @@ static int read_upload(const cg_admin_req_t *req, cg_admin_resp_t *resp, upload_
     return 0;
 }
 
+int adm_upload_from_json(json_t *obj, adm_upload_t *u, const char *code_bad,
+                         cg_admin_resp_t *resp)
+{
+    int p7 = 0;
+    memset(u, 0, sizeof(*u));
+    if (!json_is_object(obj)) {
+        adm_errorf(resp, 400, code_bad, "not a JSON object");
+        return -1;
+    }
+    if (upload_fields(obj, u, code_bad, &p7, resp) != 0)
+        return -1;
+    return upload_finish(u, p7, code_bad, 1, resp);
+}
+
+/*
+ * Read an upload or check body: JSON {certificate, chain, appId, customerId,
+ * privateKey}, or a raw PEM/DER/PKCS#7 body with appId/customerId in the query.
+ * code_bad is the code for a malformed request. 0, or -1 with resp set.
+ */
+static int read_upload(const cg_admin_req_t *req, cg_admin_resp_t *resp, adm_upload_t *u,
+                       const char *code_bad, int app_required)
+{
+    char err[200];
+    int p7 = 0;
+    const char *ct = req->content_type;
+    memset(u, 0, sizeof(*u));
+
+    if (req->body_len == 0) {
+        adm_errorf(resp, 400, code_bad, "the request body is empty");
+        return -1;
+    }
+    if (ct == NULL || ctype_is(ct, "application/json")) {
+        json_error_t je;
+        u->doc = json_loadb((const char *)req->body, req->body_len,
+                            JSON_REJECT_DUPLICATES, &je);
+        if (u->doc == NULL || !json_is_object(u->doc)) {
+            adm_errorf(resp, 400, code_bad, "the body is not a JSON object%s%s",
+                       u->doc ? "" : ": ", u->doc ? "" : je.text);
+            return -1;
+        }
+        if (upload_fields(u->doc, u, code_bad, &p7, resp) != 0)
+            return -1;
+    } else if (ctype_is(ct, "application/x-pem-file") || ctype_is(ct, "application/pkix-cert") ||
+               ctype_is(ct, "application/pkcs7-mime") || ctype_is(ct, "application/x-x509-ca-cert") ||
+               ctype_is(ct, "application/pkcs7-certificates") ||
+               ctype_is(ct, "application/x-pkcs7-certificates")) {
+        u->certs = cg_cert_read_all(req->body, req->body_len, &p7, err, sizeof(err));
+        if (u->certs == NULL) {
+            adm_errorf(resp, 400, "Certificate.Invalid", "%s", err);
+            return -1;
+        }
+        u->app = adm_qparam(req->query, "appId");
+        u->customer = adm_qparam(req->query, "customerId");
+    } else {
+        adm_errorf(resp, 415, code_bad, "unsupported Content-Type; send application/json, "
+                   "application/x-pem-file, application/pkix-cert or application/pkcs7-mime");
+        return -1;
+    }
+    return upload_finish(u, p7, code_bad, app_required, resp);
+}
+
 int cg_admin_parse_upload(const char *content_type, const char *query,
                           const unsigned char *body, size_t len, cg_admin_resp_t *resp)
 {
     cg_admin_req_t req;
-    upload_t u;
+    adm_upload_t u;
     memset(&req, 0, sizeof(req));
     req.content_type = content_type;
     req.query = query;
     req.body = (unsigned char *)body;
     req.body_len = len;
     int rc = read_upload(&req, resp, &u, "Upload.Certificate.Invalid", 1);
-    upload_free(&u);
+    adm_upload_free(&u);
     return rc == 0 ? 0 : resp->status;
 }
 
@@ -241,8 +270,8 @@ static char *fp_list(STACK_OF(X509) *certs, int from)
  * is the app's owner, and a customerId in the request must name the same one.
  * 0 with *owner set (malloc'd); -1 with resp set.
  */
-static int upload_owner(const cg_admin_cfg_t *cfg, cg_store_t *st, const cg_admin_req_t *req,
-                        const upload_t *u, char **owner, cg_admin_resp_t *resp)
+int adm_upload_owner(const cg_admin_cfg_t *cfg, cg_store_t *st, const cg_admin_req_t *req,
+                     const adm_upload_t *u, char **owner, cg_admin_resp_t *resp)
 {
     json_t *app = NULL;
     *owner = NULL;
@@ -271,9 +300,9 @@ static int upload_owner(const cg_admin_cfg_t *cfg, cg_store_t *st, const cg_admi
  * 0 with *info filled (free it); 1 refused (*status, *code, msg); -1 store
  * error (resp set).
  */
-static int vet_upload(const cg_admin_cfg_t *cfg, cg_store_t *st, const cg_admin_req_t *req,
-                      const upload_t *u, const char *owner, cg_cert_info_t *info, int *status,
-                      const char **code, char *msg, size_t cap, cg_admin_resp_t *resp)
+int adm_vet_upload(const cg_admin_cfg_t *cfg, cg_store_t *st, const cg_admin_req_t *req,
+                   const adm_upload_t *u, const char *owner, cg_cert_info_t *info, int *status,
+                   const char **code, char *msg, size_t cap, cg_admin_resp_t *resp)
 {
     char err[200];
     X509 *leaf = sk_X509_value(u->certs, 0);
@@ -315,14 +344,153 @@ static int vet_upload(const cg_admin_cfg_t *cfg, cg_store_t *st, const cg_admin_
     return 0;
 }
 
+/* The certificates as PEM, leaf first: what export hands back. malloc'd, or NULL. */
+static char *certs_pem(STACK_OF(X509) *certs)
+{
+    BIO *b = BIO_new(BIO_s_mem());
+    char *out = NULL, *data;
+    if (b == NULL)
+        return NULL;
+    for (int i = 0; i < sk_X509_num(certs); i++)
+        if (PEM_write_bio_X509(b, sk_X509_value(certs, i)) != 1)
+            goto done;
+    long n = BIO_get_mem_data(b, &data);
+    if (n <= 0 || (out = malloc((size_t)n + 1)) == NULL)
+        goto done;
+    memcpy(out, data, (size_t)n);
+    out[n] = '\0';
+done:
+    BIO_free(b);
+    return out;
+}
+
+int adm_write_registration(const cg_admin_cfg_t *cfg, cg_store_t *st, const cg_admin_req_t *req,
+                           const adm_upload_t *u, const char *owner, const cg_cert_info_t *info,
+                           const adm_reg_write_t *w, char *id, cg_admin_resp_t *resp)
+{
+    char *chain = fp_list(u->certs, 1), *subjects = subjects_json(u->certs, 1);
+    char *pem = certs_pem(u->certs), *sans = NULL;
+    char hex[CG_FP_HEX_LEN + 1], vf[24], vt[24], now_s[24], ok[CG_ID_MAX + 32] = "";
+    int rc = -1;
+
+    if (w->id != NULL) {
+        snprintf(id, CG_ID_MAX + 1, "%s", w->id);
+    } else {
+        char fresh[40];
+        adm_new_id(fresh);
+        if (fresh[0] == '\0') {
+            cg_admin_error(resp, 500, "Internal", "no randomness for an id");
+            goto done;
+        }
+        snprintf(id, CG_ID_MAX + 1, "%s", fresh);
+    }
+    cg_fp_to_hex(&info->fingerprint, hex);
+    json_t *sa = json_array();
+    for (size_t i = 0; sa != NULL && i < info->n_sans; i++)
+        json_array_append_new(sa, json_string(info->sans[i]));
+    sans = sa ? json_dumps(sa, JSON_COMPACT) : NULL;
+    json_decref(sa);
+    if (chain == NULL || subjects == NULL || sans == NULL || pem == NULL) {
+        cg_admin_error(resp, 500, "Internal", "out of memory");
+        goto done;
+    }
+    snprintf(vf, sizeof(vf), "%lld", (long long)info->not_before);
+    snprintf(vt, sizeof(vt), "%lld", (long long)info->not_after);
+    snprintf(now_s, sizeof(now_s), "%lld", (long long)req->now);
+
+    const char *rec[] = {
+        "id", id, "app_id", u->app, "customer_id", owner ? owner : "",
+        "status", w->status, "fingerprint", hex, "chain", chain,
+        "valid_from", vf, "valid_to", vt, "activate_at", w->activate_at,
+        "retire_at", w->retire_at,
+        "common_name", info->common_name, "subject", info->subject, "issuer", info->issuer,
+        "serial", info->serial, "organization", info->organization,
+        "organizational_unit", info->organizational_unit, "country", info->country,
+        "state", info->state, "locality", info->locality, "sans", sans,
+        "chain_subjects", subjects, "pem", pem,
+        "created", w->created ? w->created : now_s,
+        "created_by", w->created_by ? w->created_by : req->user,
+        "updated", now_s, "updated_by", req->user, "status_reason", w->status_reason,
+        "version", "1",
+    };
+    const int nrec = (int)NELEM(rec);
+    event_t ev;
+    ev_init(&ev, req, w->import ? "cert.import" : "cert.upload");
+    ev_add(&ev, "cert_id", id);
+    ev_add(&ev, "fingerprint", hex);
+    ev_add(&ev, "app_id", u->app);
+    ev_add(&ev, "customer_id", owner);
+    ev_add(&ev, "old_status", "");
+    ev_add(&ev, "new_status", w->status);
+    ev_add(&ev, "reason", w->status_reason);
+
+    char k_fp[KEY_MAX], k_reg[KEY_MAX], k_app[KEY_MAX], k_all[KEY_MAX], k_ev[KEY_MAX],
+        k_gen[KEY_MAX], k_schema[KEY_MAX], k_appinfo[KEY_MAX], chan[KEY_MAX], nrec_s[16],
+        regpfx[KEY_MAX];
+    cg_key(k_appinfo, st, CG_K_APPINFO "%s", u->app);
+    cg_key(k_fp, st, CG_K_FP "%s", hex);
+    cg_key(k_reg, st, CG_K_REG "%s", id);
+    cg_key(k_app, st, CG_K_APP "%s", u->app);
+    cg_key(k_all, st, CG_K_REGS);
+    cg_key(k_ev, st, CG_K_EVENTS);
+    cg_key(k_gen, st, CG_K_GEN);
+    cg_key(k_schema, st, CG_K_SCHEMA);
+    cg_key(chan, st, CG_K_INVALIDATE);
+    cg_key(regpfx, st, CG_K_REG);
+    snprintf(nrec_s, sizeof(nrec_s), "%d", nrec);
+    const char *keys[] = { k_fp, k_reg, k_app, k_all, k_ev, k_gen, k_schema, k_appinfo };
+    const char *args[8 + NELEM(rec) + NELEM(ev.kv)];
+    int na = 0;
+    args[na++] = id;
+    args[na++] = chan;
+    args[na++] = owner ? owner : "";
+    if (w->import) {
+        args[na++] = u->app;
+        args[na++] = regpfx;
+        args[na++] = w->dry ? "1" : "0";
+    }
+    args[na++] = nrec_s;
+    for (int i = 0; i < nrec; i++)
+        args[na++] = rec[i];
+    for (int i = 0; i < ev.n; i++)
+        args[na++] = ev.kv[i];
+    static const cg_script_error_t errors[] = {
+        { "DUPLICATE", 409, "Certificate.Duplicate", "this certificate is already registered" },
+        { "APPOWNER", 409, "App.CustomerMismatch", "the app's customer changed during the upload" },
+        { "IDTAKEN", 409, "Import.IdExists", "another registration has this id" },
+        { NULL, 0, NULL, NULL }
+    };
+    cg_registry_fail_t f;
+    if (cg_registry_run_reply(st, cfg->timeout_ms, w->import ? CG_LUA_IMPORT : CG_LUA_UPLOAD,
+                              (int)NELEM(keys), keys, na, args, errors, &f, ok,
+                              sizeof(ok)) != 0) {
+        adm_fail(resp, &f);
+        goto done;
+    }
+    rc = 0;
+    /* "UNCHANGED <id>": the import found this certificate already registered here. */
+    if (strncmp(ok, "UNCHANGED ", 10) == 0) {
+        size_t l = strnlen(ok + 10, CG_ID_MAX);
+        memcpy(id, ok + 10, l);
+        id[l] = '\0';
+        rc = 1;
+    }
+done:
+    free(chain);
+    free(subjects);
+    free(sans);
+    free(pem);
+    return rc;
+}
+
 void adm_upload(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_admin_req_t *req,
                 cg_admin_resp_t *resp)
 {
-    upload_t u;
+    adm_upload_t u;
     cg_cert_info_t info;
     int have_info = 0;
-    char *chain = NULL, *subjects = NULL, *sans = NULL, *owner = NULL;
-    char msg[600];
+    char *owner = NULL;
+    char msg[600], id[CG_ID_MAX + 1];
     const char *code = NULL;
 
     if (adm_need(req, resp, CG_ROLE_DEVELOPER, "upload certificates") != 0)
@@ -334,92 +502,19 @@ void adm_upload(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_admin_req_t *req,
                        "no customer is configured for this developer (CertGateAdminCustomer)");
         goto done;
     }
-    if (upload_owner(cfg, st, req, &u, &owner, resp) != 0)
+    if (adm_upload_owner(cfg, st, req, &u, &owner, resp) != 0)
         goto done;
-    int status, v = vet_upload(cfg, st, req, &u, owner, &info, &status, &code, msg, sizeof(msg),
-                               resp);
+    int status, v = adm_vet_upload(cfg, st, req, &u, owner, &info, &status, &code, msg,
+                                   sizeof(msg), resp);
     if (v != 0) {
         if (v > 0)
             cg_admin_error(resp, status, code, msg);
         goto done;
     }
     have_info = 1;
-    free(u.customer);
-    u.customer = owner;
-    owner = NULL;
-
-    char id[40], hex[CG_FP_HEX_LEN + 1], vf[24], vt[24], now_s[24];
-    adm_new_id(id);
-    if (id[0] == '\0') {
-        cg_admin_error(resp, 500, "Internal", "no randomness for an id");
-        goto done;
-    }
-    cg_fp_to_hex(&info.fingerprint, hex);
-    chain = fp_list(u.certs, 1);
-    subjects = subjects_json(u.certs, 1);
-    json_t *sa = json_array();
-    for (size_t i = 0; i < info.n_sans; i++)
-        json_array_append_new(sa, json_string(info.sans[i]));
-    sans = json_dumps(sa, JSON_COMPACT);
-    json_decref(sa);
-    if (chain == NULL || subjects == NULL || sans == NULL) {
-        cg_admin_error(resp, 500, "Internal", "out of memory");
-        goto done;
-    }
-    snprintf(vf, sizeof(vf), "%lld", (long long)info.not_before);
-    snprintf(vt, sizeof(vt), "%lld", (long long)info.not_after);
-    snprintf(now_s, sizeof(now_s), "%lld", (long long)req->now);
-
-    const char *rec[] = {
-        "id", id, "app_id", u.app, "customer_id", u.customer ? u.customer : "",
-        "status", "PENDING", "fingerprint", hex, "chain", chain,
-        "valid_from", vf, "valid_to", vt, "activate_at", "", "retire_at", "",
-        "common_name", info.common_name, "subject", info.subject, "issuer", info.issuer,
-        "serial", info.serial, "organization", info.organization,
-        "organizational_unit", info.organizational_unit, "country", info.country,
-        "state", info.state, "locality", info.locality, "sans", sans,
-        "chain_subjects", subjects, "created", now_s, "created_by", req->user,
-        "updated", now_s, "updated_by", req->user, "status_reason", "", "version", "1",
-    };
-    const int nrec = (int)(sizeof(rec) / sizeof(rec[0]));
-    event_t ev;
-    ev_init(&ev, req, "cert.upload");
-    ev_add(&ev, "cert_id", id);
-    ev_add(&ev, "fingerprint", hex);
-    ev_add(&ev, "app_id", u.app);
-    ev_add(&ev, "customer_id", u.customer);
-    ev_add(&ev, "old_status", "");
-    ev_add(&ev, "new_status", "PENDING");
-    ev_add(&ev, "reason", "");
-
-    char k_fp[KEY_MAX], k_reg[KEY_MAX], k_app[KEY_MAX], k_all[KEY_MAX], k_ev[KEY_MAX],
-        k_gen[KEY_MAX], k_schema[KEY_MAX], k_appinfo[KEY_MAX], chan[KEY_MAX], nrec_s[16];
-    cg_key(k_appinfo, st, CG_K_APPINFO "%s", u.app);
-    cg_key(k_fp, st, CG_K_FP "%s", hex);
-    cg_key(k_reg, st, CG_K_REG "%s", id);
-    cg_key(k_app, st, CG_K_APP "%s", u.app);
-    cg_key(k_all, st, CG_K_REGS);
-    cg_key(k_ev, st, CG_K_EVENTS);
-    cg_key(k_gen, st, CG_K_GEN);
-    cg_key(k_schema, st, CG_K_SCHEMA);
-    cg_key(chan, st, CG_K_INVALIDATE);
-    snprintf(nrec_s, sizeof(nrec_s), "%d", nrec);
-    const char *keys[] = { k_fp, k_reg, k_app, k_all, k_ev, k_gen, k_schema, k_appinfo };
-    const char *args[4 + 64 + 32];
-    int na = 0;
-    args[na++] = id;
-    args[na++] = chan;
-    args[na++] = u.customer;
-    args[na++] = nrec_s;
-    for (int i = 0; i < nrec; i++)
-        args[na++] = rec[i];
-    static const cg_script_error_t upload_errors[] = {
-        { "DUPLICATE", 409, "Certificate.Duplicate", "this certificate is already registered" },
-        { "APPOWNER", 409, "App.CustomerMismatch", "the app's customer changed during the upload" },
-        { NULL, 0, NULL, NULL }
-    };
-    if (adm_run_write(cfg, st, CG_LUA_UPLOAD, 8, keys, args, na, NELEM(args), &ev, upload_errors,
-                      resp) != 0)
+    const adm_reg_write_t w = { .status = "PENDING", .status_reason = "", .activate_at = "",
+                                .retire_at = "" };
+    if (adm_write_registration(cfg, st, req, &u, owner, &info, &w, id, resp) != 0)
         goto done;
 
     json_t *recj = NULL;
@@ -435,11 +530,8 @@ void adm_upload(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_admin_req_t *req,
 done:
     if (have_info)
         cg_cert_info_free(&info);
-    free(chain);
-    free(subjects);
-    free(sans);
     free(owner);
-    upload_free(&u);
+    adm_upload_free(&u);
 }
 
 /* ------------------------------------------------------------ check */
@@ -447,7 +539,7 @@ done:
 void adm_check(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_admin_req_t *req,
                cg_admin_resp_t *resp)
 {
-    upload_t u;
+    adm_upload_t u;
     char err[200], msg[600];
     const char *code = NULL;
     char *owner = NULL;
@@ -455,13 +547,13 @@ void adm_check(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_admin_req_t *req,
                  "check certificates") != 0)
         return;
     if (read_upload(req, resp, &u, "Request.Invalid", 0) != 0) {
-        upload_free(&u);
+        adm_upload_free(&u);
         return;
     }
     /* The policy is the upload's, for the customer the upload would be for. */
     if (u.app != NULL && u.app[0] != '\0') {
-        if (upload_owner(cfg, st, req, &u, &owner, resp) != 0) {
-            upload_free(&u);
+        if (adm_upload_owner(cfg, st, req, &u, &owner, resp) != 0) {
+            adm_upload_free(&u);
             return;
         }
     } else if (req->customer != NULL) {
@@ -470,11 +562,11 @@ void adm_check(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_admin_req_t *req,
         owner = strdup(u.customer);
     }
     cg_cert_info_t vinfo;
-    int vstatus, pol = vet_upload(cfg, st, req, &u, owner, &vinfo, &vstatus, &code, msg,
+    int vstatus, pol = adm_vet_upload(cfg, st, req, &u, owner, &vinfo, &vstatus, &code, msg,
                                   sizeof(msg), resp);
     free(owner);
     if (pol < 0) {
-        upload_free(&u);
+        adm_upload_free(&u);
         return;
     }
     if (pol == 0)
@@ -520,7 +612,7 @@ void adm_check(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_admin_req_t *req,
     if (cg_fp_x509(sk_X509_value(u.certs, 0), &leaf) != 0) {
         cg_admin_error(resp, 500, "Internal", "cannot hash the certificate");
         json_decref(chain);
-        upload_free(&u);
+        adm_upload_free(&u);
         return;
     }
     cg_store_rc_t rc = cg_store_lookup(st, &leaf, &reg, err, sizeof(err));
@@ -549,5 +641,5 @@ void adm_check(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_admin_req_t *req,
                                        "chain", chain,
                                        "policy", "ok", pol == 0, "code", pol ? code : NULL,
                                        "message", pol ? msg : NULL));
-    upload_free(&u);
+    adm_upload_free(&u);
 }

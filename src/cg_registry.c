@@ -83,6 +83,49 @@ const char CG_LUA_UPLOAD[] = LUA_GUARD
     "redis.call('PUBLISH', ARGV[2], redis.call('HGET', KEYS[2], 'fingerprint') .. ms)\n"
     "return 'OK'\n";
 
+/*
+ * An import's record: the upload's write, idempotent by fingerprint. KEYS as
+ * CG_LUA_UPLOAD. ARGV: id, channel, customer, app, registration key prefix,
+ * dry ('1': every check, no write), n, n record words, event words. The
+ * fingerprint registered to the same app and customer answers "UNCHANGED <id>"
+ * and writes nothing; registered elsewhere, DUPLICATE; the id taken, IDTAKEN.
+ */
+const char CG_LUA_IMPORT[] = LUA_GUARD
+    "local b = guard({{KEYS[1], 'string'}, {KEYS[2], 'hash'}, {KEYS[3], 'set'},\n"
+    "  {KEYS[4], 'set'}, {KEYS[5], 'stream'}, {KEYS[6], 'int'}, {KEYS[7], 'string'},\n"
+    "  {KEYS[8], 'hash'}})\n"
+    "if b then return bad(b) end\n"
+    "local cur = redis.call('GET', KEYS[1])\n"
+    "if cur then\n"
+    "  local k = ARGV[5] .. cur\n"
+    "  local t = redis.call('TYPE', k)\n"
+    "  if type(t) == 'table' then t = t.ok end\n"
+    "  if t ~= 'none' and t ~= 'hash' then return bad(k) end\n"
+    "  local c = redis.call('HMGET', k, 'app_id', 'customer_id')\n"
+    "  if c[1] == ARGV[4] and (c[2] or '') == ARGV[3] then return 'UNCHANGED ' .. cur end\n"
+    "  return redis.error_reply('DUPLICATE')\n"
+    "end\n"
+    "if redis.call('EXISTS', KEYS[2]) == 1 then return redis.error_reply('IDTAKEN') end\n"
+    "if redis.call('HGET', KEYS[8], 'customer_id') ~= ARGV[3] then\n"
+    "  return redis.error_reply('APPOWNER') end\n"
+    "if ARGV[6] == '1' then return 'DRYRUN' end\n"
+    "local n = tonumber(ARGV[7])\n"
+    "local rec = {}\n"
+    "for i = 8, 7 + n do rec[#rec + 1] = ARGV[i] end\n"
+    "redis.call('HSET', KEYS[2], unpack(rec))\n"
+    "redis.call('SET', KEYS[1], ARGV[1])\n"
+    "redis.call('SADD', KEYS[3], ARGV[1])\n"
+    "redis.call('SADD', KEYS[4], ARGV[1])\n"
+    "redis.call('SET', KEYS[7], '1')\n"
+    "local ev = {}\n"
+    "for i = 8 + n, #ARGV do ev[#ev + 1] = ARGV[i] end\n"
+    "redis.call('XADD', KEYS[5], '*', unpack(ev))\n"
+    "redis.call('INCR', KEYS[6])\n"
+    "local t = redis.call('TIME')\n"
+    "local ms = ' ' .. (t[1] * 1000 + math.floor(t[2] / 1000))\n"
+    "redis.call('PUBLISH', ARGV[2], redis.call('HGET', KEYS[2], 'fingerprint') .. ms)\n"
+    "return 'OK'\n";
+
 /* KEYS: reg, events, gen. ARGV: from (list), to, If-Match condition, now, user, reason,
  * channel, event words. */
 const char CG_LUA_TRANSITION[] = LUA_GUARD
@@ -403,6 +446,15 @@ int cg_registry_run(cg_store_t *st, int timeout_ms, const char *script, int nkey
                     const char **keys, int nargs, const char **args,
                     const cg_script_error_t *errors, cg_registry_fail_t *f)
 {
+    return cg_registry_run_reply(st, timeout_ms, script, nkeys, keys, nargs, args, errors, f,
+                                 NULL, 0);
+}
+
+int cg_registry_run_reply(cg_store_t *st, int timeout_ms, const char *script, int nkeys,
+                          const char **keys, int nargs, const char **args,
+                          const cg_script_error_t *errors, cg_registry_fail_t *f, char *ok,
+                          size_t okcap)
+{
     char err[200];
     redisReply *r = NULL;
     if (cg_registry_eval(st, timeout_ms, script, nkeys, keys, nargs, args, &r, err,
@@ -411,6 +463,9 @@ int cg_registry_run(cg_store_t *st, int timeout_ms, const char *script, int nkey
         return -1;
     }
     if (r->type != REDIS_REPLY_ERROR) {
+        if (ok != NULL && okcap > 0)
+            snprintf(ok, okcap, "%.*s", r->type == REDIS_REPLY_STRING ||
+                     r->type == REDIS_REPLY_STATUS ? (int)r->len : 0, r->str ? r->str : "");
         cg_store_reply_free(r);
         return 0;
     }

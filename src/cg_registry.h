@@ -39,6 +39,7 @@ void cg_key(char *out, const cg_store_t *st, const char *fmt, ...)
 
 /* The write scripts. KEYS and ARGV of each are described in cg_registry.c. */
 extern const char CG_LUA_UPLOAD[];
+extern const char CG_LUA_IMPORT[];
 extern const char CG_LUA_TRANSITION[];
 extern const char CG_LUA_ROTATE[];
 extern const char CG_LUA_CANCEL[];
@@ -95,6 +96,11 @@ typedef struct {
 int cg_registry_run(cg_store_t *st, int timeout_ms, const char *script, int nkeys,
                     const char **keys, int nargs, const char **args,
                     const cg_script_error_t *errors, cg_registry_fail_t *f);
+/* The same; on success ok (okcap bytes) holds the script's string answer. */
+int cg_registry_run_reply(cg_store_t *st, int timeout_ms, const char *script, int nkeys,
+                          const char **keys, int nargs, const char **args,
+                          const cg_script_error_t *errors, cg_registry_fail_t *f, char *ok,
+                          size_t okcap);
 
 /* Why cg_registry_load_records failed: a cg_store_rc_t failure kind, or this. */
 enum { CG_REGISTRY_NOMEM = CG_STORE__COUNT };
