@@ -32,13 +32,18 @@ build/core/%.o: src/%.c src/*.h
 $(CORE_LIB): $(CORE_OBJ)
 	ar rcs $@ $^
 
+# The httpd adapter: mod_certgate.c (hooks, the gate's request path) and
+# src/httpd/ (directives, admin and metrics handlers).
+HTTPD_SRC = mod_certgate.c src/httpd/cg_httpd_config.c src/httpd/cg_httpd_admin.c
+
 # apxs compiles the adapter with httpd's flags; we add ours and link the core.
-$(MODULE): mod_certgate.c $(CORE_LIB) src/*.h
+$(MODULE): $(HTTPD_SRC) $(CORE_LIB) src/*.h src/httpd/*.h
 	@mkdir -p build/apxs
-	cp mod_certgate.c build/apxs/mod_certgate.c
+	cp $(HTTPD_SRC) build/apxs/
 	cd build/apxs && $(APXS) -c -Wc,-std=c11 -Wc,-Wall -Wc,-Wextra -Wc,-Werror \
 	  $(EXTRA_CFLAGS:%=-Wc,%) $(EXTRA_LDFLAGS:%=-Wl,%) \
-	  -I$(CURDIR)/src -o mod_certgate.so mod_certgate.c $(CURDIR)/$(CORE_LIB) $(LIBS) >/dev/null
+	  -I$(CURDIR)/src -I$(CURDIR)/src/httpd -o mod_certgate.so $(notdir $(HTTPD_SRC)) \
+	  $(CURDIR)/$(CORE_LIB) $(LIBS) >/dev/null
 	cp build/apxs/.libs/mod_certgate.so $@.tmp && mv -f $@.tmp $@   # new inode: a running httpd keeps its copy
 
 module: $(MODULE)
@@ -107,11 +112,11 @@ build/asan/test_core: tests/unit/test_core.c $(CORE_SRC) src/*.h
 	@mkdir -p build/asan
 	$(CC) $(CFLAGS_COMMON) -O1 $(SAN_FLAGS) -Isrc -o $@ $< $(CORE_SRC) -lcmocka $(LIBS)
 
-build/asan/mod_certgate.so: mod_certgate.c $(CORE_SRC) src/*.h
+build/asan/mod_certgate.so: $(HTTPD_SRC) $(CORE_SRC) src/*.h src/httpd/*.h
 	@mkdir -p build/asan/apxs
-	cp mod_certgate.c $(CORE_SRC) src/*.h build/asan/apxs/
+	cp $(HTTPD_SRC) $(CORE_SRC) src/*.h src/httpd/*.h build/asan/apxs/
 	cd build/asan/apxs && $(APXS) -c -Wc,-std=c11 -Wc,-Wall -Wc,-Wextra -Wc,-Werror -Wc,-O1 \
-	  $(SAN_FLAGS:%=-Wc,%) $(SAN_FLAGS:%=-Wl,%) -I. -o mod_certgate.so mod_certgate.c \
+	  $(SAN_FLAGS:%=-Wc,%) $(SAN_FLAGS:%=-Wl,%) -I. -o mod_certgate.so $(notdir $(HTTPD_SRC)) \
 	  $(notdir $(CORE_SRC)) $(LIBS) >/dev/null
 	cp build/asan/apxs/.libs/mod_certgate.so $@.tmp && mv -f $@.tmp $@
 

@@ -66,8 +66,14 @@ def test_demo_commands_answer_as_printed(demo):
     assert res.stdout.rsplit("\n", 1)[1] == "200"
 
 
+# The httpd adapter: mod_certgate.c and src/httpd/.
+HTTPD_SRC = [os.path.join(ROOT, "mod_certgate.c")] + sorted(
+    glob.glob(os.path.join(ROOT, "src", "httpd", "*.[ch]")))
+HTTPD_CONFIG = os.path.join(ROOT, "src", "httpd", "cg_httpd_config.c")
+
+
 def directives():
-    src = open(os.path.join(ROOT, "mod_certgate.c")).read()
+    src = open(HTTPD_CONFIG).read()
     return sorted(set(re.findall(r'AP_INIT_\w+\("(CertGate\w*)"', src)))
 
 
@@ -103,9 +109,10 @@ NOT_MERGED = {"cg_srv_t": {"gate"}, "cg_dir_t": {"n_cas"}}   # n_cas travels wit
 def test_every_directive_is_merged():
     # Every field of the server and directory configs appears in its merge
     # function; the list comes from the structs, so a new field cannot be missed.
-    src = open(os.path.join(ROOT, "mod_certgate.c")).read()
-    merge_srv = src[src.index("static void *merge_srv"):src.index("static void *create_dir")]
-    merge_dir = src[src.index("static void *merge_dir"):src.index("static cg_srv_t *srv_conf")]
+    src = open(HTTPD_CONFIG).read()
+    merge_srv = src[src.index("void *cgh_merge_srv"):src.index("void *cgh_create_dir")]
+    merge_dir = src[src.index("void *cgh_merge_dir"):src.index("cg_srv_t *cgh_srv_conf")]
+    src = open(os.path.join(ROOT, "src", "httpd", "cg_httpd.h")).read()
     for struct, merge in (("cg_srv_t", merge_srv), ("cg_dir_t", merge_dir)):
         fields = struct_fields(src, struct)
         assert len(fields) >= 12, (struct, fields)
@@ -152,7 +159,7 @@ def test_every_nginx_directive_is_documented_in_example_conf_and_merged():
 def test_every_log_tag_is_documented():
     # The core writes lines too (src/cg_gate.c through the adapters' sink).
     core = sorted(glob.glob(os.path.join(ROOT, "src", "*.[ch]")))
-    files = [os.path.join(ROOT, "mod_certgate.c")] + list(NGX_SRC) + core
+    files = HTTPD_SRC + list(NGX_SRC) + core
     src = "".join(open(p).read() for p in files)
     tags = set(re.findall(r"CG\d{5}", src))
     assert "CG02003" in tags and "CG07001" in tags   # the core's lines are read
