@@ -85,9 +85,11 @@ def check(name, load, t_fault, t_back, extra_slack=0.0):
     for e in entries:
         key = ("valid" if e[2] else "invalid", e[3])
         outcome[key] = outcome.get(key, 0) + 1
-    print("%-26s requests %5d  wrongly allowed %d  slow %d  valid-after-recovery %d/%d  %s" %
-          (name, len(entries), len(wrong), len(slow), len(after) - len(not_ok), len(after),
-           dict(sorted((("%s %s" % k), v) for k, v in outcome.items()))))
+    longest = max((e[1] - e[0] for e in entries), default=0.0)
+    print("%-26s requests %5d  wrongly allowed %d  slow %d (longest %.2f s)  "
+          "valid-after-recovery %d/%d  %s" %
+          (name, len(entries), len(wrong), len(slow), longest, len(after) - len(not_ok),
+           len(after), dict(sorted((("%s %s" % k), v) for k, v in outcome.items()))))
     assert not wrong, wrong[:5]
     assert not slow, slow[:5]
     assert after and not not_ok, not_ok[:5]
