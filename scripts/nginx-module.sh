@@ -29,6 +29,8 @@ if [ ! -f "$WORK/src/objs/Makefile" ] || [ "$ROOT/nginx/config" -nt "$WORK/src/o
         --add-dynamic-module="$ROOT/nginx" >"$WORK/configure.log" 2>&1) \
         || { tail -20 "$WORK/configure.log" >&2; exit 1; }
 fi
+# nginx's Makefile does not know the core library: relink whenever we are asked.
+rm -f "$WORK/src/objs/ngx_http_certgate_module.so"
 make -s -C "$WORK/src" -f objs/Makefile modules >"$WORK/make.log" 2>&1 || { cat "$WORK/make.log" >&2; exit 1; }
 cp "$WORK/src/objs/ngx_http_certgate_module.so" "$OUT.tmp"
 mv -f "$OUT.tmp" "$OUT"

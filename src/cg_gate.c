@@ -325,14 +325,15 @@ void cg_gate_decide(cg_gate_t *g, const cg_gate_in_t *in, cg_store_rc_t rc,
     if (v->reason == CG_R_CHAIN_MISMATCH && peer != NULL && !peer->chain_known)
         glog(in->log_ctx, CG_LOG_WARN, "CG03003: resumed TLS session carries no chain record; "
              "the client must do a full handshake");
-    char app[CG_APP_MAX * 4 + 1] = "-";
-    if (regp != NULL)
-        snprintf(app, sizeof(app), "%s", regp->app_id);
-    else if (in->app != NULL && in->app[0] != '\0')
-        escape_app(in->app, app, sizeof(app));
-    glog(in->log_ctx, CG_LOG_WARN, "CG01001: deny reason=%s fingerprint=%s app=%s cert=%s "
-         "client=%s%s", cg_reason_name(v->reason), v->fp_hex, app, regp ? regp->id : "-",
-         client, in->peer && in->peer->verify_failed ? " (TLS verification failed)" : "");
+    /* app: the registration's; asked: what the request named (app_mismatch
+     * needs both to be understood). */
+    char asked[CG_APP_MAX * 4 + 1] = "-";
+    if (in->app != NULL && in->app[0] != '\0')
+        escape_app(in->app, asked, sizeof(asked));
+    glog(in->log_ctx, CG_LOG_WARN, "CG01001: deny reason=%s fingerprint=%s app=%s asked=%s "
+         "cert=%s client=%s%s", cg_reason_name(v->reason), v->fp_hex,
+         regp != NULL ? regp->app_id : "-", asked, regp ? regp->id : "-", client,
+         in->peer && in->peer->verify_failed ? " (TLS verification failed)" : "");
 }
 
 /* ---------------------------------------------------------------- lookup */

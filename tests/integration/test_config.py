@@ -61,6 +61,9 @@ def test_fail_open_is_loud(pki):
         assert resp.headers["X-Seen-App"] in ("", "(null)")
         log = s.httpd.read_log()
         assert "CG02002" in log and "FAIL-OPEN" in log
+        # The 200 says it was not checked (docs/reasons.md).
+        access = open(os.path.join(s.work, "logs", "access.log")).read().splitlines()
+        assert " 200 reason=store_unavailable " in access[-1] + " ", access[-1]
     finally:
         s.close()
 

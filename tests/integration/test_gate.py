@@ -149,6 +149,10 @@ def test_app_binding(stack, pki):
     assert_denied(get(stack, "/app/ok.txt", pki.leaf, headers={"X-App-Id": "app2"}),
                   "app_mismatch")
     assert_denied(get(stack, "/app/ok.txt", pki.leaf), "app_mismatch")
+    # The log says both: the registration's app and the one the request named.
+    lines = [l for l in stack.server.read_log().splitlines()
+             if "CG01001" in l and "reason=app_mismatch" in l]
+    assert "app=app1 asked=app2 " in lines[-2] and "app=app1 asked=- " in lines[-1], lines[-2:]
 
 
 def test_forward_headers_rfc9440(stack, pki):
