@@ -62,6 +62,7 @@ ServerLimit 2
 ThreadsPerChild 16
 MaxRequestWorkers 32
 TypesConfig /dev/null
+{extra}
 KeepAliveTimeout 30
 MaxKeepAliveRequests 0
 SSLSessionCache "shmcb:{work}/run/ssl_scache(512000)"
@@ -160,7 +161,8 @@ class SoakHttpd(harness.Httpd):
                     module=harness.MODULE, redis_port=redis.port,
                     redis_password=harness.Redis.PASSWORD, redis_db=harness.Redis.DB)
                 if gated else "",
-                gate_location=HTTPD_GATE if gated else HTTPD_PLAIN.format(cn=ALLOWED_CN)))
+                gate_location=HTTPD_GATE if gated else HTTPD_PLAIN.format(cn=ALLOWED_CN),
+                extra=ARGS.httpd_conf if ARGS else ""))
 
     def reload(self):
         os.kill(self.proc.pid, signal.SIGUSR1)      # apache2 -k graceful
@@ -427,6 +429,8 @@ def restart_run(kind, gated, pki, args):
                alerts_at_stop=alerts[len(running_alerts):], work=work)
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
+    print("reloads: %s gate %s done: %d requests, %d failed" % (
+        kind, "on" if gated else "off", res["requests"], res["failed"]))
     return res
 
 
@@ -673,8 +677,11 @@ def main():
                    help="seconds each long-run client waits between requests")
     p.add_argument("--no-long-plain", dest="long_plain", action="store_false",
                    help="long run: no plain servers as the baseline")
+    p.add_argument("--httpd-conf", default="",
+                   help="extra server config lines for both httpd servers, e.g. 'MaxMemFree 64'")
     p.add_argument("--keep", action="store_true", help="keep the work directories")
     ARGS = args = p.parse_args()
+    sys.stdout.reconfigure(line_buffering=True)     # progress shows under make/nohup too
     args.servers = [s for s in args.servers.split(",") if s]
     parts = args.parts.split(",")
     for path in (harness.MODULE, harness.NGX_MODULE):
