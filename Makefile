@@ -74,7 +74,7 @@ bench: deps $(MODULE) $(NGX_MODULE) build/wrk_client_cert.so
 	/usr/bin/python3 bench/run.py $(BENCH_ARGS)
 
 # Not part of make test: reloads under load, then 10 minutes with revocations
-# (about 15 minutes; SOAK_ARGS="--duration 120" for a shorter long run).
+# (about 18 minutes; SOAK_ARGS="--duration 120" for a shorter long run).
 soak: deps $(MODULE) $(NGX_MODULE)
 	/usr/bin/python3 tests/soak/soak.py $(SOAK_ARGS)
 

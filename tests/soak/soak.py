@@ -62,9 +62,9 @@ ServerLimit 2
 ThreadsPerChild 16
 MaxRequestWorkers 32
 TypesConfig /dev/null
-{extra}
 KeepAliveTimeout 30
 MaxKeepAliveRequests 0
+{extra}
 SSLSessionCache "shmcb:{work}/run/ssl_scache(512000)"
 Listen 127.0.0.1:{port} https
 <VirtualHost 127.0.0.1:{port}>
@@ -526,7 +526,7 @@ def long_run(pki, args):
         for (kind, gated), st in stacks.items():
             st["server"] = SERVERS[kind](st["work"], st["redis"] or DummyRedis, gated).start()
         denied = [certs.unregistered, certs.inactivated]
-        plan = [(certs.allowed, True), (certs.allowed, False)] + \
+        plan = [(certs.allowed, True), (certs.allowed, not args.keepalive_only)] + \
             [(c, True) for c in denied] + [(c, True) for c in certs.flip]
         loads = {n: Load(stacks[n]["server"], certs, ca, plan, pause=args.pause) for n in names}
         for l in loads.values():
@@ -679,6 +679,8 @@ def main():
                    help="long run: no plain servers as the baseline")
     p.add_argument("--httpd-conf", default="",
                    help="extra server config lines for both httpd servers, e.g. 'MaxMemFree 64'")
+    p.add_argument("--keepalive-only", action="store_true",
+                   help="long run: no one-request connections (no new TLS sessions)")
     p.add_argument("--keep", action="store_true", help="keep the work directories")
     ARGS = args = p.parse_args()
     sys.stdout.reconfigure(line_buffering=True)     # progress shows under make/nohup too
