@@ -18,7 +18,7 @@ LIBS     = -ljansson -lhiredis -lssl -lcrypto -lpthread
 MODULE   = build/mod_certgate.so
 NGX_MODULE = build/ngx_http_certgate_module.so
 
-.PHONY: all deps install deb test-package module nginx-module unit test test-unit test-integration demo demo-stop clean bench fuzz fuzz-build fuzz-deps test-asan test-valgrind valgrind-deps
+.PHONY: all deps install deb test-package module nginx-module unit test test-unit test-integration demo demo-stop clean bench soak fuzz fuzz-build fuzz-deps test-asan test-valgrind valgrind-deps
 
 all: module
 
@@ -86,6 +86,11 @@ build/wrk_client_cert.so: bench/wrk_client_cert.c
 bench: deps $(MODULE) $(NGX_MODULE) build/wrk_client_cert.so
 	@command -v wrk >/dev/null || { echo "bench needs wrk (apt-get install wrk)"; exit 1; }
 	/usr/bin/python3 bench/run.py $(BENCH_ARGS)
+
+# Not part of make test: reloads under load, then 10 minutes with revocations
+# (about 18 minutes; SOAK_ARGS="--duration 120" for a shorter long run).
+soak: deps $(MODULE) $(NGX_MODULE)
+	/usr/bin/python3 tests/soak/soak.py $(SOAK_ARGS)
 
 # ---- Hardening: fuzzing and sanitizers (not part of make test) ----
 FUZZ_TARGETS = fuzz_cert fuzz_admin_json fuzz_record

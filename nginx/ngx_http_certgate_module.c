@@ -433,6 +433,9 @@ static ngx_int_t cg_init_process(ngx_cycle_t *cycle)
 static void cg_exit_process(ngx_cycle_t *cycle)
 {
     (void) cycle;
+    /* Close the worker's Redis connection: nginx counts it as an open socket
+     * and logs an [alert] for it at every reload or quit otherwise. */
+    cg_ngx_redis_drop_current();
     cg_gate_free(cg_gate_p);
     cg_gate_p = NULL;
 }

@@ -3,6 +3,7 @@ async Redis client (ACL user, unix socket, wrong password), fail-open, the
 connection cache, usage recording and the $certgate_* variables. The gate's
 scenarios themselves run against nginx in test_gate.py and test_store_faults.py."""
 import os
+import signal
 import subprocess
 import time
 
@@ -200,3 +201,25 @@ def test_example_conf_passes_nginx_t(pki):
     res = subprocess.run([harness.NGINX, "-t", "-c", path, "-p", work], capture_output=True,
                          text=True, timeout=30, env=harness.server_env(work))
     assert res.returncode == 0, res.stderr
+
+
+def test_reload_after_gated_lookups_leaves_no_alert(pki):
+    # Each worker that looked up a registration holds a Redis connection; it
+    # must be closed at worker exit, or nginx logs "[alert] open socket ...
+    # left in connection" and "aborting" on every reload.
+    s = Stack(pki, server="nginx")
+    try:
+        register(s.r, pki.leaf, "app1")
+        for _ in range(6):                    # new connections reach both workers
+            assert get(s, GATED, pki.leaf).status_code == 200
+        os.kill(s.server.proc.pid, signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while "exited with code" not in s.server.read_log() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(0.5)
+        log = s.server.read_log()
+        assert "exited with code" in log, log[-2000:]
+        assert "open socket" not in log and "aborting" not in log, log[-2000:]
+        assert get(s, GATED, pki.leaf).status_code == 200
+    finally:
+        s.close()
