@@ -89,6 +89,13 @@ int adm_app_for_user(const cg_admin_cfg_t *cfg, cg_store_t *st, const cg_admin_r
 /* Every whole record of an index set; NULL with resp set on failure. */
 json_t *adm_load_set(const cg_admin_cfg_t *cfg, cg_store_t *st, const char *setkey,
                      cg_admin_resp_t *resp);
+/* The records a listing reads (GET /certs, GET /export): the app's, or all,
+ * the app checked like any app the user names. NULL with resp set. */
+json_t *adm_load_listing(const cg_admin_cfg_t *cfg, cg_store_t *st, const cg_admin_req_t *req,
+                         const char *app, cg_admin_resp_t *resp);
+/* A record passes a listing's tenancy, customerId and status filters. */
+int adm_listed(const cg_admin_cfg_t *cfg, const cg_admin_req_t *req, json_t *rec,
+               const char *cust, const char *status);
 
 /* ---- audit events and writes (cg_admin.c) */
 /* Event fields common to every write, as Lua ARGV pairs. */

@@ -26,10 +26,48 @@ static const char *const CERT_CSV_COLS[] = {
     "fingerprint", "activateAt", "retireAt", "serialNumber", "issuer"
 };
 
+json_t *adm_load_listing(const cg_admin_cfg_t *cfg, cg_store_t *st, const cg_admin_req_t *req,
+                         const char *app, cg_admin_resp_t *resp)
+{
+    char key[KEY_MAX];
+    if (app != NULL && !cg_app_valid(app, strlen(app))) {
+        cg_admin_error(resp, 400, "Request.Invalid", "appId is not a valid app id");
+        return NULL;
+    }
+    /* Another customer's app is named (403), not silently listed empty. */
+    if (app != NULL && !adm_sees_all(req)) {
+        json_t *a = NULL;
+        if (adm_app_for_user(cfg, st, req, app, &a, resp) != 0)
+            return NULL;
+        json_decref(a);
+    }
+    if (app != NULL)
+        cg_key(key, st, CG_K_APP "%s", app);
+    else
+        cg_key(key, st, CG_K_REGS);
+    return adm_load_set(cfg, st, key, resp);
+}
+
+int adm_listed(const cg_admin_cfg_t *cfg, const cg_admin_req_t *req, json_t *rec,
+               const char *cust, const char *status)
+{
+    char buf[64];
+    if (!adm_sees_customer(req, fs(rec, "customer_id")))
+        return 0;
+    if (cust && strcmp(fs(rec, "customer_id"), cust) != 0)
+        return 0;
+    if (status) {
+        const char *d = adm_derived_status(cfg, rec, req->now, buf, sizeof(buf));
+        if (strcasecmp(d, status) != 0 &&
+            !(strcasecmp(fs(rec, "status"), status) == 0 && strcmp(d, "EXPIRED") != 0))
+            return 0;
+    }
+    return 1;
+}
+
 void adm_list(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_admin_req_t *req,
               cg_admin_resp_t *resp)
 {
-    char key[KEY_MAX];
     char *app = adm_qparam(req->query, "appId"), *cust = adm_qparam(req->query, "customerId");
     char *status = adm_qparam(req->query, "status");
     char *within = adm_qparam(req->query, "expiringWithin");
@@ -57,21 +95,7 @@ void adm_list(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_admin_req_t *req,
                    PAGE_SIZE_MAX);
         goto done;
     }
-    if (app != NULL && !cg_app_valid(app, strlen(app))) {
-        cg_admin_error(resp, 400, "Request.Invalid", "appId is not a valid app id");
-        goto done;
-    }
-    if (app != NULL && !adm_sees_all(req)) {
-        json_t *a = NULL;
-        if (adm_app_for_user(cfg, st, req, app, &a, resp) != 0)
-            goto done;
-        json_decref(a);
-    }
-    if (app != NULL)
-        cg_key(key, st, CG_K_APP "%s", app);
-    else
-        cg_key(key, st, CG_K_REGS);
-    if ((recs = adm_load_set(cfg, st, key, resp)) == NULL)
+    if ((recs = adm_load_listing(cfg, st, req, app, resp)) == NULL)
         goto done;
 
     size_t n = json_array_size(recs), m = 0;
@@ -82,17 +106,8 @@ void adm_list(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_admin_req_t *req,
     }
     for (size_t i = 0; i < n; i++) {
         json_t *rec = json_array_get(recs, i);
-        char buf[64];
-        if (!adm_sees_customer(req, fs(rec, "customer_id")))
+        if (!adm_listed(cfg, req, rec, cust, status))
             continue;
-        if (cust && strcmp(fs(rec, "customer_id"), cust) != 0)
-            continue;
-        if (status) {
-            const char *d = adm_derived_status(cfg, rec, req->now, buf, sizeof(buf));
-            if (strcasecmp(d, status) != 0 &&
-                !(strcasecmp(fs(rec, "status"), status) == 0 && strcmp(d, "EXPIRED") != 0))
-                continue;
-        }
         if (within_s >= 0) {
             int64_t to = fi(rec, "valid_to", 0);
             if (to < req->now || to - req->now > within_s)

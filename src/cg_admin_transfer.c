@@ -69,7 +69,6 @@ static json_t *export_item(json_t *rec)
 void adm_export(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_admin_req_t *req,
                 cg_admin_resp_t *resp)
 {
-    char key[KEY_MAX];
     char *app = adm_qparam(req->query, "appId"), *cust = adm_qparam(req->query, "customerId");
     char *status = adm_qparam(req->query, "status");
     json_t *recs = NULL;
@@ -77,22 +76,8 @@ void adm_export(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_admin_req_t *req,
 
     if (adm_need(req, resp, CG_ROLES_ANY, "export certificates") != 0)
         goto done;
-    if (app != NULL && !cg_app_valid(app, strlen(app))) {
-        cg_admin_error(resp, 400, "Request.Invalid", "appId is not a valid app id");
-        goto done;
-    }
-    /* Tenancy as GET /certs: another customer's app is named, not listed. */
-    if (app != NULL && !adm_sees_all(req)) {
-        json_t *a = NULL;
-        if (adm_app_for_user(cfg, st, req, app, &a, resp) != 0)
-            goto done;
-        json_decref(a);
-    }
-    if (app != NULL)
-        cg_key(key, st, CG_K_APP "%s", app);
-    else
-        cg_key(key, st, CG_K_REGS);
-    if ((recs = adm_load_set(cfg, st, key, resp)) == NULL)
+    /* Tenancy and filters as GET /certs. */
+    if ((recs = adm_load_listing(cfg, st, req, app, resp)) == NULL)
         goto done;
     size_t n = json_array_size(recs), m = 0;
     if ((sel = calloc(n ? n : 1, sizeof(json_t *))) == NULL) {
@@ -101,18 +86,8 @@ void adm_export(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_admin_req_t *req,
     }
     for (size_t i = 0; i < n; i++) {
         json_t *rec = json_array_get(recs, i);
-        char buf[64];
-        if (!adm_sees_customer(req, fs(rec, "customer_id")))
-            continue;
-        if (cust && strcmp(fs(rec, "customer_id"), cust) != 0)
-            continue;
-        if (status) {
-            const char *d = adm_derived_status(cfg, rec, req->now, buf, sizeof(buf));
-            if (strcasecmp(d, status) != 0 &&
-                !(strcasecmp(fs(rec, "status"), status) == 0 && strcmp(d, "EXPIRED") != 0))
-                continue;
-        }
-        sel[m++] = rec;
+        if (adm_listed(cfg, req, rec, cust, status))
+            sel[m++] = rec;
     }
     /* Oldest first: an import then registers them in their original order. */
     qsort(sel, m, sizeof(json_t *), by_created_asc);
