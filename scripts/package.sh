@@ -50,6 +50,16 @@ build() {
 
 installed_version() { dpkg-query -W -f='${Version}' "$1" 2>/dev/null || true; }
 
+# Leave the machine as it was, whatever happened: no package, no module we
+# enabled (a2enmod certgate enables ssl with it).
+SSL_WAS_ENABLED=1
+cleanup() {
+    apt-get purge -y -qq $PKGS >/dev/null 2>&1 || true
+    if [ "$SSL_WAS_ENABLED" = 0 ] && [ -L /etc/apache2/mods-enabled/ssl.load ]; then
+        a2dismod -q -f ssl >/dev/null 2>&1 || true
+    fi
+}
+
 test_package() {
     [ "$(id -u)" -eq 0 ] || { echo "package: test needs root (apt install)" >&2; exit 1; }
     local start v up
@@ -59,12 +69,18 @@ test_package() {
     build
     build "$up"
     export DEBIAN_FRONTEND=noninteractive
+    # A run that stopped half-way may have left a package (even the higher test
+    # version): start from none.
+    apt-get purge -y -qq $PKGS >/dev/null 2>&1 || true
+    [ -L /etc/apache2/mods-enabled/ssl.load ] || SSL_WAS_ENABLED=0
+    trap cleanup EXIT
     say "install $v"
     apt-get install -y -qq "$OUT/libapache2-mod-certgate_${v}_"*.deb \
         "$OUT/libnginx-mod-http-certgate_${v}_"*.deb >/dev/null
     # Enabled the Debian way: a2enmod (with mod_ssl), and the modules-enabled link.
     [ -L /etc/apache2/mods-enabled/certgate.load ] || { echo "certgate not enabled" >&2; exit 1; }
     [ -L /etc/apache2/mods-enabled/ssl.load ] || { echo "ssl not enabled with it" >&2; exit 1; }
+    if [ "$SSL_WAS_ENABLED" = 0 ]; then say "ssl was enabled with certgate (a2enmod dependency)"; fi
     ls /etc/nginx/modules-enabled/*certgate* >/dev/null
     apache2ctl -t
     apache2ctl -M 2>/dev/null | grep -q certgate_module
@@ -98,6 +114,8 @@ test_package() {
         exit 1
     fi
     nginx -t
+    cleanup
+    trap - EXIT
     say "ok in $(( $(date +%s) - start )) s"
     echo "1 passed, 0 failed"
 }

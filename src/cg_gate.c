@@ -105,6 +105,8 @@ cg_gate_t *cg_gate_new(const cg_gate_cfg_t *cfg, cg_metrics_t *metrics, void *lo
     if (g == NULL)
         return NULL;
     g->cfg = cfg->store;
+    /* Own copies only: a failure half-way must not free the caller's strings. */
+    g->cfg.host = g->cfg.socket = g->cfg.user = g->cfg.password = g->cfg.prefix = NULL;
     if (dup_str(cfg->store.host, &g->cfg.host) || dup_str(cfg->store.socket, &g->cfg.socket) ||
         dup_str(cfg->store.user, &g->cfg.user) || dup_str(cfg->store.password, &g->cfg.password) ||
         dup_str(cfg->store.prefix ? cfg->store.prefix : CG_GATE_PREFIX_DEFAULT, &g->cfg.prefix))

@@ -14,6 +14,9 @@
 #include "cg_httpd.h"
 #include "cg_store.h"
 
+/* Log lines of this file are certgate's: LogLevel certgate:... applies. */
+APLOG_USE_MODULE(certgate);
+
 /* ---------------------------------------------------------------- admin */
 
 static void admin_cfg(const cg_dir_t *d, cg_admin_cfg_t *c, const char **deny_store)

@@ -12,6 +12,9 @@
 #include "cg_reg.h"
 #include "cg_store.h"
 
+/* Log lines of this file are certgate's: LogLevel certgate:... applies. */
+APLOG_USE_MODULE(certgate);
+
 /* ---------------------------------------------------------------- config */
 
 void *cgh_create_srv(apr_pool_t *p, server_rec *s)

@@ -605,3 +605,11 @@ def test_a_refused_chain_says_which_element_and_why(api, pki):
     assert "the certificate (" in msg and "chain element 1 (" in msg, msg
     assert "its issuer name is not the next certificate's subject" in msg, msg
     assert "ordered leaf to root" in msg, msg
+
+
+def test_admin_requests_are_logged_as_certgate_lines(stack, api):
+    # CG06001 is certgate's: "LogLevel ... certgate:debug" (the harness's) shows it.
+    api.call("GET", "/certs?pageSize=7", "aud1")
+    lines = [l for l in stack.httpd.read_log().splitlines()
+             if "CG06001: admin GET /certs -> 200 user=aud1" in l]
+    assert lines and "[certgate:info]" in lines[-1], lines[-1:]
