@@ -30,6 +30,21 @@ def server_env(logs_dir):
     return env
 
 
+def wait_for_line(path, text, timeout=5.0):
+    """True once a line of the file holds text (servers write logs after answering)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with open(path) as f:
+                if any(text in line for line in f):
+                    return True
+        except FileNotFoundError:
+            pass
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
