@@ -5,7 +5,9 @@ set -euo pipefail
 
 PKGS="apache2 apache2-dev libhiredis-dev redis-server redis-tools libssl-dev openssl libjansson-dev
       libcmocka-dev python3 python3-pytest python3-requests python3-cryptography python3-redis
-      curl make gcc pkg-config apache2-utils wrk jq nginx nginx-dev"
+      curl make gcc pkg-config apache2-utils wrk jq nginx nginx-dev
+      redis-sentinel libcurl4-openssl-dev libapache2-mod-oauth2
+      chromium chromium-driver python3-selenium"
 # Extra packages for one target (make fuzz: clang; make test-valgrind: valgrind).
 PKGS="$PKGS $*"
 
