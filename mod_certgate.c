@@ -242,6 +242,20 @@ static int cg_post_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *ptemp
             ap_log_error(APLOG_MARK, APLOG_WARNING, 0, v,
                          "CG05001: CertGateOnStoreError allow: requests pass unchecked "
                          "while Redis fails");
+        /* A reminder at every start: shadow sections refuse nothing (CG05010). */
+        core_server_config *csc = ap_get_core_module_config(v->module_config);
+        for (int k = 0; cgh_gate_configured && csc != NULL && k < 2; k++) {
+            const apr_array_header_t *sa = k == 0 ? csc->sec_dir : csc->sec_url;
+            for (int i = 0; sa != NULL && i < sa->nelts; i++) {
+                const cg_dir_t *sd = ap_get_module_config(APR_ARRAY_IDX(sa, i, ap_conf_vector_t *),
+                                                          &certgate_module);
+                if (sd != NULL && sd->shadow == 1)
+                    ap_log_error(APLOG_MARK, APLOG_WARNING, 0, v, "CG05010: CertGateMode Shadow "
+                                 "in a section of %s: the gate logs and counts would-be denies "
+                                 "there but refuses nothing",
+                                 v->server_hostname ? v->server_hostname : "-");
+            }
+        }
         /* httpd answers TRACE in map_to_storage, before the gate's fixups run. */
         core_server_config *core = ap_get_core_module_config(v->module_config);
         if (cgh_gate_configured && core != NULL && core->trace_enable != AP_TRACE_DISABLE) {

@@ -347,6 +347,7 @@ static const char *set_gate(cmd_parms *cmd, void *dv, int on)
 static const char *set_mode(cmd_parms *cmd, void *dv, const char *arg)
 {
     cg_dir_t *d = dv;
+    (void)cmd;
     if (strcasecmp(arg, "Enforce") == 0) {
         d->shadow = 0;
         return NULL;
@@ -354,12 +355,6 @@ static const char *set_mode(cmd_parms *cmd, void *dv, const char *arg)
     if (strcasecmp(arg, "Shadow") != 0)
         return "CertGateMode: expected Enforce or Shadow";
     d->shadow = 1;
-    /* A reminder at every start: nothing is refused where this applies. */
-    ap_log_error(APLOG_MARK, APLOG_WARNING, 0, cmd->server, "CG05010: CertGateMode Shadow "
-                 "in %s (%s:%d): the gate logs and counts would-be denies there but refuses "
-                 "nothing", cmd->path ? cmd->path : "server config",
-                 cmd->directive && cmd->directive->filename ? cmd->directive->filename : "-",
-                 cmd->directive ? cmd->directive->line_num : 0);
     return NULL;
 }
 
