@@ -50,6 +50,25 @@ NGINX_SERVER = """
             add_header X-Seen-Enforced $certgate_enforced always;
             add_header X-Seen-App $certgate_app_id always;
         }
+        # The app from a variable: checked in the precontent phase, or, for an
+        # answer made in the rewrite phase, by the header filter.
+        location /shadowvar/ {
+            set $shadow_app $arg_app;
+            certgate on;
+            certgate_mode shadow;
+            certgate_app_from variable $shadow_app;
+            add_header X-Seen-Reason $certgate_reason always;
+            add_header X-Seen-Enforced $certgate_enforced always;
+        }
+        location /shadowret/ {
+            set $shadow_app2 $arg_app;
+            certgate on;
+            certgate_mode shadow;
+            certgate_app_from variable $shadow_app2;
+            add_header X-Seen-Reason $certgate_reason always;
+            add_header X-Seen-Enforced $certgate_enforced always;
+            return 200 "made\n";
+        }
 """
 
 
@@ -57,7 +76,7 @@ NGINX_SERVER = """
 def stack(request, pki):
     s = Stack(pki, server=request.param, extra_vhost=HTTPD_VHOST,
               nginx_args={"extra_server": NGINX_SERVER})
-    for d in ("shadow", "shadowapp"):
+    for d in ("shadow", "shadowapp", "shadowvar"):
         os.makedirs(os.path.join(s.work, "htdocs", d), exist_ok=True)
         with open(os.path.join(s.work, "htdocs", d, "ok.txt"), "w") as f:
             f.write("ok\n")
@@ -180,3 +199,24 @@ def test_store_down_in_shadow_passes_and_is_counted(stack, pki):
     assert "FAIL-OPEN" not in stack.server.read_log()
     if stack.kind == "httpd":
         assert would_deny(stack, "store_unavailable") == before + 1
+
+
+@pytest.mark.parametrize("path,body", [("/shadowvar/ok.txt", "ok\n"), ("/shadowret/x", "made\n")])
+def test_nginx_app_from_variable_in_shadow(stack, pki, path, body):
+    if stack.kind != "nginx":
+        pytest.skip("certgate_app_from variable is nginx's")
+    register(stack.r, pki.leaf, "app1")
+    resp = get(stack, path + "?app=app1", pki.leaf)
+    assert resp.status_code == 200 and resp.text == body
+    assert resp.headers["X-Seen-Reason"] == "allow"
+    assert resp.headers["X-Seen-Enforced"] == "1"
+    resp = get(stack, path + "?app=app2", pki.leaf)
+    assert resp.status_code == 200, resp.text
+    assert resp.text == body
+    assert resp.headers["X-Seen-Reason"] == "app_mismatch"
+    assert resp.headers["X-Seen-Enforced"] == "0"
+    assert harness.wait_for_line(stack.server.error_log, "CG01010")
+    lines = log_lines(stack, "CG01010", "reason=app_mismatch")
+    assert lines, stack.server.read_log()[-2000:]
+    if path.startswith("/shadowret/"):
+        assert "answer made before the app check" in lines[-1]
