@@ -613,6 +613,7 @@ static int cg_fixups(request_rec *r)
         if (d->shadow == 1) {   /* shadow never refuses */
             apr_table_setn(r->subprocess_env, "CERTGATE_REASON", "store_unavailable");
             apr_table_setn(r->subprocess_env, "CERTGATE_ENFORCED", "0");
+            apr_table_setn(r->notes, NOTE_NOT_ENFORCED, "1");
             return DECLINED;
         }
         return respond_deny(r, CG_R_STORE_UNAVAILABLE);
