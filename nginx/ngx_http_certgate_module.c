@@ -379,7 +379,8 @@ static char *cg_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
         ngx_conf_log_error(NGX_LOG_WARN, cf, 0, "CG05001: certgate_on_store_error allow: "
                            "requests pass unchecked while Redis fails");
     ngx_conf_merge_uint_value(c->shadow, prev->shadow, 0);
-    if (c->enabled == 1 && c->shadow == 1 && prev->shadow != 1)
+    /* Once where shadow mode starts to apply to a gated scope, not per inner location. */
+    if (c->enabled == 1 && c->shadow == 1 && (prev->shadow != 1 || prev->enabled != 1))
         ngx_conf_log_error(NGX_LOG_WARN, cf, 0, "CG05010: certgate_mode shadow: the gate logs "
                            "and counts would-be denies here but refuses nothing");
     return NGX_CONF_OK;
