@@ -54,8 +54,11 @@ static const char *const forward_headers[] = {
 };
 static const char *const export_vars[] = {
     "CERTGATE_APP_ID", "CERTGATE_CERT_ID", "CERTGATE_FINGERPRINT",
-    "CERTGATE_EXPIRE_IN", "CERTGATE_REASON", NULL
+    "CERTGATE_EXPIRE_IN", "CERTGATE_REASON", "CERTGATE_ENFORCED", "CERTGATE_X5T_S256", NULL
 };
+/* On the first request: its deny was not enforced (shadow, fail-open), so
+ * redirects and subrequests get its exports like after an allow. */
+#define NOTE_NOT_ENFORCED "certgate-not-enforced"
 
 /* Per TLS connection. HTTP/2 streams share the master's, hence the lock. */
 typedef struct {
@@ -67,6 +70,7 @@ typedef struct {
     cg_peer_t peer;
     const char *client_cert;        /* RFC 9440 values, built on first use */
     const char *client_cert_chain;
+    char x5t[CG_X5T_S256_LEN + 1];  /* RFC 8705 thumbprint of peer's leaf, "" without one */
     /* The registration this connection last used, while the cache version holds. */
     cg_conn_entry_t dc;
 } cg_conn_t;
@@ -238,6 +242,20 @@ static int cg_post_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *ptemp
             ap_log_error(APLOG_MARK, APLOG_WARNING, 0, v,
                          "CG05001: CertGateOnStoreError allow: requests pass unchecked "
                          "while Redis fails");
+        /* A reminder at every start: shadow sections refuse nothing (CG05010). */
+        core_server_config *csc = ap_get_core_module_config(v->module_config);
+        for (int k = 0; cgh_gate_configured && csc != NULL && k < 2; k++) {
+            const apr_array_header_t *sa = k == 0 ? csc->sec_dir : csc->sec_url;
+            for (int i = 0; sa != NULL && i < sa->nelts; i++) {
+                const cg_dir_t *sd = ap_get_module_config(APR_ARRAY_IDX(sa, i, ap_conf_vector_t *),
+                                                          &certgate_module);
+                if (sd != NULL && sd->shadow == 1)
+                    ap_log_error(APLOG_MARK, APLOG_WARNING, 0, v, "CG05010: CertGateMode Shadow "
+                                 "in a section of %s: the gate logs and counts would-be denies "
+                                 "there but refuses nothing",
+                                 v->server_hostname ? v->server_hostname : "-");
+            }
+        }
         /* httpd answers TRACE in map_to_storage, before the gate's fixups run. */
         core_server_config *core = ap_get_core_module_config(v->module_config);
         if (cgh_gate_configured && core != NULL && core->trace_enable != AP_TRACE_DISABLE) {
@@ -364,7 +382,7 @@ static void build_forward_values(conn_rec *m, cg_conn_t *cc)
 
 /* Read the peer once per connection (and again after a renegotiation). */
 static int load_peer(request_rec *r, cg_conn_t *cc, cg_peer_t *peer,
-                     const char **cert_hdr, const char **chain_hdr)
+                     const char **cert_hdr, const char **chain_hdr, char *x5t)
 {
     conn_rec *m = r->connection->master ? r->connection->master : r->connection;
     char err[128];
@@ -381,12 +399,16 @@ static int load_peer(request_rec *r, cg_conn_t *cc, cg_peer_t *peer,
         if (cc->peer_error)
             ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, "CG03001: reading the client certificate "
                           "failed: %s", err);
+        cc->x5t[0] = '\0';
+        if (!cc->peer_error && cc->peer.has_leaf)
+            cg_gate_x5t_s256(&cc->peer.leaf, cc->x5t);
         cc->peer_ready = 1;
     }
     if (cc->peer_error) {
         rc = -1;
     } else {
         *peer = cc->peer;
+        memcpy(x5t, cc->x5t, sizeof(cc->x5t));
         if (cert_hdr != NULL) {
             build_forward_values(m, cc);
             *cert_hdr = cc->client_cert;
@@ -418,6 +440,7 @@ static int respond_deny(request_rec *r, cg_reason_t reason)
     const char *name = cg_reason_name(reason);
 
     apr_table_setn(r->subprocess_env, "CERTGATE_REASON", name);
+    apr_table_setn(r->subprocess_env, "CERTGATE_ENFORCED", "1");
     apr_table_setn(r->err_headers_out, "CertGate-Reason", name);
     apr_table_setn(r->err_headers_out, "Cache-Control", "no-store");
     /* An operator's ErrorDocument wins; CERTGATE_REASON is there for it. */
@@ -556,7 +579,7 @@ static int cg_fixups(request_rec *r)
         const char *note = apr_table_get(first->notes, NOTE_DECISION);
         if (note != NULL) {
             strip_incoming(r);
-            if (strcmp(note, "allow") == 0)
+            if (strcmp(note, "allow") == 0 || apr_table_get(first->notes, NOTE_NOT_ENFORCED))
                 copy_exports(r, first);
             return DECLINED;
         }
@@ -569,13 +592,14 @@ static int cg_fixups(request_rec *r)
     const char *cert_hdr = NULL, *chain_hdr = NULL;
     const char *app = NULL;
     int app_ambiguous = 0;
+    char x5t[CG_X5T_S256_LEN + 1] = "";
 
     memset(&peer, 0, sizeof(peer));
     if (cc == NULL) {
         ap_log_rerror(APLOG_MARK, APLOG_DEBUG, 0, r,
                       "CG03002: gated location reached without TLS from mod_ssl");
     } else if (load_peer(r, cc, &peer,
-                         d->forward_headers == 1 ? &cert_hdr : NULL, &chain_hdr) != 0) {
+                         d->forward_headers == 1 ? &cert_hdr : NULL, &chain_hdr, x5t) != 0) {
         /* Treat an unreadable certificate like a missing one: deny. */
         memset(&peer, 0, sizeof(peer));
     }
@@ -586,6 +610,12 @@ static int cg_fixups(request_rec *r)
     }
     if (sc->gate == NULL) {     /* no memory at child start (CG04004) */
         apr_table_setn(r->notes, NOTE_DECISION, "store_unavailable");
+        if (d->shadow == 1) {   /* shadow never refuses */
+            apr_table_setn(r->subprocess_env, "CERTGATE_REASON", "store_unavailable");
+            apr_table_setn(r->subprocess_env, "CERTGATE_ENFORCED", "0");
+            apr_table_setn(r->notes, NOTE_NOT_ENFORCED, "1");
+            return DECLINED;
+        }
         return respond_deny(r, CG_R_STORE_UNAVAILABLE);
     }
 
@@ -602,16 +632,22 @@ static int cg_fixups(request_rec *r)
         .conn = with_conn ? &cc->dc : NULL,
         .lock = with_conn ? conn_lock : NULL,
         .lock_arg = with_conn ? cc->lock : NULL,
+        .shadow = d->shadow == 1,
     };
     cg_gate_verdict_t v;
     cg_gate_run(sc->gate, &in, &v);
     apr_table_setn(r->notes, NOTE_DECISION, cg_reason_name(v.reason));
     if (v.reason == CG_ALLOW) {
         export_allow(r, d, &v, cert_hdr, chain_hdr);
+        apr_table_setn(r->subprocess_env, "CERTGATE_ENFORCED", "1");
+        if (x5t[0] != '\0')
+            apr_table_setn(r->subprocess_env, "CERTGATE_X5T_S256", apr_pstrdup(r->pool, x5t));
         return DECLINED;
     }
-    if (v.pass) {   /* fail-open (CG02002) */
+    if (v.pass) {   /* shadow (CG01010) or fail-open (CG02002): the deny is not enforced */
         apr_table_setn(r->subprocess_env, "CERTGATE_REASON", cg_reason_name(v.reason));
+        apr_table_setn(r->subprocess_env, "CERTGATE_ENFORCED", "0");
+        apr_table_setn(r->notes, NOTE_NOT_ENFORCED, "1");
         return DECLINED;
     }
     return respond_deny(r, v.reason);

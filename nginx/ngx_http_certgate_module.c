@@ -45,6 +45,7 @@ typedef struct {
     ngx_int_t app_var;            /* variable index for APP_FROM_VARIABLE */
     ngx_flag_t forward_headers;
     ngx_uint_t on_store_error;    /* 0 deny, 1 allow */
+    ngx_uint_t shadow;            /* certgate_mode: 0 enforce, 1 shadow */
 } cg_loc_conf_t;
 
 /* Per TLS connection (HTTP/2 streams share the real connection's). */
@@ -56,6 +57,7 @@ typedef struct {
     ngx_str_t client_cert, client_cert_chain;   /* RFC 9440, built on first use */
     /* The registration this connection last used, while the cache version holds. */
     cg_conn_entry_t dc;
+    char x5t[CG_X5T_S256_LEN + 1];  /* RFC 8705 thumbprint of the leaf, "" without one */
 } cg_conn_t;
 
 /* ST_CERT_OK: the rewrite phase admitted the certificate for everything but
@@ -76,6 +78,9 @@ typedef struct {
     cg_reason_t reason;
     ngx_str_t app_id, cert_id, fingerprint, expire_in;
     ngx_int_t app_var;            /* ST_CERT_OK: the variable naming the app */
+    ngx_str_t x5t_s256;           /* on allow */
+    unsigned shadow:1;            /* ST_CERT_OK: the gated location is in shadow mode */
+    unsigned not_enforced:1;      /* the deny in reason let the request through */
 } cg_req_t;
 
 /* Outlives the request if it must: hiredis owns it until its last callback. */
@@ -106,6 +111,12 @@ static ngx_conf_enum_t cg_store_error_modes[] = {
     { ngx_null_string, 0 }
 };
 
+static ngx_conf_enum_t cg_modes[] = {
+    { ngx_string("enforce"), 0 },
+    { ngx_string("shadow"), 1 },
+    { ngx_null_string, 0 }
+};
+
 static ngx_conf_num_bounds_t cg_db_bounds = { ngx_conf_check_num_bounds, 0, CG_GATE_DB_MAX };
 static ngx_conf_num_bounds_t cg_entries_bounds = {
     ngx_conf_check_num_bounds, CG_GATE_CACHE_ENTRIES_MIN, CG_GATE_CACHE_ENTRIES_MAX
@@ -128,6 +139,9 @@ static ngx_command_t cg_commands[] = {
     { ngx_string("certgate_on_store_error"), CG_ANY_CONF | NGX_CONF_TAKE1,
       ngx_conf_set_enum_slot, NGX_HTTP_LOC_CONF_OFFSET, offsetof(cg_loc_conf_t, on_store_error),
       cg_store_error_modes },
+    { ngx_string("certgate_mode"), CG_ANY_CONF | NGX_CONF_TAKE1,
+      ngx_conf_set_enum_slot, NGX_HTTP_LOC_CONF_OFFSET, offsetof(cg_loc_conf_t, shadow),
+      cg_modes },
     { ngx_string("certgate_redis"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
       cg_set_redis, NGX_HTTP_MAIN_CONF_OFFSET, 0, NULL },
     { ngx_string("certgate_redis_auth"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE12,
@@ -346,6 +360,7 @@ static void *cg_create_loc_conf(ngx_conf_t *cf)
     c->app_var = NGX_CONF_UNSET;
     c->forward_headers = NGX_CONF_UNSET;
     c->on_store_error = NGX_CONF_UNSET_UINT;
+    c->shadow = NGX_CONF_UNSET_UINT;
     return c;
 }
 
@@ -363,6 +378,11 @@ static char *cg_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     if (c->enabled == 1 && c->on_store_error == 1)
         ngx_conf_log_error(NGX_LOG_WARN, cf, 0, "CG05001: certgate_on_store_error allow: "
                            "requests pass unchecked while Redis fails");
+    ngx_conf_merge_uint_value(c->shadow, prev->shadow, 0);
+    /* Once where shadow mode starts to apply to a gated scope, not per inner location. */
+    if (c->enabled == 1 && c->shadow == 1 && (prev->shadow != 1 || prev->enabled != 1))
+        ngx_conf_log_error(NGX_LOG_WARN, cf, 0, "CG05010: certgate_mode shadow: the gate logs "
+                           "and counts would-be denies here but refuses nothing");
     return NGX_CONF_OK;
 }
 
@@ -745,6 +765,9 @@ static int cg_load_peer(ngx_http_request_t *r, ngx_connection_t *c, cg_conn_t *c
         if (cc->peer_error)
             ngx_log_error(NGX_LOG_ERR, r->connection->log, 0, "CG03001: reading the client "
                           "certificate failed: %s", err);
+        cc->x5t[0] = '\0';
+        if (!cc->peer_error && cc->peer.has_leaf)
+            cg_gate_x5t_s256(&cc->peer.leaf, cc->x5t);
         cc->peer_ready = 1;
     }
     return cc->peer_error ? -1 : 0;
@@ -861,6 +884,9 @@ static ngx_int_t cg_export_allow(ngx_http_request_t *r, cg_loc_conf_t *lc, cg_re
         cg_pdup(r->pool, v->reg.id, ngx_strlen(v->reg.id), &req->cert_id) != NGX_OK ||
         cg_pdup(r->pool, v->fp_hex, CG_FP_HEX_LEN, &req->fingerprint) != NGX_OK ||
         cg_pdup(r->pool, v->expire_in, ngx_strlen(v->expire_in), &req->expire_in) != NGX_OK)
+        return NGX_ERROR;
+    if (cc != NULL && cc->x5t[0] != '\0' &&
+        cg_pdup(r->pool, cc->x5t, CG_X5T_S256_LEN, &req->x5t_s256) != NGX_OK)
         return NGX_ERROR;
     if (lc->forward_headers != 1)
         return NGX_OK;
@@ -986,6 +1012,10 @@ static ngx_int_t cg_gate(ngx_http_request_t *r, int in_rewrite)
     if (cg_gate_p == NULL) {    /* no memory at worker start (CG04004) */
         req->state = ST_DECIDED;
         req->reason = CG_R_STORE_UNAVAILABLE;
+        if (lc->shadow == 1 || req->shadow) {     /* shadow never refuses */
+            req->not_enforced = 1;
+            return NGX_DECLINED;
+        }
         return cg_respond_deny(r, CG_R_STORE_UNAVAILABLE);
     }
     char ip[NGX_SOCKADDR_STRLEN + 1];
@@ -1002,6 +1032,7 @@ static ngx_int_t cg_gate(ngx_http_request_t *r, int in_rewrite)
         .client = ip,
         .log_ctx = r->connection->log,
         .conn = cc != NULL ? &cc->dc : NULL,
+        .shadow = req->state == ST_CERT_OK ? req->shadow : lc->shadow == 1,
     };
     cg_gate_verdict_t v;
     if (req->state == ST_CERT_OK) {
@@ -1017,6 +1048,7 @@ static ngx_int_t cg_gate(ngx_http_request_t *r, int in_rewrite)
     if (!v.final) {
         req->state = ST_CERT_OK;
         req->app_var = lc->app_var;
+        req->shadow = lc->shadow == 1;
         req->v = v;
         return NGX_DECLINED;
     }
@@ -1025,8 +1057,10 @@ static ngx_int_t cg_gate(ngx_http_request_t *r, int in_rewrite)
     if (v.reason == CG_ALLOW)
         return cg_export_allow(r, lc, req, &v, c, cc) == NGX_OK ? NGX_DECLINED
                                                               : NGX_HTTP_INTERNAL_SERVER_ERROR;
-    if (v.pass)     /* fail-open (CG02002) */
+    if (v.pass) {   /* shadow (CG01010) or fail-open (CG02002): not enforced */
+        req->not_enforced = 1;
         return NGX_DECLINED;
+    }
     return cg_respond_deny(r, v.reason);
 }
 
@@ -1065,6 +1099,15 @@ static ngx_int_t cg_header_filter(ngx_http_request_t *r)
         return cg_next_header_filter(r);
     }
     req->reason = CG_R_APP_MISMATCH;
+    if (req->shadow) {      /* as cg_gate_decide in shadow mode: count, log, let it go */
+        req->not_enforced = 1;
+        cg_metrics_would_deny(cg_gate_metrics(cg_gate_p), CG_R_APP_MISMATCH);
+        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0, "CG01010: shadow deny (not "
+                      "enforced) reason=app_mismatch fingerprint=- app=%s cert=%s client=%V "
+                      "(answer made before the app check)", req->v.reg.app_id, req->v.reg.id,
+                      &r->connection->addr_text);
+        return cg_next_header_filter(r);
+    }
     ngx_log_error(NGX_LOG_WARN, r->connection->log, 0, "CG01001: deny reason=app_mismatch "
                   "fingerprint=- app=%s cert=%s client=%V (answer made before the app check)",
                   req->v.reg.app_id, req->v.reg.id, &r->connection->addr_text);
@@ -1093,6 +1136,14 @@ static ngx_int_t cg_variable(ngx_http_request_t *r, ngx_http_variable_value_t *v
         case 1: s = req->cert_id; break;
         case 2: s = req->fingerprint; break;
         case 3: s = req->expire_in; break;
+        case 5:
+            if (req->not_enforced) {
+                ngx_str_set(&s, "0");
+            } else {
+                ngx_str_set(&s, "1");
+            }
+            break;
+        case 6: s = req->x5t_s256; break;
         default: s.data = (u_char *) cg_reason_name(req->reason); s.len = ngx_strlen(s.data);
         }
     }
@@ -1114,6 +1165,8 @@ static ngx_http_variable_t cg_vars[] = {
     { ngx_string("certgate_fingerprint"), NULL, cg_variable, 2, NGX_HTTP_VAR_NOCACHEABLE, 0 },
     { ngx_string("certgate_expire_in"), NULL, cg_variable, 3, NGX_HTTP_VAR_NOCACHEABLE, 0 },
     { ngx_string("certgate_reason"), NULL, cg_variable, 4, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+    { ngx_string("certgate_enforced"), NULL, cg_variable, 5, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+    { ngx_string("certgate_x5t_s256"), NULL, cg_variable, 6, NGX_HTTP_VAR_NOCACHEABLE, 0 },
     ngx_http_null_variable
 };
 

@@ -263,6 +263,23 @@ static void log_store_error(const cg_gate_in_t *in, cg_store_rc_t rc, const char
              "reason=store_unavailable fingerprint=%s client=%s", kind, err, fp_hex, client);
 }
 
+/* Shadow mode: v->reason is a deny; let the request through, count and log it. */
+static void shadow_pass(cg_gate_t *g, const cg_gate_in_t *in, const cg_reg_t *regp,
+                        cg_gate_verdict_t *v)
+{
+    char asked[CG_APP_MAX * 4 + 1] = "-";
+    if (in->app != NULL && in->app[0] != '\0')
+        escape_app(in->app, asked, sizeof(asked));
+    v->pass = 1;
+    v->would_deny = 1;
+    cg_metrics_would_deny(g->metrics, v->reason);
+    glog(in->log_ctx, CG_LOG_WARN, "CG01010: shadow deny (not enforced) reason=%s "
+         "fingerprint=%s app=%s asked=%s cert=%s client=%s%s", cg_reason_name(v->reason),
+         v->fp_hex, regp != NULL ? regp->app_id : "-", asked, regp ? regp->id : "-",
+         in->client ? in->client : "-",
+         in->peer && in->peer->verify_failed ? " (TLS verification failed)" : "");
+}
+
 void cg_gate_decide(cg_gate_t *g, const cg_gate_in_t *in, cg_store_rc_t rc,
                     const cg_reg_t *reg, const char *err, cg_gate_verdict_t *v)
 {
@@ -280,6 +297,14 @@ void cg_gate_decide(cg_gate_t *g, const cg_gate_in_t *in, cg_store_rc_t rc,
             regp = reg;
         } else if (cg_store_failed(rc)) {
             v->reason = CG_R_STORE_UNAVAILABLE;
+            /* Shadow never refuses: the failure is logged and counted as a
+             * would-be deny; the fail-open setting does not apply. */
+            if (in->shadow) {
+                log_store_error(in, rc, err ? err : "", v->fp_hex);
+                cg_metrics_decision(g->metrics, CG_R_STORE_UNAVAILABLE);
+                shadow_pass(g, in, NULL, v);
+                return;
+            }
             if (in->fail_open) {
                 glog(in->log_ctx, CG_LOG_CRIT, "CG02002: FAIL-OPEN: store %s (%s); request "
                      "allowed unchecked by the on-store-error allow setting; fingerprint=%s "
@@ -327,6 +352,10 @@ void cg_gate_decide(cg_gate_t *g, const cg_gate_in_t *in, cg_store_rc_t rc,
     if (v->reason == CG_R_CHAIN_MISMATCH && peer != NULL && !peer->chain_known)
         glog(in->log_ctx, CG_LOG_WARN, "CG03003: resumed TLS session carries no chain record; "
              "the client must do a full handshake");
+    if (in->shadow) {
+        shadow_pass(g, in, regp, v);
+        return;
+    }
     /* app: the registration's; asked: what the request named (app_mismatch
      * needs both to be understood). */
     char asked[CG_APP_MAX * 4 + 1] = "-";
@@ -482,4 +511,24 @@ void cg_gate_run(cg_gate_t *g, const cg_gate_in_t *in, cg_gate_verdict_t *v)
     else
         lk.rc = cg_store_lookup(g->store, &lk.leaf, &lk.reg, lk.err, sizeof(lk.err));
     cg_gate_finish(g, in, &lk, v);
+}
+
+void cg_gate_x5t_s256(const cg_fp_t *leaf, char out[CG_X5T_S256_LEN + 1])
+{
+    static const char a[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    size_t o = 0, i = 0;
+    /* 32 bytes: ten full groups of 3, then 2 bytes as 3 characters, no padding. */
+    for (; i + 3 <= CG_FP_LEN; i += 3) {
+        unsigned long w = ((unsigned long)leaf->b[i] << 16) | ((unsigned long)leaf->b[i + 1] << 8)
+                          | leaf->b[i + 2];
+        out[o++] = a[(w >> 18) & 63];
+        out[o++] = a[(w >> 12) & 63];
+        out[o++] = a[(w >> 6) & 63];
+        out[o++] = a[w & 63];
+    }
+    unsigned long w = ((unsigned long)leaf->b[i] << 16) | ((unsigned long)leaf->b[i + 1] << 8);
+    out[o++] = a[(w >> 18) & 63];
+    out[o++] = a[(w >> 12) & 63];
+    out[o++] = a[(w >> 6) & 63];
+    out[o] = '\0';
 }

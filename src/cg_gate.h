@@ -100,6 +100,7 @@ typedef struct {
     cg_conn_entry_t *conn;      /* this connection's entry, or NULL */
     cg_gate_lock_fn lock;       /* NULL: conn needs no lock */
     void *lock_arg;
+    int shadow;                 /* shadow mode: decide, log and count, refuse nothing */
 } cg_gate_in_t;
 
 #define CG_GATE_ERR_MAX 160
@@ -122,12 +123,13 @@ typedef struct {
 
 typedef struct {
     cg_reason_t reason;
-    int pass;                   /* let the request through: allow, or fail-open */
+    int pass;                   /* let the request through: allow, fail-open or shadow */
     int final;                  /* 0: cert_only allow, the app is checked later */
     int has_reg;
     cg_reg_t reg;
     char fp_hex[CG_FP_HEX_LEN + 1];     /* "-" without a leaf */
     char expire_in[24];         /* whole days, on allow */
+    int would_deny;             /* shadow mode: reason is a deny that was not enforced (pass) */
 } cg_gate_verdict_t;
 
 enum { CG_GATE_DONE = 0, CG_GATE_LOOKUP = 1 };
@@ -149,5 +151,10 @@ void cg_gate_decide(cg_gate_t *g, const cg_gate_in_t *in, cg_store_rc_t rc,
                     const cg_reg_t *reg, const char *err, cg_gate_verdict_t *v);
 /* The whole sequence with the blocking store. */
 void cg_gate_run(cg_gate_t *g, const cg_gate_in_t *in, cg_gate_verdict_t *v);
+
+/* RFC 8705 thumbprint x5t#S256 of a leaf: base64url of its SHA-256, no padding.
+ * Adapters compute it once per connection from the peer's fingerprint. */
+#define CG_X5T_S256_LEN 43
+void cg_gate_x5t_s256(const cg_fp_t *leaf, char out[CG_X5T_S256_LEN + 1]);
 
 #endif

@@ -23,6 +23,12 @@ void cg_metrics_decision(cg_metrics_t *m, cg_reason_t r)
         atomic_fetch_add_explicit(&m->decisions[r], 1, memory_order_relaxed);
 }
 
+void cg_metrics_would_deny(cg_metrics_t *m, cg_reason_t r)
+{
+    if (m != NULL && (unsigned)r < CG_R__COUNT && r != CG_ALLOW)
+        atomic_fetch_add_explicit(&m->would_deny[r], 1, memory_order_relaxed);
+}
+
 static void observe(_Atomic uint64_t *buckets, uint64_t us)
 {
     size_t i = 0;
@@ -128,6 +134,11 @@ char *cg_metrics_render(const cg_metrics_t *m, const cg_store_stats_t *st)
         put(&o, "certgate_decisions_total{result=\"%s\",reason=\"%s\"} %llu\n",
             r == CG_ALLOW ? "allow" : "deny", cg_reason_name((cg_reason_t)r),
             (unsigned long long)ld(&m->decisions[r]));
+    put(&o, "# HELP certgate_would_deny_total Denies not enforced (shadow mode), by reason.\n"
+            "# TYPE certgate_would_deny_total counter\n");
+    for (int r = 1; r < CG_R__COUNT; r++)
+        put(&o, "certgate_would_deny_total{reason=\"%s\"} %llu\n",
+            cg_reason_name((cg_reason_t)r), (unsigned long long)ld(&m->would_deny[r]));
     put(&o, "# HELP certgate_cache_lookups_total Registration lookups by where they were "
             "answered.\n# TYPE certgate_cache_lookups_total counter\n"
             "certgate_cache_lookups_total{layer=\"connection\",result=\"hit\"} %llu\n"

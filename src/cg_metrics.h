@@ -26,6 +26,7 @@ typedef struct {
     _Atomic uint64_t inval_lag_sum_us, inval_lag_count;
     _Atomic uint64_t usage_flushes, usage_dropped;
     _Atomic uint64_t expiry_events;
+    _Atomic uint64_t would_deny[CG_R__COUNT];      /* shadow mode: denies not enforced */
 } cg_metrics_t;
 
 /* Bucket upper bounds in microseconds (shared by both histograms). */
@@ -33,6 +34,8 @@ extern const uint64_t cg_metrics_bounds_us[CG_LAT_BUCKETS];
 
 void cg_metrics_init(cg_metrics_t *m);
 void cg_metrics_decision(cg_metrics_t *m, cg_reason_t r);
+/* A deny that shadow mode did not enforce (counted besides the decision). */
+void cg_metrics_would_deny(cg_metrics_t *m, cg_reason_t r);
 /* rc: 0 ok (found or not), 1 error, 2 timeout, 3 corrupt record, 4 connection,
  * 5 permission. */
 void cg_metrics_redis(cg_metrics_t *m, uint64_t us, int rc);

@@ -74,6 +74,7 @@ typedef struct {
     int cn_contains_org;
     apr_off_t max_body;
     int admin_timeout_ms;
+    int shadow;                     /* CertGateMode Shadow: decide, refuse nothing */
 } cg_dir_t;
 
 /* Some location says CertGate On (set while reading the config). */

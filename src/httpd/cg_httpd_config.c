@@ -80,6 +80,7 @@ void *cgh_create_dir(apr_pool_t *p, char *dir)
     c->max_body = UNSET;
     c->admin_timeout_ms = UNSET;
     c->user_ignore_case = UNSET;
+    c->shadow = UNSET;
     return c;
 }
 
@@ -121,6 +122,7 @@ void *cgh_merge_dir(apr_pool_t *p, void *basev, void *addv)
     MERGE_INT(max_body);
     MERGE_INT(admin_timeout_ms);
     MERGE_INT(user_ignore_case);
+    MERGE_INT(shadow);
     return c;
 }
 
@@ -342,6 +344,20 @@ static const char *set_gate(cmd_parms *cmd, void *dv, int on)
     return NULL;
 }
 
+static const char *set_mode(cmd_parms *cmd, void *dv, const char *arg)
+{
+    cg_dir_t *d = dv;
+    (void)cmd;
+    if (strcasecmp(arg, "Enforce") == 0) {
+        d->shadow = 0;
+        return NULL;
+    }
+    if (strcasecmp(arg, "Shadow") != 0)
+        return "CertGateMode: expected Enforce or Shadow";
+    d->shadow = 1;
+    return NULL;
+}
+
 static const char *set_app_from(cmd_parms *cmd, void *dv, const char *kind, const char *name)
 {
     cg_dir_t *d = dv;
@@ -489,6 +505,9 @@ static const char *set_ca_file(cmd_parms *cmd, void *dv, const char *arg)
 const command_rec cgh_cmds[] = {
     AP_INIT_FLAG("CertGate", set_gate, NULL, OR_AUTHCFG | RSRC_CONF,
                  "On to check client certificates against Redis registrations here"),
+    AP_INIT_TAKE1("CertGateMode", set_mode, NULL, OR_AUTHCFG | RSRC_CONF,
+                  "Enforce (default): refuse what the gate denies; Shadow: decide, log and "
+                  "count, refuse nothing"),
     AP_INIT_TAKE12("CertGateAppFrom", set_app_from, NULL, OR_AUTHCFG | RSRC_CONF,
                    "Where the request names its app: 'header NAME', 'env NAME' or 'none'"),
     AP_INIT_FLAG("CertGateForwardHeaders", set_forward_headers, NULL, OR_AUTHCFG | RSRC_CONF,

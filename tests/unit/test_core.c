@@ -986,6 +986,119 @@ static void test_gate_no_lookup_and_cert_only(void **state)
     cg_gate_free(g);
 }
 
+/* Shadow mode: every deny passes, is counted as would_deny besides the
+ * decision and logged CG01010 (not CG01001); an allow is an allow. */
+static void test_gate_shadow(void **state)
+{
+    (void)state;
+    cg_gate_t *g = gate_for_test(1);
+    cg_metrics_t *m = cg_gate_metrics(g);
+    gate_req_t q;
+    cg_gate_lookup_t lk;
+    cg_gate_verdict_t v;
+    gate_req(&q, 0x21);
+    q.in.shadow = 1;
+    assert_int_equal(cg_gate_begin(g, &q.in, &lk, &v), CG_GATE_LOOKUP);
+    assert_int_equal(gate_feed(g, &lk, &q.peer.leaf, 0), 0);
+    cg_gate_finish(g, &q.in, &lk, &v);
+    assert_int_equal(v.reason, CG_R_UNREGISTERED);
+    assert_true(v.pass && v.would_deny && v.final);
+    assert_int_equal(m->decisions[CG_R_UNREGISTERED], 1);
+    assert_int_equal(m->would_deny[CG_R_UNREGISTERED], 1);
+    const char *line = gate_line("CG01010: shadow deny (not enforced) reason=unregistered ");
+    assert_non_null(line);
+    assert_non_null(strstr(line, "client=192.0.2.7"));
+    assert_null(gate_line("CG01001"));
+    /* The same answer from the cache: counted again. */
+    assert_int_equal(cg_gate_begin(g, &q.in, &lk, &v), CG_GATE_DONE);
+    assert_true(v.pass && v.would_deny);
+    assert_int_equal(m->would_deny[CG_R_UNREGISTERED], 2);
+    /* Without a certificate, and with an app that does not match. */
+    gate_req_t n;
+    gate_req(&n, 0x22);
+    n.in.shadow = 1;
+    n.in.peer = NULL;
+    assert_int_equal(cg_gate_begin(g, &n.in, &lk, &v), CG_GATE_DONE);
+    assert_true(v.pass && v.would_deny);
+    assert_int_equal(v.reason, CG_R_NO_CLIENT_CERT);
+    gate_req(&n, 0x23);
+    n.in.shadow = 1;
+    n.in.app = "app2";
+    assert_int_equal(cg_gate_begin(g, &n.in, &lk, &v), CG_GATE_LOOKUP);
+    assert_int_equal(gate_feed(g, &lk, &n.peer.leaf, 1), 0);
+    gate_nlines = 0;
+    cg_gate_finish(g, &n.in, &lk, &v);
+    assert_int_equal(v.reason, CG_R_APP_MISMATCH);
+    assert_true(v.pass && v.would_deny && v.has_reg);
+    line = gate_line("CG01010: shadow deny (not enforced) reason=app_mismatch ");
+    assert_non_null(line);
+    assert_non_null(strstr(line, " app=app1 asked=app2 cert=r1 "));
+    /* An allow in shadow mode is a plain allow. */
+    n.in.app = "app1";
+    assert_int_equal(cg_gate_begin(g, &n.in, &lk, &v), CG_GATE_DONE);
+    assert_int_equal(v.reason, CG_ALLOW);
+    assert_true(v.pass);
+    assert_false(v.would_deny);
+    assert_int_equal(m->would_deny[CG_ALLOW], 0);
+    /* Enforcing beside it: a refusal, not counted as would_deny. */
+    q.in.shadow = 0;
+    assert_int_equal(cg_gate_begin(g, &q.in, &lk, &v), CG_GATE_DONE);
+    assert_false(v.pass || v.would_deny);
+    assert_int_equal(m->would_deny[CG_R_UNREGISTERED], 2);
+    assert_int_equal(m->decisions[CG_R_UNREGISTERED], 3);
+    char *t = cg_metrics_render(m, NULL);
+    assert_non_null(t);
+    assert_non_null(strstr(t, "certgate_would_deny_total{reason=\"unregistered\"} 2\n"));
+    assert_non_null(strstr(t, "certgate_would_deny_total{reason=\"app_mismatch\"} 1\n"));
+    assert_non_null(strstr(t, "certgate_would_deny_total{reason=\"no_client_cert\"} 1\n"));
+    assert_null(strstr(t, "certgate_would_deny_total{reason=\"allow\"}"));
+    free(t);
+    cg_gate_free(g);
+}
+
+/* Shadow mode on a store failure: the store line as always, a would-be
+ * store_unavailable, and the request passes; fail-open plays no part. */
+static void test_gate_shadow_store_error(void **state)
+{
+    (void)state;
+    for (int open = 0; open < 2; open++) {
+        cg_gate_t *g = gate_for_test(1);
+        cg_metrics_t *m = cg_gate_metrics(g);
+        gate_req_t q;
+        cg_gate_lookup_t lk;
+        cg_gate_verdict_t v;
+        gate_req(&q, 0x24);
+        q.in.shadow = 1;
+        q.in.fail_open = open;
+        assert_int_equal(cg_gate_begin(g, &q.in, &lk, &v), CG_GATE_LOOKUP);
+        cg_gate_lookup_fail(&lk, CG_STORE_TIMEOUT, "boom");
+        cg_gate_finish(g, &q.in, &lk, &v);
+        assert_int_equal(v.reason, CG_R_STORE_UNAVAILABLE);
+        assert_true(v.pass && v.would_deny);
+        assert_non_null(gate_line("CG02004: "));
+        assert_non_null(gate_line("CG01010: shadow deny (not enforced) reason=store_unavailable "));
+        assert_null(gate_line("CG02002"));
+        assert_int_equal(m->decisions[CG_R_STORE_UNAVAILABLE], 1);
+        assert_int_equal(m->would_deny[CG_R_STORE_UNAVAILABLE], 1);
+        assert_false(q.conn.valid);
+        cg_gate_free(g);
+    }
+}
+
+/* RFC 8705 x5t#S256: base64url of the SHA-256, 43 characters, no padding. */
+static void test_x5t_s256(void **state)
+{
+    (void)state;
+    cg_fp_t fp;
+    char out[CG_X5T_S256_LEN + 1];
+    assert_int_equal(cg_fp_der((const unsigned char *)"abc", 3, &fp), 0);
+    cg_gate_x5t_s256(&fp, out);
+    assert_string_equal(out, "ungWv48Bz-pBQUDeXa4iI7ADYaOWF3qctBD_YfIAFa0");
+    memset(fp.b, 0xff, sizeof(fp.b));
+    cg_gate_x5t_s256(&fp, out);
+    assert_string_equal(out, "__________________________________________8");
+}
+
 /* The blocking form on an unreachable store, threads started and stopped. */
 static void test_gate_run_and_lifecycle(void **state)
 {
@@ -1285,6 +1398,9 @@ int main(void)
         cmocka_unit_test(test_gate_store_errors),
         cmocka_unit_test(test_gate_no_lookup_and_cert_only),
         cmocka_unit_test(test_gate_run_and_lifecycle),
+        cmocka_unit_test(test_gate_shadow),
+        cmocka_unit_test(test_gate_shadow_store_error),
+        cmocka_unit_test(test_x5t_s256),
         cmocka_unit_test(test_store_result_kinds),
         cmocka_unit_test(test_lookup_id_and_owner_steps),
         cmocka_unit_test(test_app_owner_decision),
