@@ -2,6 +2,7 @@
 configs name the directive, its file and line, and the values it accepts, in the
 same words on both servers."""
 import os
+import shutil
 import subprocess
 
 import pytest
@@ -34,6 +35,7 @@ def nginx_t(line):
     lineno = text.splitlines().index("    " + line) + 1
     res = subprocess.run([harness.NGINX, "-t", "-c", conf, "-p", work], capture_output=True,
                          text=True, timeout=30, env=harness.server_env(work))
+    shutil.rmtree(work, ignore_errors=True)
     return res.returncode, res.stderr, conf, lineno
 
 
@@ -48,6 +50,7 @@ def apache_t(line):
         f.write(text)
     res = subprocess.run([harness.APACHE, "-t", "-f", conf], capture_output=True, text=True,
                          timeout=30, env=harness.server_env(work))
+    shutil.rmtree(work, ignore_errors=True)
     return res.returncode, res.stderr, conf, text.splitlines().index(line) + 1
 
 
