@@ -80,6 +80,8 @@ NGINX_BAD = [
      "expected off or a whole number of seconds from 1 to 3600"),
     ("certgate_redis_auth \"\";", "the password is empty; expected [USER] PASSWORD"),
     ("certgate_app_from cookie x;", "wants \"header NAME\", \"variable $NAME\" or \"none\""),
+    # nginx's own flag parser already says all three.
+    ("certgate_cache maybe;", "it must be \"on\" or \"off\""),
 ]
 
 
