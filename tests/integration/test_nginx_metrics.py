@@ -25,8 +25,9 @@ HTTPD_METRICS = '<Location "/metrics">\n    SetHandler certgate-metrics\n  </Loc
 
 @pytest.fixture(scope="module")
 def nginx(pki):
+    # A generous lookup timeout: 2 shared cores under load must not turn lookups into 503s.
     s = Stack(pki, server="nginx", nginx_args={"workers": 2, "extra_server": NGX_METRICS,
-                                               "extra_http": PID_LOG})
+                                               "extra_http": PID_LOG, "timeout_ms": 2000})
     yield s
     s.close()
 
@@ -101,20 +102,20 @@ def test_all_workers_counted_on_one_scrape(nginx, pki):
     register(nginx.r, pki.leaf, "app1")
     m0 = samples(scrape_text(nginx))
     pid_log = os.path.join(nginx.work, "logs", "pids.log")
-    sent = {"allow": 0, "unregistered": 0}
+    # Each answer's decision, as the client saw it.
+    sent = {}
     lock = threading.Lock()
 
-    def one(cert, want):
+    def one(cert):
         # A new connection each: nginx hands them to either worker.
         resp = get(nginx, GATED, cert)
+        reason = "allow" if resp.status_code == 200 else reason_of(resp)
         with lock:
-            sent[want] += 1
-        assert reason_of(resp) in (None, want)
+            sent[reason] = sent.get(reason, 0) + 1
 
     # Until both workers answered some gated requests.
     for _ in range(20):
-        threads = [threading.Thread(target=one, args=(c, w)) for c, w in
-                   [(pki.leaf, "allow"), (pki.leaf_other, "unregistered")] * 4]
+        threads = [threading.Thread(target=one, args=(c,)) for c in [pki.leaf, pki.leaf_other] * 4]
         for t in threads:
             t.start()
         for t in threads:
@@ -126,12 +127,16 @@ def test_all_workers_counted_on_one_scrape(nginx, pki):
     assert len(pids) >= 2, "the requests never reached both workers"
     assert harness.wait_for_line(pid_log, GATED)
     m1 = samples(scrape_text(nginx))
+    assert sent.get("allow", 0) > 0 and sent.get("unregistered", 0) > 0, sent
+    counted = {}
+    for k in m1:
+        m = re.match(r'certgate_decisions_total\{result="\w+",reason="(\w+)"\}', k)
+        if m and m1[k] - m0.get(k, 0):
+            counted[m.group(1)] = m1[k] - m0.get(k, 0)
+    assert counted == sent
     allow = 'certgate_decisions_total{result="allow",reason="allow"}'
-    deny = 'certgate_decisions_total{result="deny",reason="unregistered"}'
-    assert m1[allow] - m0.get(allow, 0) == sent["allow"]
-    assert m1[deny] - m0.get(deny, 0) == sent["unregistered"]
     lookups = sum(m1[k] - m0.get(k, 0) for k in m1 if k.startswith("certgate_cache_lookups_total"))
-    assert lookups == sent["allow"] + sent["unregistered"]
+    assert lookups == sum(sent.values())
     # Each worker asked Redis at least once (its own cache was empty).
     ok = 'certgate_redis_lookups_total{outcome="ok"}'
     assert m1[ok] - m0.get(ok, 0) >= 2
@@ -177,21 +182,22 @@ def test_scrape_does_not_block_the_worker(pki):
         def scrape():
             t0 = time.monotonic()
             out["text"] = scrape_text(s)
-            out["took"] = time.monotonic() - t0
+            out["end"] = time.monotonic()
+            out["took"] = out["end"] - t0
 
         t = threading.Thread(target=scrape)
         t.start()
         time.sleep(0.3)
-        t0 = time.monotonic()
         resp = get(s, "/open/ok.txt")
-        quick = time.monotonic() - t0
+        static_end = time.monotonic()
         t.join(timeout=20)
         s.redis.resume()
         assert resp.status_code == 200
         assert "took" in out
-        # The scrape waited for the admin timeout (2 s); the static file did not.
+        # The scrape waited for the admin timeout (2 s); the static file, served by
+        # the same worker, did not wait for it (a blocked worker answers it after).
         assert out["took"] >= 1.5, out["took"]
-        assert quick < 1.0 + harness.SLACK, quick
+        assert static_end < out["end"] - 0.5, (out["end"] - static_end)
         m = samples(out["text"])
         assert m["certgate_store_up"] == 0
         assert m['certgate_store_scrape_error{kind="timeout"}'] == 1
