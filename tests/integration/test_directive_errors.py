@@ -122,13 +122,21 @@ def test_nginx_fail_open_warning_cites_its_directive():
     assert lines[0].endswith(" in %s:%d" % (conf, lineno)), lines[0]
 
 
-def test_nginx_log_lines_name_no_httpd_directive():
-    # The core's lines reach nginx's log too: the subscriber's CG07002/CG07003
-    # said "CertGateCacheMaxAge". Their text is in the core; no httpd name is left there.
-    src = os.path.join(harness.ROOT, "src", "cg_sub.c")
-    text = open(src).read()
-    assert "CertGateCacheMaxAge" not in text
-    assert "expire by the cache max age" in text
+def test_nginx_log_lines_name_no_httpd_directive(pki):
+    # The subscriber's lines come from the core: on nginx they said "CertGateCacheMaxAge".
+    from conftest import Stack
+    st = Stack(pki, server="nginx", nginx_args={"workers": 1})
+    try:
+        assert harness.wait_for_line(st.server.error_log, "CG07001")
+        st.redis.stop()
+        assert harness.wait_for_line(st.server.error_log, "CG07002")
+        lines = [l for l in st.server.read_log().splitlines() if "CG07" in l]
+        assert lines
+        for line in lines:
+            assert "CertGate" not in line, line
+        assert any("expire by the cache max age" in l for l in lines), lines
+    finally:
+        st.close()
 
 
 # The same refusal in the same words on both servers: (httpd line, nginx line, words).
