@@ -255,7 +255,9 @@ static char *cg_init_main_conf(ngx_conf_t *cf, void *conf)
         return NGX_CONF_ERROR;
     cg_gate_cfg(c, &gcfg);
     if (cg_store_cfg_check(&gcfg.store, err, sizeof(err)) != 0) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "CG04001: certgate: %s", err);
+        /* The directives are checked one by one as they are read: this is a backstop. */
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "CG04001: invalid Redis settings "
+                           "(certgate_redis, certgate_redis_*, certgate_key_prefix): %s", err);
         return NGX_CONF_ERROR;
     }
     return NGX_CONF_OK;
