@@ -2,6 +2,7 @@
 sees them all; the text is Prometheus exposition; the series are httpd's."""
 import os
 import re
+import signal
 import threading
 import time
 
@@ -236,3 +237,22 @@ def test_metrics_directive_needs_its_own_location():
     code, err, conf, line = nginx_t("certgate_metrics;")
     assert code != 0
     assert '"certgate_metrics" directive is not allowed here' in err, err
+
+
+def test_counters_survive_a_reload(pki):
+    s = Stack(pki, server="nginx", nginx_args={"workers": 2, "extra_server": NGX_METRICS,
+                                               "timeout_ms": 2000})
+    try:
+        register(s.r, pki.leaf, "app1")
+        for _ in range(3):
+            assert get(s, GATED, pki.leaf).status_code == 200
+        allow = 'certgate_decisions_total{result="allow",reason="allow"}'
+        before = samples(scrape_text(s))[allow]
+        assert before == 3
+        os.kill(s.server.proc.pid, signal.SIGHUP)
+        assert harness.wait_for_line(s.server.error_log, "reconfiguring")
+        time.sleep(1.0)
+        assert get(s, GATED, pki.leaf).status_code == 200
+        assert samples(scrape_text(s))[allow] == before + 1
+    finally:
+        s.close()
