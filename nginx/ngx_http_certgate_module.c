@@ -19,6 +19,7 @@
 #include "cg_store.h"
 #include "cg_tls.h"
 #include "ngx_certgate_redis.h"
+#include "ngx_certgate_metrics.h"
 
 #define CG_ANY_CONF (NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF)
 
@@ -36,7 +37,15 @@ typedef struct {
     ngx_uint_t cache_max_age;     /* seconds */
     ngx_uint_t usage_interval;    /* seconds; 0: off */
     ngx_flag_t used;              /* some location says certgate on */
+    ngx_shm_zone_t *metrics_zone; /* the workers' shared counters */
 } cg_main_conf_t;
+
+/* Where a directive was written, for checks made after parsing. */
+typedef struct {
+    ngx_str_t file;
+    ngx_uint_t line;
+    ngx_flag_t warned;
+} cg_conf_at_t;
 
 typedef struct {
     ngx_flag_t enabled;
@@ -46,6 +55,7 @@ typedef struct {
     ngx_flag_t forward_headers;
     ngx_uint_t on_store_error;    /* 0 deny, 1 allow */
     ngx_uint_t shadow;            /* certgate_mode: 0 enforce, 1 shadow */
+    cg_conf_at_t *on_store_error_at;
 } cg_loc_conf_t;
 
 /* Per TLS connection (HTTP/2 streams share the real connection's). */
@@ -99,34 +109,33 @@ static char *cg_set_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 static char *cg_set_redis_auth(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 static char *cg_set_app_from(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 static char *cg_set_gate(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+static char *cg_set_metrics(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+static char *cg_set_number(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+static char *cg_set_timeout(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+static char *cg_set_prefix(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+static char *cg_set_store_error(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+static char *cg_set_mode(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 static ngx_int_t cg_init_process(ngx_cycle_t *cycle);
 static ngx_int_t cg_rewrite_handler(ngx_http_request_t *r);
 static ngx_int_t cg_app_handler(ngx_http_request_t *r);
 static ngx_http_output_header_filter_pt cg_next_header_filter;
 static void cg_exit_process(ngx_cycle_t *cycle);
 
-static ngx_conf_enum_t cg_store_error_modes[] = {
-    { ngx_string("deny"), 0 },
-    { ngx_string("allow"), 1 },
-    { ngx_null_string, 0 }
-};
+/* The accepted values of a whole-number directive (cg_set_number). */
+typedef struct {
+    ngx_int_t min, max;
+    const char *unit;             /* "" or " seconds" (said only with "off") */
+    ngx_flag_t off;               /* "off" is accepted and means 0 */
+} cg_range_t;
 
-static ngx_conf_enum_t cg_modes[] = {
-    { ngx_string("enforce"), 0 },
-    { ngx_string("shadow"), 1 },
-    { ngx_null_string, 0 }
+static cg_range_t cg_db_range = { 0, CG_GATE_DB_MAX, "", 0 };
+static cg_range_t cg_entries_range = {
+    CG_GATE_CACHE_ENTRIES_MIN, CG_GATE_CACHE_ENTRIES_MAX, "", 0
 };
-
-static ngx_conf_num_bounds_t cg_db_bounds = { ngx_conf_check_num_bounds, 0, CG_GATE_DB_MAX };
-static ngx_conf_num_bounds_t cg_entries_bounds = {
-    ngx_conf_check_num_bounds, CG_GATE_CACHE_ENTRIES_MIN, CG_GATE_CACHE_ENTRIES_MAX
+static cg_range_t cg_age_range = {
+    CG_GATE_CACHE_MAX_AGE_MIN, CG_GATE_CACHE_MAX_AGE_MAX, "", 0
 };
-static ngx_conf_num_bounds_t cg_age_bounds = {
-    ngx_conf_check_num_bounds, CG_GATE_CACHE_MAX_AGE_MIN, CG_GATE_CACHE_MAX_AGE_MAX
-};
-static ngx_conf_num_bounds_t cg_usage_bounds = {
-    ngx_conf_check_num_bounds, 0, CG_GATE_USAGE_INTERVAL_MAX
-};
+static cg_range_t cg_usage_range = { 0, CG_GATE_USAGE_INTERVAL_MAX, " seconds", 1 };
 
 static ngx_command_t cg_commands[] = {
     { ngx_string("certgate"), CG_ANY_CONF | NGX_CONF_FLAG,
@@ -137,33 +146,33 @@ static ngx_command_t cg_commands[] = {
       ngx_conf_set_flag_slot, NGX_HTTP_LOC_CONF_OFFSET, offsetof(cg_loc_conf_t, forward_headers),
       NULL },
     { ngx_string("certgate_on_store_error"), CG_ANY_CONF | NGX_CONF_TAKE1,
-      ngx_conf_set_enum_slot, NGX_HTTP_LOC_CONF_OFFSET, offsetof(cg_loc_conf_t, on_store_error),
-      cg_store_error_modes },
+      cg_set_store_error, NGX_HTTP_LOC_CONF_OFFSET, 0, NULL },
     { ngx_string("certgate_mode"), CG_ANY_CONF | NGX_CONF_TAKE1,
-      ngx_conf_set_enum_slot, NGX_HTTP_LOC_CONF_OFFSET, offsetof(cg_loc_conf_t, shadow),
-      cg_modes },
+      cg_set_mode, NGX_HTTP_LOC_CONF_OFFSET, 0, NULL },
     { ngx_string("certgate_redis"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
       cg_set_redis, NGX_HTTP_MAIN_CONF_OFFSET, 0, NULL },
     { ngx_string("certgate_redis_auth"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE12,
       cg_set_redis_auth, NGX_HTTP_MAIN_CONF_OFFSET, 0, NULL },
     { ngx_string("certgate_redis_db"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
-      ngx_conf_set_num_slot, NGX_HTTP_MAIN_CONF_OFFSET, offsetof(cg_main_conf_t, redis.db),
-      &cg_db_bounds },
+      cg_set_number, NGX_HTTP_MAIN_CONF_OFFSET, offsetof(cg_main_conf_t, redis.db),
+      &cg_db_range },
     { ngx_string("certgate_redis_timeout"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
-      ngx_conf_set_msec_slot, NGX_HTTP_MAIN_CONF_OFFSET, offsetof(cg_main_conf_t, timeout), NULL },
+      cg_set_timeout, NGX_HTTP_MAIN_CONF_OFFSET, offsetof(cg_main_conf_t, timeout), NULL },
     { ngx_string("certgate_key_prefix"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
-      ngx_conf_set_str_slot, NGX_HTTP_MAIN_CONF_OFFSET, offsetof(cg_main_conf_t, prefix), NULL },
+      cg_set_prefix, NGX_HTTP_MAIN_CONF_OFFSET, offsetof(cg_main_conf_t, prefix), NULL },
     { ngx_string("certgate_cache"), NGX_HTTP_MAIN_CONF | NGX_CONF_FLAG,
       ngx_conf_set_flag_slot, NGX_HTTP_MAIN_CONF_OFFSET, offsetof(cg_main_conf_t, cache), NULL },
     { ngx_string("certgate_cache_entries"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
-      ngx_conf_set_num_slot, NGX_HTTP_MAIN_CONF_OFFSET, offsetof(cg_main_conf_t, cache_entries),
-      &cg_entries_bounds },
+      cg_set_number, NGX_HTTP_MAIN_CONF_OFFSET, offsetof(cg_main_conf_t, cache_entries),
+      &cg_entries_range },
     { ngx_string("certgate_cache_max_age"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
-      ngx_conf_set_num_slot, NGX_HTTP_MAIN_CONF_OFFSET, offsetof(cg_main_conf_t, cache_max_age),
-      &cg_age_bounds },
+      cg_set_number, NGX_HTTP_MAIN_CONF_OFFSET, offsetof(cg_main_conf_t, cache_max_age),
+      &cg_age_range },
     { ngx_string("certgate_usage_flush_interval"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
-      ngx_conf_set_num_slot, NGX_HTTP_MAIN_CONF_OFFSET, offsetof(cg_main_conf_t, usage_interval),
-      &cg_usage_bounds },
+      cg_set_number, NGX_HTTP_MAIN_CONF_OFFSET, offsetof(cg_main_conf_t, usage_interval),
+      &cg_usage_range },
+    { ngx_string("certgate_metrics"), NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS,
+      cg_set_metrics, NGX_HTTP_LOC_CONF_OFFSET, 0, NULL },
     ngx_null_command
 };
 
@@ -250,12 +259,27 @@ static char *cg_init_main_conf(ngx_conf_t *cf, void *conf)
     ngx_conf_init_uint_value(c->cache_entries, def.cache_entries);
     ngx_conf_init_uint_value(c->cache_max_age, (ngx_uint_t) def.cache_max_age_s);
     ngx_conf_init_uint_value(c->usage_interval, (ngx_uint_t) def.usage_interval_s);
+    if (c->used && (c->metrics_zone = cg_ngx_metrics_zone(cf, &ngx_http_certgate_module)) == NULL)
+        return NGX_CONF_ERROR;
     cg_gate_cfg(c, &gcfg);
     if (cg_store_cfg_check(&gcfg.store, err, sizeof(err)) != 0) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "CG04001: certgate: %s", err);
+        /* The directives are checked one by one as they are read: this is a backstop. */
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "CG04001: invalid Redis settings "
+                           "(certgate_redis, certgate_redis_*, certgate_key_prefix): %s", err);
         return NGX_CONF_ERROR;
     }
     return NGX_CONF_OK;
+}
+
+/*
+ * A refused value: the directive, what it got and what it accepts, in the
+ * words httpd's CertGate* directives use; nginx adds " in FILE:LINE".
+ */
+static char *cg_refuse(ngx_conf_t *cf, ngx_command_t *cmd, const char *what, ngx_str_t *got)
+{
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "CG04031: %V: %s, got \"%V\"", &cmd->name, what,
+                       got);
+    return NGX_CONF_ERROR;
 }
 
 static char *cg_set_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
@@ -267,23 +291,132 @@ static char *cg_set_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     if (c->redis_set)
         return "is duplicate";
     c->redis_set = 1;
-    if (a.len > 5 && ngx_strncmp(a.data, "unix:", 5) == 0) {
-        if (a.data[5] != '/')
-            return "needs an absolute socket path (unix:/path)";
+    if (a.len >= 5 && ngx_strncmp(a.data, "unix:", 5) == 0) {
+        if (a.len == 5 || a.data[5] != '/')
+            return cg_refuse(cf, cmd, "unix: needs an absolute socket path, e.g. "
+                             "unix:/run/redis/redis.sock", &a);
         c->redis.socket.data = a.data + 5;
         c->redis.socket.len = a.len - 5;
         return NGX_CONF_OK;
     }
     u_char *colon = ngx_strlchr(a.data, a.data + a.len, ':');
-    if (colon == NULL || colon == a.data)
-        return "expects host:port or unix:/path";
+    if (colon == NULL || colon == a.data || colon + 1 == a.data + a.len)
+        return cg_refuse(cf, cmd, "expected host:port or unix:/path", &a);
     c->redis.port = ngx_atoi(colon + 1, (size_t) (a.data + a.len - colon - 1));
     if (c->redis.port < 1 || c->redis.port > 65535)
-        return "needs a port from 1 to 65535";
+        return cg_refuse(cf, cmd, "the port must be a number from 1 to 65535", &a);
     /* Overwrite the colon so host is NUL-terminated for hiredis. */
     *colon = '\0';
     c->redis.host.data = a.data;
     c->redis.host.len = (size_t) (colon - a.data);
+    return NGX_CONF_OK;
+}
+
+/* A whole number within cmd->post's range ("off" for 0 where it says so). */
+static char *cg_set_number(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    const cg_range_t *rg = cmd->post;
+    ngx_int_t *field = (ngx_int_t *) ((char *) conf + cmd->offset);
+    ngx_str_t *v = cf->args->elts;
+    char what[128];
+
+    if (*field != NGX_CONF_UNSET)
+        return "is duplicate";
+    if (rg->off && v[1].len == 3 && ngx_strncasecmp(v[1].data, (u_char *) "off", 3) == 0) {
+        *field = 0;
+        return NGX_CONF_OK;
+    }
+    ngx_int_t n = ngx_atoi(v[1].data, v[1].len);
+    if (n == NGX_ERROR || n < rg->min || n > rg->max) {
+        if (rg->off)
+            snprintf(what, sizeof(what), "expected off or a whole number of%s from %ld to %ld",
+                     rg->unit, (long) (rg->min > 0 ? rg->min : 1), (long) rg->max);
+        else
+            snprintf(what, sizeof(what), "expected a whole number from %ld to %ld",
+                     (long) rg->min, (long) rg->max);
+        return cg_refuse(cf, cmd, what, &v[1]);
+    }
+    *field = n;
+    return NGX_CONF_OK;
+}
+
+/*
+ * nginx's time syntax only: "200ms", "2s". A bare number is refused: nginx
+ * reads it as seconds, httpd's CertGateRedisTimeout as milliseconds, and
+ * guessing either way gives some operator a timeout 1000 times off.
+ */
+static char *cg_set_timeout(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_msec_t *field = (ngx_msec_t *) ((char *) conf + cmd->offset);
+    ngx_str_t *v = cf->args->elts;
+    static const char what[] = "expected a time with its unit from 1ms to 60s, e.g. 200ms or "
+                               "2s (a bare number is refused: nginx would read it as seconds, "
+                               "CertGateRedisTimeout as milliseconds)";
+
+    if (*field != NGX_CONF_UNSET_MSEC)
+        return "is duplicate";
+    if (ngx_atoi(v[1].data, v[1].len) != NGX_ERROR)
+        return cg_refuse(cf, cmd, what, &v[1]);
+    ngx_int_t ms = ngx_parse_time(&v[1], 0);
+    if (ms == NGX_ERROR || ms < CG_GATE_TIMEOUT_MS_MIN || ms > CG_GATE_TIMEOUT_MS_MAX)
+        return cg_refuse(cf, cmd, what, &v[1]);
+    *field = (ngx_msec_t) ms;
+    return NGX_CONF_OK;
+}
+
+static char *cg_set_prefix(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_str_t *field = (ngx_str_t *) ((char *) conf + cmd->offset);
+    ngx_str_t *v = cf->args->elts;
+    static const char what[] = "expected 1 to 64 printable ASCII characters without spaces, "
+                               "e.g. certgate:";
+
+    if (field->data != NULL)
+        return "is duplicate";
+    if (v[1].len == 0 || v[1].len > CG_PREFIX_MAX)
+        return cg_refuse(cf, cmd, what, &v[1]);
+    for (size_t i = 0; i < v[1].len; i++)
+        if (v[1].data[i] <= 0x20 || v[1].data[i] >= 0x7f)
+            return cg_refuse(cf, cmd, what, &v[1]);
+    *field = v[1];
+    return NGX_CONF_OK;
+}
+
+static char *cg_set_store_error(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    cg_loc_conf_t *lc = conf;
+    ngx_str_t *v = cf->args->elts;
+
+    if (lc->on_store_error != NGX_CONF_UNSET_UINT)
+        return "is duplicate";
+    if (v[1].len == 4 && ngx_strncasecmp(v[1].data, (u_char *) "deny", 4) == 0)
+        lc->on_store_error = 0;
+    else if (v[1].len == 5 && ngx_strncasecmp(v[1].data, (u_char *) "allow", 5) == 0)
+        lc->on_store_error = 1;
+    else
+        return cg_refuse(cf, cmd, "expected deny or allow", &v[1]);
+    /* CG05001 is logged when a gated location is merged: cite this line then. */
+    lc->on_store_error_at = ngx_pcalloc(cf->pool, sizeof(cg_conf_at_t));
+    if (lc->on_store_error_at == NULL)
+        return NGX_CONF_ERROR;
+    lc->on_store_error_at->file = cf->conf_file->file.name;
+    lc->on_store_error_at->line = cf->conf_file->line;
+    return NGX_CONF_OK;
+}
+
+static char *cg_set_mode(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    cg_loc_conf_t *lc = conf;
+    ngx_str_t *v = cf->args->elts;
+
+    if (lc->shadow != NGX_CONF_UNSET_UINT)
+        return "is duplicate";
+    if (v[1].len == 7 && ngx_strncasecmp(v[1].data, (u_char *) "enforce", 7) == 0)
+        lc->shadow = 0;
+    else if (v[1].len == 6 && ngx_strncasecmp(v[1].data, (u_char *) "shadow", 6) == 0)
+        lc->shadow = 1;
+    else
+        return cg_refuse(cf, cmd, "expected enforce or shadow", &v[1]);
     return NGX_CONF_OK;
 }
 
@@ -301,7 +434,8 @@ static char *cg_set_redis_auth(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         c->redis.password = v[1];
     }
     if (c->redis.password.len == 0)
-        return "wants a non-empty password";
+        return cg_refuse(cf, cmd, "the password is empty; expected [USER] PASSWORD",
+                         &c->redis.password);
     return NGX_CONF_OK;
 }
 
@@ -314,6 +448,13 @@ static char *cg_set_gate(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         mc->used = 1;
     }
     return rv;
+}
+
+static char *cg_set_metrics(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    cg_main_conf_t *mc = ngx_http_conf_get_module_main_conf(cf, ngx_http_certgate_module);
+    mc->used = 1;     /* the workers need a gate (store, counters) to report */
+    return cg_ngx_metrics_location(cf);
 }
 
 static char *cg_set_app_from(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
@@ -374,10 +515,17 @@ static char *cg_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
         c->app_var = prev->app_var;
     }
     ngx_conf_merge_value(c->forward_headers, prev->forward_headers, 0);
-    ngx_conf_merge_uint_value(c->on_store_error, prev->on_store_error, 0);
-    if (c->enabled == 1 && c->on_store_error == 1)
-        ngx_conf_log_error(NGX_LOG_WARN, cf, 0, "CG05001: certgate_on_store_error allow: "
-                           "requests pass unchecked while Redis fails");
+    if (c->on_store_error == NGX_CONF_UNSET_UINT) {
+        c->on_store_error = prev->on_store_error == NGX_CONF_UNSET_UINT ? 0 : prev->on_store_error;
+        c->on_store_error_at = prev->on_store_error_at;
+    }
+    /* Once per directive that gates some location, citing its own line. */
+    cg_conf_at_t *at = c->on_store_error_at;
+    if (c->enabled == 1 && c->on_store_error == 1 && at != NULL && !at->warned) {
+        at->warned = 1;
+        ngx_log_error(NGX_LOG_WARN, cf->log, 0, "CG05001: certgate_on_store_error allow: "
+                      "requests pass unchecked while Redis fails in %V:%ui", &at->file, at->line);
+    }
     ngx_conf_merge_uint_value(c->shadow, prev->shadow, 0);
     /* Once where shadow mode starts to apply to a gated scope, not per inner location. */
     if (c->enabled == 1 && c->shadow == 1 && (prev->shadow != 1 || prev->enabled != 1))
@@ -439,8 +587,8 @@ static ngx_int_t cg_init_process(ngx_cycle_t *cycle)
         return NGX_OK;
     cg_gate_set_log(cg_log);
     cg_gate_cfg(cg_mcf, &gcfg);
-    /* nginx has no metrics endpoint yet: the gate counts in its own struct. */
-    cg_gate_p = cg_gate_new(&gcfg, NULL, cycle->log);
+    /* The counters every worker shares (certgate_metrics reads them). */
+    cg_gate_p = cg_gate_new(&gcfg, cg_ngx_metrics_shared(cg_mcf->metrics_zone), cycle->log);
     if (cg_gate_p == NULL) {
         ngx_log_error(NGX_LOG_ERR, cycle->log, 0, "CG04004: cannot set up the Redis store: "
                       "out of memory; gated requests get 503");
@@ -448,6 +596,11 @@ static ngx_int_t cg_init_process(ngx_cycle_t *cycle)
     }
     cg_gate_start(cg_gate_p);
     return NGX_OK;
+}
+
+cg_gate_t *cg_ngx_gate(void)
+{
+    return cg_gate_p;
 }
 
 static void cg_exit_process(ngx_cycle_t *cycle)

@@ -139,7 +139,7 @@ static void *run(void *arg)
         if (c == NULL) {
             if (!failed_logged)
                 say(s, CG_SUB_CONNECT_FAILED, "invalidation subscriber cannot subscribe: %s; "
-                    "cached entries expire by CertGateCacheMaxAge", err);
+                    "cached entries expire by the cache max age", err);
             failed_logged = 1;
             if (nap(s, backoff))
                 break;
@@ -175,7 +175,7 @@ static void *run(void *arg)
         if (stop)
             break;
         say(s, CG_SUB_DISCONNECTED, "invalidation subscriber disconnected (%s); cached entries "
-            "expire by CertGateCacheMaxAge until it is back", err);
+            "expire by the cache max age until it is back", err);
     }
     pthread_mutex_lock(&s->lock);
     if (s->ctx != NULL) {

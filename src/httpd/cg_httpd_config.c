@@ -168,18 +168,21 @@ static const char *set_redis(cmd_parms *cmd, void *d, const char *arg)
     c->addr_set = 1;
     if (strncmp(arg, "unix:", 5) == 0) {
         if (arg[5] != '/')
-            return "CertGateRedis: unix: needs an absolute socket path, e.g. unix:/run/redis/redis.sock";
+            return apr_psprintf(cmd->pool, "CertGateRedis: unix: needs an absolute socket path, "
+                                "e.g. unix:/run/redis/redis.sock, got '%s'", arg);
         c->socket = arg + 5;
         c->host = NULL;
         return NULL;
     }
     const char *colon = strrchr(arg, ':');
     if (colon == NULL || colon == arg || colon[1] == '\0')
-        return "CertGateRedis: expected host:port or unix:/path";
+        return apr_psprintf(cmd->pool, "CertGateRedis: expected host:port or unix:/path, got '%s'",
+                            arg);
     char *end = NULL;
     long port = strtol(colon + 1, &end, 10);
     if (*end != '\0' || port < 1 || port > 65535)
-        return "CertGateRedis: the port must be a number from 1 to 65535";
+        return apr_psprintf(cmd->pool, "CertGateRedis: the port must be a number from 1 to 65535, "
+                            "got '%s'", arg);
     c->host = apr_pstrmemdup(cmd->pool, arg, (apr_size_t)(colon - arg));
     c->port = (int)port;
     c->socket = NULL;
@@ -285,8 +288,12 @@ static const char *set_usage_interval(cmd_parms *cmd, void *d, const char *arg)
         cgh_srv_conf(cmd->server)->usage_interval = 0;
         return NULL;
     }
-    return parse_int(cmd, arg, 1, CG_GATE_USAGE_INTERVAL_MAX,
-                     &cgh_srv_conf(cmd->server)->usage_interval);
+    if (parse_int(cmd, arg, 1, CG_GATE_USAGE_INTERVAL_MAX,
+                  &cgh_srv_conf(cmd->server)->usage_interval) != NULL)
+        return apr_psprintf(cmd->pool, "CertGateUsageFlushInterval: expected off or a whole "
+                            "number of seconds from 1 to %d, got '%s'",
+                            CG_GATE_USAGE_INTERVAL_MAX, arg);
+    return NULL;
 }
 
 static const char *set_expiry_interval(cmd_parms *cmd, void *d, const char *arg)
@@ -330,7 +337,8 @@ static const char *set_on_store_error(cmd_parms *cmd, void *d, const char *arg)
     else if (strcasecmp(arg, "allow") == 0)
         c->on_store_error_allow = 1;
     else
-        return "CertGateOnStoreError: expected deny or allow";
+        return apr_psprintf(cmd->pool, "CertGateOnStoreError: expected deny or allow, got '%s'",
+                            arg);
     return NULL;
 }
 

@@ -16,11 +16,12 @@ from conftest import Stack
 from harness import ROOT, Redis, flush_store
 from pki import make_cert
 
-# Not run, on purpose: docs/operator-guide.md's install blocks (they install
-# packages or write to system directories; `make test-package`, run by CI,
-# does the same steps) and its ACL line (the
-# harness creates its gate user with exactly that line), and
-# docs/event-format.md's blocking XREAD consumer example.
+# Not run here: docs/operator-guide.md's and docs/nginx.md's ```sh blocks (they
+# install as root into system directories: test_first_hour.py runs them as
+# written in a sandbox), its ```console package blocks (`make test-package`, run
+# by CI, does the same steps) and its ACL line (the harness creates its gate
+# user with exactly that line), and docs/event-format.md's blocking XREAD
+# consumer example.
 
 USERS = {"alice": "developer", "bob": "developer", "carol": "manager", "dave": "manager",
          "sam": "support", "audrey": "auditor"}

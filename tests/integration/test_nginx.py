@@ -165,14 +165,14 @@ HTTP_HEAD = ("load_module %s;\nerror_log stderr;\npid %s/nginx.pid;\nevents {}\n
 
 
 @pytest.mark.parametrize("line,message", [
-    ("certgate_redis localhost;", "expects host:port or unix:/path"),
-    ("certgate_redis localhost:99999;", "needs a port from 1 to 65535"),
+    ("certgate_redis localhost;", "certgate_redis: expected host:port or unix:/path"),
+    ("certgate_redis localhost:99999;", "the port must be a number from 1 to 65535"),
     ("certgate_redis unix:relative.sock;", "needs an absolute socket path"),
-    ("certgate_redis_timeout 0;", "CG04001: certgate: Redis timeout must be 1..60000 ms"),
+    ("certgate_redis_timeout 0ms;", "certgate_redis_timeout: expected a time"),
     ("certgate_redis_db -1;", "certgate_redis_db"),
-    ("certgate_key_prefix \"a b\";", "key prefix must be printable ASCII"),
-    ("certgate_on_store_error maybe;", "invalid value \"maybe\""),
-    ("certgate_cache_entries 0;", "value must be between 1 and 10000000"),
+    ("certgate_key_prefix \"a b\";", "printable ASCII characters without spaces"),
+    ("certgate_on_store_error maybe;", "certgate_on_store_error: expected deny or allow, got \"maybe\""),
+    ("certgate_cache_entries 0;", "expected a whole number from 1 to 10000000"),
     ("server { certgate_app_from cookie x; }", "wants \"header NAME\""),
     ("certgate_redis_auth;", "invalid number of arguments in \"certgate_redis_auth\""),
 ])
