@@ -192,6 +192,15 @@ static apr_status_t expiry_watchdog(int state, void *data, apr_pool_t *pool)
     return APR_SUCCESS;
 }
 
+/* Where a server is defined, for startup lines that concern one server. */
+static const char *server_where(const server_rec *v, char *buf, size_t cap)
+{
+    if (v->defn_name == NULL)
+        return "the main server";
+    snprintf(buf, cap, "the server defined in %s:%u", v->defn_name, v->defn_line_number);
+    return buf;
+}
+
 static int cg_post_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *ptemp, server_rec *s)
 {
     char err[256];
@@ -230,18 +239,20 @@ static int cg_post_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *ptemp
         return HTTP_INTERNAL_SERVER_ERROR;
     }
     for (server_rec *v = s; v != NULL; v = v->next) {
+        char where[512];
         cg_gate_cfg_t cfg;
         cg_srv_t *sc = cgh_srv_conf(v);
         cgh_gate_cfg(sc, &cfg);
         if (cg_store_cfg_check(&cfg.store, err, sizeof(err)) != 0) {
             ap_log_error(APLOG_MARK, APLOG_EMERG, 0, v,
-                         "CG04001: invalid Redis settings for %s: %s", v->server_hostname, err);
+                         "CG04001: invalid Redis settings for %s (%s): %s",
+                         v->server_hostname, server_where(v, where, sizeof(where)), err);
             return HTTP_INTERNAL_SERVER_ERROR;
         }
         if (cgh_gate_configured && sc->on_store_error_allow == 1)
             ap_log_error(APLOG_MARK, APLOG_WARNING, 0, v,
                          "CG05001: CertGateOnStoreError allow: requests pass unchecked "
-                         "while Redis fails");
+                         "while Redis fails (%s)", server_where(v, where, sizeof(where)));
         /* A reminder at every start: shadow sections refuse nothing (CG05010). */
         core_server_config *csc = ap_get_core_module_config(v->module_config);
         for (int k = 0; cgh_gate_configured && csc != NULL && k < 2; k++) {

@@ -1,5 +1,6 @@
 """Store settings (unix socket, ACL user, DB, prefix), fail-open, and startup validation."""
 import os
+import re
 import subprocess
 
 import pytest
@@ -54,7 +55,9 @@ def test_wrong_password_fails_closed(pki):
 def test_fail_open_is_loud(pki):
     s = Stack(pki, extra_server="CertGateOnStoreError allow")
     try:
-        assert "CG05001" in s.httpd.read_log()
+        line = [l for l in s.httpd.read_log().splitlines() if "CG05001" in l]
+        # It names where the server that allows it is defined (file:line).
+        assert any(re.search(r"defined in /\S+\.conf:\d+", l) for l in line), line
         s.redis.stop()
         resp = get(s, GATED, pki.leaf_other)
         assert resp.status_code == 200
@@ -77,6 +80,7 @@ def test_fail_open_is_loud(pki):
     ("CertGateRedis unix:relative.sock", "needs an absolute socket path"),
     ("CertGateRedisDB -1", "CertGateRedisDB: expected a whole number"),
     ("CertGateKeyPrefix 'a b'", "CertGateKeyPrefix: printable ASCII"),
+    ("CertGateKeyPrefix ''", "CertGateKeyPrefix takes one argument"),
     ("CertGateOnStoreError maybe", "CertGateOnStoreError: expected deny or allow"),
     ("CertGateAppFrom cookie x", "CertGateAppFrom: expected"),
     ("CertGateRedisAuth", "CertGateRedisAuth takes 1-2 arguments"),
