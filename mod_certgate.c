@@ -567,19 +567,20 @@ static int cg_fixups(request_rec *r)
     if (d == NULL || d->enabled != 1)
         return DECLINED;
 
-    request_rec *first = r;
-    while (first->main != NULL)
-        first = first->main;
-    while (first->prev != NULL)
-        first = first->prev;
-    /* The first request's decision stands for its subrequests and redirects
-     * (an ErrorDocument for our 403 must not be gated again). An ungated first
-     * request does not exempt a gated redirect target: that is checked here. */
-    if (first != r) {
+    /* The nearest earlier request that decided (redirects before subrequests). */
+    request_rec *first = r->prev ? r->prev : r->main;
+    while (first != NULL && apr_table_get(first->notes, NOTE_DECISION) == NULL)
+        first = first->prev ? first->prev : first->main;
+    /* Its decision stands for its subrequests and redirects (an ErrorDocument
+     * for our 403 must not be gated again). An ungated first request does not
+     * exempt a gated redirect target: that is checked here. Nor does a deny it
+     * did not enforce (shadow, fail-open) exempt an enforcing location. */
+    if (first != NULL) {
         const char *note = apr_table_get(first->notes, NOTE_DECISION);
-        if (note != NULL) {
+        int not_enforced = apr_table_get(first->notes, NOTE_NOT_ENFORCED) != NULL;
+        if (!not_enforced || d->shadow == 1) {
             strip_incoming(r);
-            if (strcmp(note, "allow") == 0 || apr_table_get(first->notes, NOTE_NOT_ENFORCED))
+            if (strcmp(note, "allow") == 0 || not_enforced)
                 copy_exports(r, first);
             return DECLINED;
         }

@@ -1,0 +1,136 @@
+"""Shadow mode must not leak into an enforcing location: a request the gate let
+through in a shadow location and then internally redirected (ErrorDocument /
+error_page, nginx rewrite ... last) into an enforcing location is decided
+again there, and refused if the enforcing location refuses it."""
+import os
+
+import pytest
+
+from clients import get, reason_of
+from conftest import SERVERS, Stack
+from harness import flush_store, register
+
+SECRET = "enforced content\n"
+
+HTTPD_VHOST = """
+  <Location "/shadowerr/">
+    CertGate On
+    CertGateMode Shadow
+    ErrorDocument 404 /gated/secret.txt
+  </Location>
+  <Location "/shadowerr2/">
+    CertGate On
+    CertGateMode Shadow
+    ErrorDocument 404 /shadow2/ok.txt
+  </Location>
+  <Location "/shadow2/">
+    CertGate On
+    CertGateMode Shadow
+  </Location>
+"""
+
+NGINX_SERVER = """
+        location /shadowerr/ {
+            certgate on;
+            certgate_mode shadow;
+            error_page 404 /gated/secret.txt;
+        }
+        location /shadowerr2/ {
+            certgate on;
+            certgate_mode shadow;
+            error_page 404 /shadow2/ok.txt;
+        }
+        location /shadow2/ {
+            certgate on;
+            certgate_mode shadow;
+            add_header X-Seen-Reason $certgate_reason always;
+            add_header X-Seen-Enforced $certgate_enforced always;
+        }
+        location /shadowrw/ {
+            certgate on;
+            certgate_mode shadow;
+            rewrite ^/shadowrw/(.*)$ /gated/$1 last;
+        }
+        # The app from a variable: the certificate is admitted in the rewrite
+        # phase, the app checked later in the location the request ends in.
+        location /shadowvarrw/ {
+            certgate on;
+            certgate_mode shadow;
+            certgate_app_from variable $arg_app;
+            rewrite ^/shadowvarrw/(.*)$ /appvar/$1 last;
+        }
+        location /appvar/ {
+            certgate on;
+            certgate_app_from variable $arg_app;
+        }
+"""
+
+
+@pytest.fixture(scope="module", params=SERVERS)
+def stack(request, pki):
+    s = Stack(pki, server=request.param, extra_vhost=HTTPD_VHOST,
+              nginx_args={"extra_server": NGINX_SERVER})
+    with open(os.path.join(s.work, "htdocs", "gated", "secret.txt"), "w") as f:
+        f.write(SECRET)
+    os.makedirs(os.path.join(s.work, "htdocs", "appvar"), exist_ok=True)
+    with open(os.path.join(s.work, "htdocs", "appvar", "secret.txt"), "w") as f:
+        f.write(SECRET)
+    os.makedirs(os.path.join(s.work, "htdocs", "shadow2"), exist_ok=True)
+    with open(os.path.join(s.work, "htdocs", "shadow2", "ok.txt"), "w") as f:
+        f.write("shadow2\n")
+    yield s
+    s.close()
+
+
+@pytest.fixture(autouse=True)
+def clean_store(stack):
+    flush_store(stack.r)
+
+
+@pytest.mark.parametrize("cert", ["unregistered", "none"])
+def test_error_document_from_shadow_into_enforcing_is_gated(stack, pki, cert):
+    register(stack.r, pki.leaf, "app1")
+    c = pki.leaf_other if cert == "unregistered" else None
+    # The enforcing location itself refuses this client.
+    assert get(stack, "/gated/secret.txt", c).status_code == 403
+    resp = get(stack, "/shadowerr/missing", c)
+    assert SECRET not in resp.text, (resp.status_code, resp.text)
+
+
+def test_rewrite_from_shadow_into_enforcing_is_gated(stack, pki):
+    if stack.kind != "nginx":
+        pytest.skip("nginx rewrite ... last")
+    register(stack.r, pki.leaf, "app1")
+    resp = get(stack, "/shadowrw/secret.txt", pki.leaf_other)
+    assert resp.status_code == 403, (resp.status_code, resp.text)
+    assert reason_of(resp) == "unregistered"
+    assert SECRET not in resp.text
+    resp = get(stack, "/shadowrw/secret.txt")
+    assert resp.status_code == 403 and reason_of(resp) == "no_client_cert"
+
+
+def test_app_check_after_rewrite_into_enforcing_is_enforced(stack, pki):
+    if stack.kind != "nginx":
+        pytest.skip("certgate_app_from variable is nginx's")
+    register(stack.r, pki.leaf, "app1")
+    assert get(stack, "/appvar/secret.txt?app=app2", pki.leaf).status_code == 403
+    resp = get(stack, "/shadowvarrw/secret.txt?app=app2", pki.leaf)
+    assert resp.status_code == 403, (resp.status_code, resp.text)
+    assert reason_of(resp) == "app_mismatch"
+    resp = get(stack, "/shadowvarrw/secret.txt?app=app1", pki.leaf)
+    assert resp.status_code == 200 and resp.text == SECRET
+
+
+def test_redirect_keeps_working_where_the_client_is_allowed(stack, pki):
+    register(stack.r, pki.leaf, "app1")
+    resp = get(stack, "/shadowerr/missing", pki.leaf)
+    assert resp.status_code == 404 and resp.text == SECRET
+    if stack.kind == "nginx":
+        resp = get(stack, "/shadowrw/secret.txt", pki.leaf)
+        assert resp.status_code == 200 and resp.text == SECRET
+
+
+def test_shadow_to_shadow_redirect_still_passes(stack, pki):
+    # Both locations shadow: the would-be refusal passes through the redirect.
+    resp = get(stack, "/shadowerr2/missing", pki.leaf_other)
+    assert resp.status_code == 404 and resp.text == "shadow2\n", (resp.status_code, resp.text)
