@@ -244,6 +244,11 @@ static int cg_post_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *ptemp
                          "while Redis fails");
         /* A reminder at every start: shadow sections refuse nothing (CG05010). */
         core_server_config *csc = ap_get_core_module_config(v->module_config);
+        const cg_dir_t *vd = ap_get_module_config(v->lookup_defaults, &certgate_module);
+        if (cgh_gate_configured && vd != NULL && vd->shadow == 1)   /* outside any section */
+            ap_log_error(APLOG_MARK, APLOG_WARNING, 0, v, "CG05010: CertGateMode Shadow for all "
+                         "of %s: the gate logs and counts would-be denies but refuses nothing",
+                         v->server_hostname ? v->server_hostname : "-");
         for (int k = 0; cgh_gate_configured && csc != NULL && k < 2; k++) {
             const apr_array_header_t *sa = k == 0 ? csc->sec_dir : csc->sec_url;
             for (int i = 0; sa != NULL && i < sa->nelts; i++) {

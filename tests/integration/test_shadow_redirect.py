@@ -67,7 +67,7 @@ NGINX_SERVER = """
 
 
 @pytest.fixture(scope="module", params=SERVERS)
-def stack(request, pki):
+def module_stack(request, pki):
     s = Stack(pki, server=request.param, extra_vhost=HTTPD_VHOST,
               nginx_args={"extra_server": NGINX_SERVER})
     with open(os.path.join(s.work, "htdocs", "gated", "secret.txt"), "w") as f:
@@ -82,9 +82,10 @@ def stack(request, pki):
     s.close()
 
 
-@pytest.fixture(autouse=True)
-def clean_store(stack):
-    flush_store(stack.r)
+@pytest.fixture
+def stack(module_stack):
+    flush_store(module_stack.r)
+    return module_stack
 
 
 @pytest.mark.parametrize("cert", ["unregistered", "none"])
@@ -134,3 +135,15 @@ def test_shadow_to_shadow_redirect_still_passes(stack, pki):
     # Both locations shadow: the would-be refusal passes through the redirect.
     resp = get(stack, "/shadowerr2/missing", pki.leaf_other)
     assert resp.status_code == 404 and resp.text == "shadow2\n", (resp.status_code, resp.text)
+
+
+def test_server_level_shadow_is_warned_at_startup(pki):
+    # CertGateMode Shadow outside any section makes every gated location of the
+    # virtual host shadow: the startup reminder must say so.
+    s = Stack(pki, extra_vhost="  CertGateMode Shadow\n")
+    try:
+        resp = get(s, "/gated/ok.txt", pki.leaf_other)
+        assert resp.status_code == 200     # shadow applies to /gated/
+        assert "CG05010" in s.server.read_log(), s.server.read_log()[-2000:]
+    finally:
+        s.close()
