@@ -6,6 +6,7 @@ import os
 
 import pytest
 
+import harness
 from clients import get, reason_of
 from conftest import SERVERS, Stack
 from harness import flush_store, register
@@ -146,4 +147,30 @@ def test_server_level_shadow_is_warned_at_startup(pki):
         assert resp.status_code == 200     # shadow applies to /gated/
         assert "CG05010" in s.server.read_log(), s.server.read_log()[-2000:]
     finally:
+        s.close()
+
+
+@pytest.mark.parametrize("server", SERVERS)
+def test_shadow_wins_over_fail_open(pki, server):
+    # test_shadow.py's "FAIL-OPEN not in the log" cannot fail: fail-open is not
+    # configured there. Here it is, beside shadow mode, which must take precedence.
+    s = Stack(pki, server=server,
+              extra_vhost="  CertGateOnStoreError allow\n"
+                          "  <Location \"/shadow/\">\n    CertGate On\n    CertGateMode Shadow\n"
+                          "  </Location>\n",
+              nginx_args={"extra_server": "location /shadow/ { certgate on; "
+                                          "certgate_mode shadow; certgate_on_store_error allow; }"})
+    try:
+        os.makedirs(os.path.join(s.work, "htdocs", "shadow"), exist_ok=True)
+        with open(os.path.join(s.work, "htdocs", "shadow", "ok.txt"), "w") as f:
+            f.write("ok\n")
+        s.redis.stop()
+        resp = get(s, "/shadow/ok.txt", pki.leaf_b)
+        assert resp.status_code == 200
+        assert harness.wait_for_line(s.server.error_log, "CG01010")
+        log = s.server.read_log()
+        assert "reason=store_unavailable" in log
+        assert "CG02002" not in log and "FAIL-OPEN" not in log
+    finally:
+        s.redis.start()
         s.close()
