@@ -960,8 +960,15 @@ static ngx_int_t cg_gate(ngx_http_request_t *r, int in_rewrite)
      * location is checked here, and so is a deny that was not enforced
      * (shadow, fail-open) reaching an enforcing location. */
     if (req != NULL && req->state == ST_DECIDED) {
-        if (!req->not_enforced || r != r->main || lc->enabled != 1 || lc->shadow == 1)
+        if (!req->not_enforced || lc->enabled != 1 || lc->shadow == 1)
             return NGX_DECLINED;
+        if (r != r->main) {     /* req is the main request's: refuse, do not decide again */
+            ngx_log_error(NGX_LOG_WARN, r->connection->log, 0, "CG01001: deny reason=%s "
+                          "fingerprint=- app=- asked=- cert=- client=%V (subrequest into an "
+                          "enforcing location; the request's refusal was not enforced)",
+                          cg_reason_name(req->reason), &r->connection->addr_text);
+            return NGX_HTTP_FORBIDDEN;
+        }
         req->state = ST_NEW;
         req->not_enforced = 0;
         req->shadow = 0;

@@ -24,6 +24,12 @@ HTTPD_VHOST = """
     CertGateMode Shadow
     ErrorDocument 404 /shadow2/ok.txt
   </Location>
+  <Location "/shadowssi/">
+    CertGate On
+    CertGateMode Shadow
+    Options +Includes
+    AddOutputFilter INCLUDES .txt
+  </Location>
   <Location "/shadow2/">
     CertGate On
     CertGateMode Shadow
@@ -60,6 +66,12 @@ NGINX_SERVER = """
             certgate_app_from variable $arg_app;
             rewrite ^/shadowvarrw/(.*)$ /appvar/$1 last;
         }
+        location /shadowssi/ {
+            certgate on;
+            certgate_mode shadow;
+            ssi on;
+            ssi_types text/plain;
+        }
         location /appvar/ {
             certgate on;
             certgate_app_from variable $arg_app;
@@ -70,12 +82,16 @@ NGINX_SERVER = """
 @pytest.fixture(scope="module", params=SERVERS)
 def module_stack(request, pki):
     s = Stack(pki, server=request.param, extra_vhost=HTTPD_VHOST,
+              extra_server="LoadModule include_module %s/mod_include.so" % harness.MODDIR,
               nginx_args={"extra_server": NGINX_SERVER})
     with open(os.path.join(s.work, "htdocs", "gated", "secret.txt"), "w") as f:
         f.write(SECRET)
     os.makedirs(os.path.join(s.work, "htdocs", "appvar"), exist_ok=True)
     with open(os.path.join(s.work, "htdocs", "appvar", "secret.txt"), "w") as f:
         f.write(SECRET)
+    os.makedirs(os.path.join(s.work, "htdocs", "shadowssi"), exist_ok=True)
+    with open(os.path.join(s.work, "htdocs", "shadowssi", "page.txt"), "w") as f:
+        f.write('page <!--#include virtual="/gated/secret.txt" --> end\n')
     os.makedirs(os.path.join(s.work, "htdocs", "shadow2"), exist_ok=True)
     with open(os.path.join(s.work, "htdocs", "shadow2", "ok.txt"), "w") as f:
         f.write("shadow2\n")
@@ -121,6 +137,17 @@ def test_app_check_after_rewrite_into_enforcing_is_enforced(stack, pki):
     assert reason_of(resp) == "app_mismatch"
     resp = get(stack, "/shadowvarrw/secret.txt?app=app1", pki.leaf)
     assert resp.status_code == 200 and resp.text == SECRET
+
+
+@pytest.mark.parametrize("cert", ["unregistered", "none"])
+def test_subrequest_from_shadow_into_enforcing_is_refused(stack, pki, cert):
+    register(stack.r, pki.leaf, "app1")
+    c = pki.leaf_other if cert == "unregistered" else None
+    resp = get(stack, "/shadowssi/page.txt", c)
+    assert SECRET not in resp.text, (resp.status_code, resp.text)
+    # An allowed client still gets the included content.
+    resp = get(stack, "/shadowssi/page.txt", pki.leaf)
+    assert resp.status_code == 200 and SECRET in resp.text, resp.text
 
 
 def test_redirect_keeps_working_where_the_client_is_allowed(stack, pki):
