@@ -255,6 +255,11 @@ static int cg_post_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *ptemp
                          "while Redis fails (%s)", server_where(v, where, sizeof(where)));
         /* A reminder at every start: shadow sections refuse nothing (CG05010). */
         core_server_config *csc = ap_get_core_module_config(v->module_config);
+        const cg_dir_t *vd = ap_get_module_config(v->lookup_defaults, &certgate_module);
+        if (cgh_gate_configured && vd != NULL && vd->shadow == 1)   /* outside any section */
+            ap_log_error(APLOG_MARK, APLOG_WARNING, 0, v, "CG05010: CertGateMode Shadow for all "
+                         "of %s: the gate logs and counts would-be denies but refuses nothing",
+                         v->server_hostname ? v->server_hostname : "-");
         for (int k = 0; cgh_gate_configured && csc != NULL && k < 2; k++) {
             const apr_array_header_t *sa = k == 0 ? csc->sec_dir : csc->sec_url;
             for (int i = 0; sa != NULL && i < sa->nelts; i++) {
@@ -578,19 +583,20 @@ static int cg_fixups(request_rec *r)
     if (d == NULL || d->enabled != 1)
         return DECLINED;
 
-    request_rec *first = r;
-    while (first->main != NULL)
-        first = first->main;
-    while (first->prev != NULL)
-        first = first->prev;
-    /* The first request's decision stands for its subrequests and redirects
-     * (an ErrorDocument for our 403 must not be gated again). An ungated first
-     * request does not exempt a gated redirect target: that is checked here. */
-    if (first != r) {
+    /* The nearest earlier request that decided (redirects before subrequests). */
+    request_rec *first = r->prev ? r->prev : r->main;
+    while (first != NULL && apr_table_get(first->notes, NOTE_DECISION) == NULL)
+        first = first->prev ? first->prev : first->main;
+    /* Its decision stands for its subrequests and redirects (an ErrorDocument
+     * for our 403 must not be gated again). An ungated first request does not
+     * exempt a gated redirect target: that is checked here. Nor does a deny it
+     * did not enforce (shadow, fail-open) exempt an enforcing location. */
+    if (first != NULL) {
         const char *note = apr_table_get(first->notes, NOTE_DECISION);
-        if (note != NULL) {
+        int not_enforced = apr_table_get(first->notes, NOTE_NOT_ENFORCED) != NULL;
+        if (!not_enforced || d->shadow == 1) {
             strip_incoming(r);
-            if (strcmp(note, "allow") == 0 || apr_table_get(first->notes, NOTE_NOT_ENFORCED))
+            if (strcmp(note, "allow") == 0 || not_enforced)
                 copy_exports(r, first);
             return DECLINED;
         }

@@ -1110,9 +1110,22 @@ static ngx_int_t cg_gate(ngx_http_request_t *r, int in_rewrite)
 
     /* The first decision stands after an internal redirect (an error_page for
      * our 403 is not gated again); an ungated request redirected into a gated
-     * location is checked here. */
-    if (req != NULL && req->state == ST_DECIDED)
-        return NGX_DECLINED;
+     * location is checked here, and so is a deny that was not enforced
+     * (shadow, fail-open) reaching an enforcing location. */
+    if (req != NULL && req->state == ST_DECIDED) {
+        if (!req->not_enforced || lc->enabled != 1 || lc->shadow == 1)
+            return NGX_DECLINED;
+        if (r != r->main) {     /* req is the main request's: refuse, do not decide again */
+            ngx_log_error(NGX_LOG_WARN, r->connection->log, 0, "CG01001: deny reason=%s "
+                          "fingerprint=- app=- asked=- cert=- client=%V (subrequest into an "
+                          "enforcing location; the request's refusal was not enforced)",
+                          cg_reason_name(req->reason), &r->connection->addr_text);
+            return NGX_HTTP_FORBIDDEN;
+        }
+        req->state = ST_NEW;
+        req->not_enforced = 0;
+        req->shadow = 0;
+    }
     if (req != NULL && req->state == ST_PENDING)
         return NGX_AGAIN;
     /* The answer is in and we run now: the posted resume must not run the
@@ -1122,8 +1135,11 @@ static ngx_int_t cg_gate(ngx_http_request_t *r, int in_rewrite)
     }
     /* Certificate admitted in the rewrite phase: the app is checked in the
      * precontent phase, with the first gated location's variable. */
-    if (req != NULL && req->state == ST_CERT_OK && in_rewrite)
+    if (req != NULL && req->state == ST_CERT_OK && in_rewrite) {
+        if (lc->enabled == 1 && lc->shadow != 1)    /* an enforcing location on the way */
+            req->shadow = 0;
         return NGX_DECLINED;
+    }
     if (lc->enabled != 1 && (req == NULL || req->state != ST_CERT_OK))
         return NGX_DECLINED;
     if (req == NULL) {
@@ -1185,7 +1201,8 @@ static ngx_int_t cg_gate(ngx_http_request_t *r, int in_rewrite)
         .client = ip,
         .log_ctx = r->connection->log,
         .conn = cc != NULL ? &cc->dc : NULL,
-        .shadow = req->state == ST_CERT_OK ? req->shadow : lc->shadow == 1,
+        .shadow = req->state == ST_CERT_OK ? req->shadow && (lc->enabled != 1 || lc->shadow == 1)
+                                           : lc->shadow == 1,
     };
     cg_gate_verdict_t v;
     if (req->state == ST_CERT_OK) {
