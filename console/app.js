@@ -38,7 +38,7 @@ function notice(text) {
 
 function screen(title, ...kids) {
   const main = document.getElementById('main');
-  main.replaceChildren(el('h1', { text: title }), ...kids);
+  main.replaceChildren(el('h1', { text: title }), ...kids.filter(k => k !== null && k !== undefined));
   document.title = title + ' - certgate console';
 }
 
@@ -345,7 +345,7 @@ function eventsTable(items) {
     el('tbody', {}, ...items.map(e => el('tr', {},
       el('td', { text: day(e.time) }), el('td', { text: e.action }), el('td', { text: e.user }),
       el('td', { text: e.appId || '' }), el('td', { class: 'mono', text: e.certId || '' }),
-      el('td', { text: Object.entries(e).filter(([k]) => !['id', 'time', 'action', 'user', 'appId', 'certId'].includes(k))
+      el('td', { class: 'details', text: Object.entries(e).filter(([k, v]) => v !== '' && v !== null && !['id', 'time', 'action', 'user', 'appId', 'certId'].includes(k))
         .map(([k, v]) => k + '=' + (typeof v === 'object' ? JSON.stringify(v) : v)).join(' ') }))))));
 }
 
@@ -445,7 +445,13 @@ function timeline(oldC, newC, rot) {
       '; new certificate serves from ' + day(rot.activateAt) + '; both are accepted in between.' },
     bar('old', start, r, 'old: ' + (oldC ? oldC.commonName : rot.oldCertId)),
     bar('new', a, end, 'new: ' + (newC ? newC.commonName : rot.newCertId)),
-    bar('overlap', a, r, 'overlap'));
+    bar('overlap', a, r, 'overlap'), nowMark(pos(Date.now())));
+}
+
+function nowMark(left) {
+  const m = el('div', { class: 'now', title: 'now' });
+  m.style.left = left + '%';
+  return m;
 }
 
 function usageBox(title, c) {

@@ -24,7 +24,7 @@ import time
 import pytest
 import requests
 from selenium import webdriver
-from selenium.common.exceptions import NoAlertPresentException
+from selenium.common.exceptions import NoAlertPresentException, StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
@@ -95,7 +95,9 @@ class Browser:
         self.wait(lambda d: d.find_element(By.ID, "main").get_attribute("data-ready") == frag)
 
     def wait(self, cond, timeout=15):
-        return WebDriverWait(self.d, timeout, poll_frequency=0.05).until(cond)
+        # The console redraws whole screens: an element found may be replaced at once.
+        return WebDriverWait(self.d, timeout, poll_frequency=0.05,
+                             ignored_exceptions=(StaleElementReferenceException,)).until(cond)
 
     def wait_text(self, text, timeout=15):
         self.wait(lambda d: text in d.find_element(By.ID, "main").text, timeout)
@@ -104,10 +106,12 @@ class Browser:
         return self.d.find_element(By.ID, "main").text
 
     def button(self, text):
-        for b in self.d.find_elements(By.TAG_NAME, "button"):
-            if b.text == text and b.is_displayed():
-                return b
-        raise AssertionError("no button %r in %s" % (text, self.main_text()[:400]))
+        def find(d):
+            for b in d.find_elements(By.TAG_NAME, "button"):
+                if b.text == text and b.is_displayed():
+                    return b
+            return False
+        return self.wait(find, timeout=5)
 
     def field(self, label):
         """The value shown for a label in a field list (dl.fields), or None."""
@@ -123,6 +127,7 @@ class Browser:
 
     def shot(self, name):
         os.makedirs(SHOTS, exist_ok=True)
+        self.d.execute_script("document.getElementById('notice').textContent = '';")
         self.d.save_screenshot(os.path.join(SHOTS, name + ".png"))
 
     def fetch(self, method, path):
@@ -285,9 +290,10 @@ def test_workflow_upload_approve_rotate_audit(stack, browser, api, pki, tmp_path
     assert [s.find_element(By.TAG_NAME, "h3").text for s in sides] == ["Old certificate",
                                                                        "New certificate"]
     assert "app1 client next" in sides[0].text and "app1 client\n" in sides[1].text + "\n"
+    b.d.execute_script("arguments[0].scrollIntoView()", rot)
     b.shot("rotation")
     rots = api.call("GET", "/apps/app1/rotations", "sup1").json()["items"]
-    assert [r["state"] for r in rots] == ["CANCELLED", "OVERLAP"]
+    assert sorted(r["state"] for r in rots) == ["CANCELLED", "OVERLAP"]
     # Both are let in during the overlap.
     assert gate_status(stack, pki.leaf, 200) == 200
     assert gate_status(stack, pki.leaf_b, 200) == 200
@@ -374,12 +380,13 @@ def test_cross_site_form_post_changes_nothing(stack, browser, api, pki):
         before = redis_snapshot(stack.r)
         browser.login("mgr1")     # the manager's credentials go with every request
         browser.d.get("http://127.0.0.1:%d/" % port)
-        browser.wait(lambda d: d.current_url.startswith(target), timeout=10)
-        browser.wait(lambda d: "Request.CrossSite" in d.find_element(By.TAG_NAME, "body").text)
+        browser.wait(lambda d: d.current_url.startswith(target) and
+                     d.execute_script("return document.readyState") == "complete", timeout=10)
+        assert status_of(stack, cid) == "PENDING"
+        assert "Request.CrossSite" in browser.d.find_element(By.TAG_NAME, "body").text
     finally:
         srv.shutdown()
         srv.server_close()
-    assert status_of(stack, cid) == "PENDING"
     assert redis_snapshot(stack.r) == before      # nothing written, no event
     assert "CG06010: refused a cross-site admin POST /certs/%s/approve: Origin=http://127.0.0.1:%d " \
            "Sec-Fetch-Site=cross-site user=mgr1" % (cid, port) in stack.httpd.read_log()
