@@ -35,9 +35,7 @@ build/gen/cg_console_assets.c: $(CONSOLE_FILES) scripts/embed-assets.sh
 	@mkdir -p build/gen
 	sh scripts/embed-assets.sh $@ $(CONSOLE_FILES)
 
-build/core/cg_admin_console.o: src/cg_admin_console.c build/gen/cg_console_assets.c src/*.h
-	@mkdir -p build/core
-	$(CC) $(CFLAGS_COMMON) -Isrc -Ibuild/gen -c -o $@ $<
+build/core/cg_admin_console.o: build/gen/cg_console_assets.c
 
 $(CORE_LIB): $(CORE_OBJ)
 	ar rcs $@ $^
@@ -140,6 +138,9 @@ build/asan/mod_certgate.so: $(HTTPD_SRC) $(CORE_SRC) src/*.h src/httpd/*.h
 build/asan/core/%.o: src/%.c src/*.h
 	@mkdir -p build/asan/core
 	$(CC) $(CFLAGS_COMMON) -O1 $(SAN_FLAGS) -Isrc -c -o $@ $<
+
+# The sanitizer and fuzzing builds embed the console too.
+build/asan/core/cg_admin_console.o build/asan/test_core build/asan/mod_certgate.so $(FUZZ_TARGETS:%=build/fuzz/%): build/gen/cg_console_assets.c
 
 build/asan/libcertgate.a: $(CORE_SRC:src/%.c=build/asan/core/%.o)
 	ar rcs $@ $^

@@ -19,11 +19,15 @@ typedef struct {
     size_t len;
 } console_asset_t;
 
-/* The Makefile generates it (make module); builds without it (fuzzing,
- * sanitizer builds) serve no console. */
+/* The Makefile generates it into build/gen/ (never committed). Found from
+ * src/ or from build/asan/apxs/ (the sanitizer build compiles copies there);
+ * a build without it serves no console. */
 #if defined(__has_include)
-#if __has_include("cg_console_assets.c")
-#include "cg_console_assets.c"
+#if __has_include("../build/gen/cg_console_assets.c")
+#include "../build/gen/cg_console_assets.c"
+#define HAVE_CONSOLE 1
+#elif __has_include("../../gen/cg_console_assets.c")
+#include "../../gen/cg_console_assets.c"
 #define HAVE_CONSOLE 1
 #endif
 #endif
