@@ -177,8 +177,8 @@ async function showCerts() {
   const next = el('button', { type: 'button', text: 'Next page' });
   const table = el('div', { class: 'tablewrap' }, el('table', {},
     el('caption', { class: 'skip', text: 'Registrations' }),
-    el('thead', {}, el('tr', {}, ...['Common name', 'App', 'Customer', 'Status', 'Expires'].map(
-      h => el('th', { scope: 'col', text: h })), el('th', { scope: 'col', class: 'wide', text: 'Fingerprint' }))),
+    el('thead', {}, el('tr', {}, ...[['Common name'], ['App'], ['Customer', 'wide'], ['Status'], ['Expires'], ['Fingerprint', 'wide']].map(
+      ([h, cls]) => el('th', { scope: 'col', class: cls, text: h })))),
     body));
 
   const filtered = () => {
@@ -196,8 +196,8 @@ async function showCerts() {
     const start = (state.page - 1) * state.pageSize;
     body.replaceChildren(...list.slice(start, start + state.pageSize).map(c => el('tr', {},
       el('td', {}, el('a', { href: '#/cert/' + encodeURIComponent(c.id), text: c.commonName || '(no CN)' })),
-      el('td', { text: c.appId }), el('td', { text: c.customerId }), el('td', {}, statusChip(c.status)),
-      el('td', { text: (c.validTo || '').slice(0, 10) + ' (' + daysLeft(c) + ')' }),
+      el('td', { text: c.appId }), el('td', { class: 'wide', text: c.customerId }), el('td', {}, statusChip(c.status)),
+      el('td', {}, el('span', { class: 'nowrap', text: (c.validTo || '').slice(0, 10) }), ' ', el('span', { class: 'nowrap', text: daysLeft(c) })),
       el('td', { class: 'mono wide', text: c.fingerprint.slice(0, 16) + '…' }))));
     count.textContent = list.length + ' of ' + certs.length + ' registrations, page ' + state.page + ' of ' + pages;
     prev.disabled = state.page <= 1;

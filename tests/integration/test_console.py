@@ -323,12 +323,48 @@ def test_workflow_upload_approve_rotate_audit(stack, browser, api, pki, tmp_path
     assert [e["action"] for e in events(stack) if e.get("cert_id") == new_id and
             e["action"] == "cert.approve"] == ["cert.approve"]
 
-    # The list, as a manager sees it (screenshot).
+    # The list, as a manager sees it (screenshot), with one more pending and one declined.
+    api.upload(make_cert("billing client", issuer=pki.inter, days=400), user="dev1")
+    declined = api.upload(make_cert("legacy client", issuer=pki.inter, days=400), user="dev1")
+    api.call("POST", "/certs/%s/decline" % declined.json()["id"], "mgr1",
+             json={"reason": "CN does not name the app"})
     b.login("mgr1")
     b.open("certs")
     b.shot("registrations")
     b.open("certs", width=390)
     b.shot("registrations-390")
+
+
+# ---------------------------------------------------------------- roles
+
+def test_role_aware(stack, browser, api, pki):
+    cid = api.upload(pki.leaf, user="dev1").json()["id"]
+    api.approved(pki.leaf_b, app="app1", user="dev1", manager="mgr1")
+    b = browser
+    nav = lambda: [a.text for a in b.d.find_elements(By.CSS_SELECTOR, "nav a")]
+    writes = ("Approve", "Decline", "Inactivate", "Schedule rotation", "Upload")
+    buttons = lambda: [e.text for e in b.d.find_elements(By.CSS_SELECTOR, "main button")]
+    # An auditor reads everything and gets no write button anywhere.
+    b.login("aud1")
+    b.open("certs")
+    assert nav() == ["Registrations", "Rotations", "Audit log"]
+    b.wait_text("All (2)")
+    for frag in ("cert/" + cid, "rotations/app1"):
+        b.open(frag)
+        assert not set(buttons()) & set(writes), (frag, buttons())
+    assert b.d.find_elements(By.ID, "rot-new") == []
+    # A developer of another customer sees none of cust-1's registrations.
+    b.login("dev2")
+    b.open("certs")
+    assert nav() == ["Registrations", "Upload"]
+    b.wait_text("All (0)")
+    b.open("cert/" + cid)
+    b.wait_text("Certificate.NotFound")
+    # The uploader (a developer only) learns why it cannot approve.
+    b.login("dev1")
+    b.open("cert/" + cid)
+    assert "Approve" not in buttons()
+    assert "only a manager other than the uploader can approve" in b.d.find_element(By.ID, "why-not").text
 
 
 # ---------------------------------------------------------------- text only
