@@ -367,6 +367,24 @@ def test_role_aware(stack, browser, api, pki):
     assert "only a manager other than the uploader can approve" in b.d.find_element(By.ID, "why-not").text
 
 
+def test_upload_by_drag_and_drop(stack, browser, pki):
+    cert = make_cert("dropped client", issuer=pki.inter, days=400)
+    browser.login("dev1")
+    browser.open("upload")
+    browser.d.execute_script("""
+      const dt = new DataTransfer();
+      dt.items.add(new File([arguments[0]], 'dropped.crt'));
+      dt.items.add(new File([arguments[1]], 'chain.pem'));
+      document.querySelector('.drop').dispatchEvent(new DragEvent('drop', {dataTransfer: dt, bubbles: true}));
+    """, cert.pem.decode(), cert.der_chain_pem())
+    assert browser.d.execute_script(
+        "return [document.getElementById('up-cert').files[0].name,"
+        " document.getElementById('up-chain').files[0].name];") == ["dropped.crt", "chain.pem"]
+    browser.button("Upload").click()
+    browser.wait_text("Uploaded: status PENDING")
+    assert stack.r.get("certgate:fp:" + cert.fingerprint)
+
+
 # ---------------------------------------------------------------- text only
 
 def test_certificate_fields_render_as_text(stack, browser, api, pki):
@@ -588,3 +606,41 @@ def test_thousand_registrations_load(stack, browser, api, pki):
     assert m["pageBody"] < 64 * 1024      # html + js + css
     assert m["render"] < 15000, m         # generous: two shared cores
     assert len(browser.d.find_elements(By.CSS_SELECTOR, "main tbody tr")) == 50
+
+    # Chips count what the API derives (30 expiring-soon days).
+    b = browser
+    st = [("PENDING", "APPROVED", "DECLINED", "INACTIVATED")[i % 4] for i in range(999)]
+    days = [i % 400 + 1 for i in range(999)]
+    chips = {c.text.rsplit(" (", 1)[0]: int(c.text.rsplit("(", 1)[1][:-1])
+             for c in b.d.find_elements(By.CSS_SELECTOR, ".chips .chip")}
+    assert chips == {"All": 1000, "Pending": st.count("PENDING") + 1,
+                     "Approved": st.count("APPROVED"),
+                     "Expiring soon": sum(1 for s, d in zip(st, days)
+                                          if s in ("PENDING", "APPROVED") and d <= 30),
+                     "Expired": 0, "Declined": st.count("DECLINED"),
+                     "Inactivated": st.count("INACTIVATED")}, chips
+    # Sorted by expiry, soonest first; paging.
+    first = b.d.find_element(By.CSS_SELECTOR, "main tbody tr td a").text
+    assert first in ("client %04d" % i for i in range(999) if days[i] == 1)
+    b.button("Next page").click()
+    b.wait_text("1000 of 1000 registrations, page 2 of 20")
+    # Search: CN, fingerprint prefix (with colons), app.
+    search = b.d.find_element(By.ID, "search")
+    fp = hashlib.sha256(b"console-123").hexdigest()
+    for text, want in (("client 0123", 1), (":".join(fp[i:i + 2] for i in range(0, 8, 2)), 1),
+                       ("app1", 1000), ("no such thing", 0)):
+        search.clear()
+        search.send_keys(text)
+        b.wait_text("%d of 1000 registrations" % want)
+    # CSV of the filtered list: every matching row, not just the page.
+    search.clear()
+    search.send_keys("client 01")
+    b.wait_text("100 of 1000 registrations")
+    for f in os.listdir(b.downloads):
+        os.unlink(os.path.join(b.downloads, f))
+    b.button("Export CSV").click()
+    path = os.path.join(b.downloads, "registrations.csv")
+    b.wait(lambda d: os.path.exists(path) and os.path.getsize(path) > 0)
+    time.sleep(0.2)
+    rows = list(csv.DictReader(io.StringIO(open(path).read())))
+    assert len(rows) == 100 and all(r["commonName"].startswith("client 01") for r in rows)
