@@ -54,7 +54,8 @@ typedef struct {
     const char *if_match;
     /* For the same-origin check of writes (cg_admin_cross_site): the request's
      * Origin, Sec-Fetch-Site and Host headers (NULL when absent) and whether it
-     * came over TLS. */
+     * came over TLS. Every adapter must fill them: left NULL, browsers' cross-site
+     * writes pass. */
     const char *origin;
     const char *sec_fetch_site;
     const char *host;
@@ -73,7 +74,8 @@ typedef struct {
     char *body;                 /* malloc'd, NUL-terminated */
     size_t body_len;
     /* Console pages: the Content-Security-Policy the adapter must send with
-     * them (and Referrer-Policy: no-referrer), NULL for API answers. */
+     * them; NULL for API answers. (Adapters send Cache-Control: no-store,
+     * X-Content-Type-Options: nosniff and Referrer-Policy: no-referrer always.) */
     const char *csp;
     int cross_site;             /* refused by the same-origin check (log CG06010) */
 } cg_admin_resp_t;
