@@ -537,8 +537,8 @@ async function showAudit() {
     do {
       const r = await api('GET', '/events' + q({ ...st.filters, limit: 10000, cursor }), { accept: 'text/csv' });
       if (!r.ok) { info.textContent = 'CSV export failed: ' + errText(r); return; }
-      const lines = r.text.split('\r\n');
-      out += (n++ === 0 ? r.text : lines.slice(1).join('\r\n'));
+      // One header line for the whole file: drop it from later pages.
+      out += n++ === 0 ? r.text : r.text.split('\n').slice(1).join('\n');
       cursor = r.headers.get('CertGate-Next-Cursor');
     } while (cursor);
     download('audit.csv', out);
