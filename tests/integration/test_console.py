@@ -45,8 +45,6 @@ SHOTS = os.environ.get("CERTGATE_CONSOLE_SHOTS") or os.path.join(ROOT, "build", 
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
        "frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
 
-pytestmark = pytest.mark.skipif(not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)),
-                                reason="chromium and chromium-driver are not installed (make deps)")
 
 
 class Browser:
@@ -155,6 +153,8 @@ def stack(pki):
 
 @pytest.fixture(scope="module")
 def browser(stack):
+    if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
+        pytest.fail("chromium and chromium-driver are not installed: run 'make deps'")
     b = Browser(stack)
     yield b
     b.close()
