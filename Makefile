@@ -11,7 +11,7 @@ CORE_SRC = src/cg_fp.c src/cg_reg.c src/cg_decide.c src/cg_store.c src/cg_regist
 # The admin API, by job (src/cg_admin_int.h says which file does what).
 ADMIN_SRC = src/cg_admin.c src/cg_admin_route.c src/cg_admin_view.c src/cg_admin_upload.c \
             src/cg_admin_lifecycle.c src/cg_admin_entity.c src/cg_admin_read.c src/cg_admin_stats.c \
-            src/cg_admin_transfer.c
+            src/cg_admin_transfer.c src/cg_admin_console.c
 CORE_OBJ = $(CORE_SRC:src/%.c=build/core/%.o)
 CORE_LIB = build/libcertgate.a
 LIBS     = -ljansson -lhiredis -lssl -lcrypto -lpthread
@@ -28,6 +28,14 @@ deps:
 build/core/%.o: src/%.c src/*.h
 	@mkdir -p build/core
 	$(CC) $(CFLAGS_COMMON) -Isrc -c -o $@ $<
+
+# The console's files, embedded into the core (not committed: build/gen/).
+CONSOLE_FILES = console/index.html console/app.js console/app.css
+build/gen/cg_console_assets.c: $(CONSOLE_FILES) scripts/embed-assets.sh
+	@mkdir -p build/gen
+	sh scripts/embed-assets.sh $@ $(CONSOLE_FILES)
+
+build/core/cg_admin_console.o: build/gen/cg_console_assets.c
 
 $(CORE_LIB): $(CORE_OBJ)
 	ar rcs $@ $^
@@ -130,6 +138,9 @@ build/asan/mod_certgate.so: $(HTTPD_SRC) $(CORE_SRC) src/*.h src/httpd/*.h
 build/asan/core/%.o: src/%.c src/*.h
 	@mkdir -p build/asan/core
 	$(CC) $(CFLAGS_COMMON) -O1 $(SAN_FLAGS) -Isrc -c -o $@ $<
+
+# The sanitizer and fuzzing builds embed the console too.
+build/asan/core/cg_admin_console.o build/asan/test_core build/asan/mod_certgate.so $(FUZZ_TARGETS:%=build/fuzz/%): build/gen/cg_console_assets.c
 
 build/asan/libcertgate.a: $(CORE_SRC:src/%.c=build/asan/core/%.o)
 	ar rcs $@ $^

@@ -52,6 +52,14 @@ typedef struct {
     const char *content_type;
     const char *accept;
     const char *if_match;
+    /* For the same-origin check of writes (cg_admin_cross_site): the request's
+     * Origin, Sec-Fetch-Site and Host headers (NULL when absent) and whether it
+     * came over TLS. Every adapter must fill them: left NULL, browsers' cross-site
+     * writes pass. */
+    const char *origin;
+    const char *sec_fetch_site;
+    const char *host;
+    int tls;
     unsigned char *body;        /* wiped by cg_admin_handle: it may hold a private key */
     size_t body_len;
     int64_t now;
@@ -65,6 +73,11 @@ typedef struct {
     char next[48];              /* /events: cursor of the next page, "" when complete */
     char *body;                 /* malloc'd, NUL-terminated */
     size_t body_len;
+    /* Console pages: the Content-Security-Policy the adapter must send with
+     * them; NULL for API answers. (Adapters send Cache-Control: no-store,
+     * X-Content-Type-Options: nosniff and Referrer-Policy: no-referrer always.) */
+    const char *csp;
+    int cross_site;             /* refused by the same-origin check (log CG06010) */
 } cg_admin_resp_t;
 
 void cg_admin_handle(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_admin_req_t *req,
@@ -86,6 +99,15 @@ int cg_admin_store_stats(cg_store_t *st, int timeout_ms, int64_t now, int soon_d
  */
 int cg_admin_expiry_scan(cg_store_t *st, int timeout_ms, int64_t now, const int *days_desc,
                          size_t ndays, char *err, size_t errlen);
+
+/*
+ * The same-origin rule for state-changing requests (every method but GET and
+ * HEAD): NULL when the request may go on, else why it is refused. Refused when
+ * Sec-Fetch-Site is present and is neither "same-origin" nor "none", or when
+ * Origin is present and is not scheme://Host of this request (https when tls).
+ * Requests with neither header (curl, scripts) pass.
+ */
+const char *cg_admin_cross_site(const cg_admin_req_t *req);
 
 /* An error response {"status":..,"code":..,"message":..}. */
 void cg_admin_error(cg_admin_resp_t *resp, int status, const char *code, const char *message);

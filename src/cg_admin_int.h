@@ -6,7 +6,8 @@
  * cg_admin_upload.c: upload and check; cg_admin_lifecycle.c: transitions
  * and rotations; cg_admin_entity.c: customers and apps; cg_admin_read.c:
  * listing, reading and the audit log; cg_admin_stats.c: usage, store stats
- * and the expiry scan; cg_admin_transfer.c: export and import. Redis keys and scripts live in cg_registry.c.
+ * and the expiry scan; cg_admin_transfer.c: export and import;
+ * cg_admin_console.c: the console's files, whoami, the same-origin rule. Redis keys and scripts live in cg_registry.c.
  */
 #ifndef CG_ADMIN_INT_H
 #define CG_ADMIN_INT_H
@@ -208,6 +209,11 @@ void adm_events(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_admin_req_t *req,
 void adm_export(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_admin_req_t *req,
                 cg_admin_resp_t *resp);
 void adm_import(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_admin_req_t *req,
+                cg_admin_resp_t *resp);
+
+/* ---- console (cg_admin_console.c): its files under /console, and GET /whoami. */
+void adm_console(cg_admin_req_t *req, cg_admin_resp_t *resp);
+void adm_whoami(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_admin_req_t *req,
                 cg_admin_resp_t *resp);
 
 /* ---- usage (cg_admin_stats.c): add "usage" to each view in items. */

@@ -142,6 +142,13 @@ static void r_events(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_admin_req_t *
     adm_events(cfg, st, req, resp);
 }
 
+static void r_whoami(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_admin_req_t *req,
+                     cg_admin_resp_t *resp, char seg[][SEG_LEN])
+{
+    (void)seg;
+    adm_whoami(cfg, st, req, resp);
+}
+
 /*
  * Every route. A path some route matches, with a method none of its routes
  * take, answers 405 naming the methods in table order ("use GET or POST").
@@ -168,6 +175,7 @@ static const route_t ROUTES[] = {
     { "GET",    "events",                r_events },
     { "GET",    "export",                r_export },
     { "POST",   "import",                r_import },
+    { "GET",    "whoami",                r_whoami },
 };
 
 /* Paths below these hold an app or customer id as their second segment. */
@@ -236,6 +244,20 @@ void cg_admin_handle(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_admin_req_t *
     const route_t *route = NULL;
 
     memset(resp, 0, sizeof(*resp));
+    /* Writes from another site's page (cached Basic credentials) stop here,
+     * before any handler: nothing written, no event. */
+    const char *xsite = cg_admin_cross_site(req);
+    if (xsite != NULL) {
+        resp->cross_site = 1;
+        adm_errorf(resp, 403, "Request.CrossSite", "%s: a state-changing request must come "
+                   "from the admin location's own pages or a non-browser client", xsite);
+        goto done;
+    }
+    if (req->path != NULL && strncmp(req->path, "/console", 8) == 0 &&
+        (req->path[8] == '\0' || req->path[8] == '/')) {
+        adm_console(req, resp);
+        goto done;
+    }
     for (size_t i = 0; n >= 0 && route == NULL && i < NELEM(ROUTES); i++) {
         if (route_matches(ROUTES[i].path, seg, n)) {
             path_known = 1;
@@ -260,6 +282,7 @@ void cg_admin_handle(const cg_admin_cfg_t *cfg, cg_store_t *st, cg_admin_req_t *
     } else {
         cg_admin_error(resp, 404, "Route.NotFound", "no such endpoint; see docs/admin-api.md");
     }
+done:
     /* The body may hold a private key: wipe it whatever happened. */
     if (req->body != NULL)
         OPENSSL_cleanse(req->body, req->body_len);

@@ -102,6 +102,9 @@ static int send_admin(request_rec *r, cg_admin_resp_t *resp, const char *base)
     r->status = resp->status;
     apr_table_setn(r->headers_out, "Cache-Control", "no-store");
     apr_table_setn(r->headers_out, "X-Content-Type-Options", "nosniff");
+    apr_table_setn(r->headers_out, "Referrer-Policy", "no-referrer");
+    if (resp->csp != NULL)
+        apr_table_set(r->headers_out, "Content-Security-Policy", resp->csp);
     if (resp->etag[0])
         apr_table_set(r->headers_out, "ETag", resp->etag);
     if (resp->location[0])
@@ -220,8 +223,19 @@ int cgh_admin_handler(request_rec *r)
         req.content_type = apr_table_get(r->headers_in, "Content-Type");
         req.accept = apr_table_get(r->headers_in, "Accept");
         req.if_match = apr_table_get(r->headers_in, "If-Match");
+        req.origin = apr_table_get(r->headers_in, "Origin");
+        req.sec_fetch_site = apr_table_get(r->headers_in, "Sec-Fetch-Site");
+        req.host = apr_table_get(r->headers_in, "Host");
+        req.tls = strcmp(ap_http_scheme(r), "https") == 0;
         req.now = cgh_now_sec(sc, r->request_time);
         cg_admin_handle(&cfg, cg_gate_store(sc->gate), &req, &resp);
+        if (resp.cross_site)
+            ap_log_rerror(APLOG_MARK, APLOG_WARNING, 0, r, "CG06010: refused a cross-site admin "
+                          "%s %s: Origin=%s Sec-Fetch-Site=%s user=%s", r->method,
+                          ap_escape_logitem(r->pool, path),
+                          req.origin ? ap_escape_logitem(r->pool, req.origin) : "-",
+                          req.sec_fetch_site ? ap_escape_logitem(r->pool, req.sec_fetch_site) : "-",
+                          r->user ? ap_escape_logitem(r->pool, r->user) : "-");
     }
     ap_log_rerror(APLOG_MARK, resp.status >= 500 ? APLOG_ERR : APLOG_INFO, 0, r,
                   "CG06001: admin %s %s -> %d user=%s client=%s", r->method,

@@ -1387,6 +1387,119 @@ static void test_admin_routes(void **state)
     }
 }
 
+/* The same-origin rule for writes: which requests pass, which are refused. */
+static void test_admin_cross_site(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *method, *origin, *sfs, *host;
+        int tls, refused;
+    } cases[] = {
+        { "POST", NULL, NULL, "gw:8444", 1, 0 },                    /* curl: no browser headers */
+        { "POST", "https://gw:8444", "same-origin", "gw:8444", 1, 0 },
+        { "POST", "https://GW:8444", NULL, "gw:8444", 1, 0 },       /* host names ignore case */
+        { "POST", "https://gw", NULL, "gw:443", 1, 0 },             /* default port either way */
+        { "DELETE", "https://gw:443", NULL, "gw", 1, 0 },
+        { "POST", "http://gw:80", NULL, "gw", 0, 0 },
+        { "PATCH", NULL, "none", "gw", 1, 0 },                      /* typed into the address bar */
+        { "GET", "https://evil.example", "cross-site", "gw", 1, 0 }, /* reads are not checked */
+        { "HEAD", "null", "cross-site", "gw", 1, 0 },
+        { "POST", "https://evil.example", NULL, "gw:8444", 1, 1 },
+        { "POST", "http://gw:8444", NULL, "gw:8444", 1, 1 },        /* scheme differs */
+        { "POST", "https://gw:8445", NULL, "gw:8444", 1, 1 },       /* port differs */
+        { "POST", "https://gw:8444.evil", NULL, "gw:8444", 1, 1 },
+        { "POST", "https://user@gw:8444", NULL, "gw:8444", 1, 1 },
+        { "POST", "https://gw:8444/", NULL, "gw:8444", 1, 1 },
+        { "POST", "null", NULL, "gw:8444", 1, 1 },                  /* sandboxed or data: page */
+        { "POST", "https://gw:8444", NULL, NULL, 1, 1 },            /* no Host to compare with */
+        { "POST", NULL, "cross-site", "gw", 1, 1 },
+        { "POST", NULL, "same-site", "gw", 1, 1 },
+        { "PUT", "https://gw", "cross-site", "gw", 1, 1 },          /* both must pass */
+        { "DELETE", "https://evil.example", "same-origin", "gw", 1, 1 },
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        cg_admin_req_t req;
+        memset(&req, 0, sizeof(req));
+        req.method = cases[i].method;
+        req.origin = cases[i].origin;
+        req.sec_fetch_site = cases[i].sfs;
+        req.host = cases[i].host;
+        req.tls = cases[i].tls;
+        const char *why = cg_admin_cross_site(&req);
+        if ((why != NULL) != cases[i].refused)
+            fail_msg("case %zu (%s Origin=%s Sec-Fetch-Site=%s Host=%s): %s", i, cases[i].method,
+                     cases[i].origin ? cases[i].origin : "-", cases[i].sfs ? cases[i].sfs : "-",
+                     cases[i].host ? cases[i].host : "-", why ? why : "passed");
+    }
+    /* The handler refuses before any route: no store is touched (st is NULL here). */
+    cg_admin_cfg_t cfg;
+    cg_admin_cfg_defaults(&cfg);
+    cg_admin_req_t req;
+    cg_admin_resp_t resp;
+    memset(&req, 0, sizeof(req));
+    req.method = "POST";
+    req.path = "/certs/abc/approve";
+    req.user = "mgr";
+    req.roles = CG_ROLE_MANAGER;
+    req.origin = "https://evil.example";
+    req.host = "gw";
+    req.tls = 1;
+    cg_admin_handle(&cfg, NULL, &req, &resp);
+    assert_int_equal(resp.status, 403);
+    assert_int_equal(resp.cross_site, 1);
+    assert_non_null(strstr(resp.body, "\"code\":\"Request.CrossSite\""));
+    cg_admin_resp_free(&resp);
+    /* Same origin goes on to the routes. */
+    req.path = "/nope";
+    req.origin = "https://gw";
+    cg_admin_handle(&cfg, NULL, &req, &resp);
+    assert_int_equal(resp.status, 404);
+    assert_int_equal(resp.cross_site, 0);
+    cg_admin_resp_free(&resp);
+}
+
+/* The console's files carry the CSP; API answers do not need it. */
+static void test_admin_console_files(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *method, *path;
+        int status;
+        int csp;
+        const char *text;
+    } cases[] = {
+        { "GET", "/console/", 200, 1, "<script src=\"app.js\"" },
+        { "GET", "/console/index.html", 200, 1, "<!doctype html>" },
+        { "GET", "/console/app.js", 200, 1, "textContent" },
+        { "GET", "/console/app.css", 200, 1, "body" },
+        { "GET", "/console", 301, 0, "Route.Moved" },
+        { "GET", "/console/nope.js", 404, 0, "Route.NotFound" },
+        { "GET", "/console/../certs", 404, 0, "Route.NotFound" },
+        { "POST", "/console/", 405, 0, "use GET" },
+        { "GET", "/consoles", 404, 0, "Route.NotFound" },
+        { "GET", "/whoami", 200, 0, "\"roles\":[\"manager\",\"auditor\"],\"customer\":null" },
+    };
+    cg_admin_cfg_t cfg;
+    cg_admin_cfg_defaults(&cfg);
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        cg_admin_req_t req;
+        cg_admin_resp_t resp;
+        memset(&req, 0, sizeof(req));
+        req.method = cases[i].method;
+        req.path = cases[i].path;
+        req.user = "mgr";
+        req.roles = CG_ROLE_MANAGER | CG_ROLE_AUDITOR;
+        cg_admin_handle(&cfg, NULL, &req, &resp);
+        if (resp.status != cases[i].status || (resp.csp != NULL) != cases[i].csp ||
+            strstr(resp.body, cases[i].text) == NULL)
+            fail_msg("case %zu %s %s: %d csp=%d %.200s", i, cases[i].method, cases[i].path,
+                     resp.status, resp.csp != NULL, resp.body);
+        if (cases[i].csp)
+            assert_non_null(strstr(resp.csp, "script-src 'self';"));
+        cg_admin_resp_free(&resp);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1431,6 +1544,8 @@ int main(void)
         cmocka_unit_test(test_cache_invalidation_beats_a_racing_put),
         cmocka_unit_test(test_metrics_render),
         cmocka_unit_test(test_admin_routes),
+        cmocka_unit_test(test_admin_cross_site),
+        cmocka_unit_test(test_admin_console_files),
     };
     return cmocka_run_group_tests_name("certgate core", tests, NULL, NULL);
 }
