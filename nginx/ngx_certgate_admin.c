@@ -11,6 +11,9 @@
 #include <ngx_core.h>
 #include <ngx_http.h>
 
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 #include <openssl/crypto.h>
 
 #include "cg_admin.h"
@@ -28,6 +31,8 @@
 #define CG_ADM_MATCH_IGNORE_CASE 1
 /* Idle Redis connections a worker keeps for its admin threads. */
 #define CG_ADM_MAX_IDLE 8
+/* The nice value of the admin threads (the worker's own is unchanged). */
+#define CG_ADM_NICE 10
 
 typedef struct {
     ngx_str_t user;               /* NUL-terminated */
@@ -696,7 +701,17 @@ static void cg_adm_task(void *data, ngx_log_t *log)
 {
     cg_adm_ctx_t *ctx = data;
     size_t len = 0;
+    static __thread int niced;
     (void) log;
+
+    /* Below the worker's event loop in CPU priority: on a busy machine the
+     * gate's requests come first, the admin's certificate and JSON work after
+     * (Linux: nice applies per thread). */
+    if (!niced) {
+        niced = 1;
+        if (setpriority(PRIO_PROCESS, (id_t) syscall(SYS_gettid), CG_ADM_NICE) != 0)
+            niced = 2;    /* not fatal: the work is still off the event loop */
+    }
 
     for (ngx_chain_t *cl = ctx->bufs; cl; cl = cl->next)
         len += cl->buf->in_file ? (size_t) (cl->buf->file_last - cl->buf->file_pos)
