@@ -98,17 +98,17 @@ static char *cg_adm_set_admin(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 static char *cg_adm_set_role(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 static char *cg_adm_set_customer(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 static char *cg_adm_set_validity(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+static char *cg_adm_set_user_match(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 static char *cg_adm_set_deny(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 static char *cg_adm_set_cas(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 static ngx_int_t cg_adm_handler(ngx_http_request_t *r);
 
 #define CG_ADM_CONF (NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF)
 
-static ngx_conf_enum_t cg_adm_match_modes[] = {
-    { ngx_string("exact"), CG_ADM_MATCH_EXACT },
-    { ngx_string("ignore_case"), CG_ADM_MATCH_IGNORE_CASE },
-    { ngx_null_string, 0 }
-};
+static char *cg_adm_check_timeout(ngx_conf_t *cf, void *post, void *data);
+static char *cg_adm_check_max_body(ngx_conf_t *cf, void *post, void *data);
+static ngx_conf_post_t cg_adm_timeout_post = { cg_adm_check_timeout };
+static ngx_conf_post_t cg_adm_max_body_post = { cg_adm_check_max_body };
 
 /* The ranges of the httpd directives (src/httpd/cg_httpd_config.c). */
 static ngx_conf_num_bounds_t cg_adm_soon_bounds = { ngx_conf_check_num_bounds, 0, 3650 };
@@ -127,15 +127,16 @@ static ngx_command_t cg_adm_commands[] = {
     { ngx_string("certgate_admin_customer"), CG_ADM_CONF | NGX_CONF_2MORE,
       cg_adm_set_customer, NGX_HTTP_LOC_CONF_OFFSET, 0, NULL },
     { ngx_string("certgate_admin_user_match"), CG_ADM_CONF | NGX_CONF_TAKE1,
-      ngx_conf_set_enum_slot, NGX_HTTP_LOC_CONF_OFFSET, offsetof(cg_adm_loc_t, user_match),
-      cg_adm_match_modes },
+      cg_adm_set_user_match, NGX_HTTP_LOC_CONF_OFFSET, 0, NULL },
     { ngx_string("certgate_admin_self_approve"), CG_ADM_CONF | NGX_CONF_FLAG,
       ngx_conf_set_flag_slot, NGX_HTTP_LOC_CONF_OFFSET, offsetof(cg_adm_loc_t, self_approve),
       NULL },
     { ngx_string("certgate_admin_max_body"), CG_ADM_CONF | NGX_CONF_TAKE1,
-      ngx_conf_set_size_slot, NGX_HTTP_LOC_CONF_OFFSET, offsetof(cg_adm_loc_t, max_body), NULL },
+      ngx_conf_set_size_slot, NGX_HTTP_LOC_CONF_OFFSET, offsetof(cg_adm_loc_t, max_body),
+      &cg_adm_max_body_post },
     { ngx_string("certgate_admin_timeout"), CG_ADM_CONF | NGX_CONF_TAKE1,
-      ngx_conf_set_msec_slot, NGX_HTTP_LOC_CONF_OFFSET, offsetof(cg_adm_loc_t, timeout), NULL },
+      ngx_conf_set_msec_slot, NGX_HTTP_LOC_CONF_OFFSET, offsetof(cg_adm_loc_t, timeout),
+      &cg_adm_timeout_post },
     { ngx_string("certgate_expiring_soon_days"), CG_ADM_CONF | NGX_CONF_TAKE1,
       ngx_conf_set_num_slot, NGX_HTTP_LOC_CONF_OFFSET, offsetof(cg_adm_loc_t, soon_days),
       &cg_adm_soon_bounds },
@@ -239,15 +240,6 @@ static char *cg_adm_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     }
     ngx_conf_merge_value(c->ev_only_new, prev->ev_only_new, def.policy.ev_only_new);
     ngx_conf_merge_value(c->cn_contains_org, prev->cn_contains_org, def.policy.cn_contains_org);
-    if (c->timeout < 1 || c->timeout > 60000) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "certgate_admin_timeout must be 1..60000 ms");
-        return NGX_CONF_ERROR;
-    }
-    if (c->max_body < 1024 || c->max_body > 64 * 1024 * 1024) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "certgate_admin_max_body must be 1024 bytes..64m");
-        return NGX_CONF_ERROR;
-    }
     if (c->enabled != 1)
         return NGX_CONF_OK;
 
@@ -279,6 +271,48 @@ static char *cg_adm_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
         return NGX_CONF_ERROR;
     cg_adm_main_t *mc = ngx_http_conf_get_module_main_conf(cf, ngx_http_certgate_admin_module);
     mc->used = 1;
+    return NGX_CONF_OK;
+}
+
+/* Range checks run as the directive is read, so nginx names its file and line. */
+static char *cg_adm_check_timeout(ngx_conf_t *cf, void *post, void *data)
+{
+    ngx_msec_t *v = data;
+    if (*v < 1 || *v > 60000) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "certgate_admin_timeout must be 1..60000 ms "
+                           "(e.g. 2000ms or 2s)");
+        return NGX_CONF_ERROR;
+    }
+    return NGX_CONF_OK;
+}
+
+static char *cg_adm_check_max_body(ngx_conf_t *cf, void *post, void *data)
+{
+    size_t *v = data;
+    if (*v < 1024 || *v > 64 * 1024 * 1024) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "certgate_admin_max_body must be 1024 bytes"
+                           "..64m (e.g. 8m)");
+        return NGX_CONF_ERROR;
+    }
+    return NGX_CONF_OK;
+}
+
+static char *cg_adm_set_user_match(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    cg_adm_loc_t *c = conf;
+    ngx_str_t *v = cf->args->elts;
+
+    if (c->user_match != NGX_CONF_UNSET_UINT)
+        return "is duplicate";
+    if (ngx_strcmp(v[1].data, "exact") == 0) {
+        c->user_match = CG_ADM_MATCH_EXACT;
+    } else if (ngx_strcmp(v[1].data, "ignore_case") == 0) {
+        c->user_match = CG_ADM_MATCH_IGNORE_CASE;
+    } else {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "certgate_admin_user_match: use exact "
+                           "(default) or ignore_case, not \"%V\"", &v[1]);
+        return NGX_CONF_ERROR;
+    }
     return NGX_CONF_OK;
 }
 

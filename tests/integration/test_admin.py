@@ -6,6 +6,7 @@ import threading
 import time
 
 import pytest
+import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs7
 
@@ -310,6 +311,16 @@ def test_no_user_gets_401(stack):
     assert error_code(resp) == "Auth.Required"
     # Behind the server's own auth (httpd's, nginx's auth_basic), a missing login is its 401.
     assert Admin(stack).call("GET", "/certs").status_code == 401
+
+
+def test_an_unchecked_login_is_no_user(stack):
+    # /noauth checks no password: a Basic header there names nobody (nginx would
+    # fill $remote_user from it; the location names no certgate_admin_user).
+    resp = Admin(stack, "/noauth").call("GET", "/certs", "mgr1")
+    assert resp.status_code == 401 and error_code(resp) == "Auth.Required"
+    resp = requests.get(stack.server.url("/noauth/certs"), auth=("mgr1", "wrong"),
+                        verify=stack.server_ca, timeout=10)
+    assert resp.status_code == 401 and error_code(resp) == "Auth.Required"
 
 
 def test_role_matrix(stack, api, pki):

@@ -171,3 +171,35 @@ def test_admin_work_leaves_no_alert_at_worker_exit(pki):
         s.close()
     assert "[alert]" not in log and "[emerg]" not in log, log[-2000:]
     assert "exited with code 0" in log or "exiting" in log
+
+
+@pytest.mark.parametrize("directive, words", [
+    ("certgate_admin_role boss dev1;", 'certgate_admin_role: unknown role "boss"'),
+    ("certgate_admin_customer 'a b' dev1;", "certgate_admin_customer: the customer id"),
+    ("certgate_admin_customer c1 dev1; certgate_admin_customer c2 dev1;",
+     'certgate_admin_customer: user "dev1" already has a customer'),
+    ("certgate_admin_user_match sometimes;",
+     'certgate_admin_user_match: use exact (default) or ignore_case, not "sometimes"'),
+    ("certgate_policy_validity_days 30 10;", "certgate_policy_validity_days wants MIN MAX"),
+    ("certgate_admin_timeout 0;", "certgate_admin_timeout must be 1..60000 ms"),
+    ("certgate_admin_max_body 10;", "certgate_admin_max_body must be 1024 bytes..64m"),
+    ("certgate_policy_authorized_cas /nonexistent/cas.txt;", "certgate_policy_authorized_cas:"),
+])
+def test_admin_directive_errors_name_the_directive_and_line(tmp_path, directive, words):
+    conf = tmp_path / "nginx.conf"
+    conf.write_text("load_module %s;\nevents {}\nhttp {\n  server {\n    location /a {\n"
+                    "      certgate_admin;\n      %s\n    }\n  }\n}\n"
+                    % (harness.NGX_MODULE, directive))
+    out = subprocess.run([harness.NGINX, "-t", "-c", str(conf), "-p", str(tmp_path),
+                          "-g", "error_log stderr;"], capture_output=True, text=True, timeout=30)
+    assert out.returncode != 0
+    assert words in out.stderr and "%s:7" % conf in out.stderr, out.stderr
+
+
+def test_certgate_admin_wants_a_prefix_location(tmp_path):
+    conf = tmp_path / "nginx.conf"
+    conf.write_text("load_module %s;\nevents {}\nhttp {\n  server {\n"
+                    "    location ~ ^/adm { certgate_admin; }\n  }\n}\n" % harness.NGX_MODULE)
+    out = subprocess.run([harness.NGINX, "-t", "-c", str(conf), "-p", str(tmp_path),
+                          "-g", "error_log stderr;"], capture_output=True, text=True, timeout=30)
+    assert out.returncode != 0 and "certgate_admin needs a prefix location" in out.stderr, out.stderr
