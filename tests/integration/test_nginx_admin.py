@@ -191,7 +191,8 @@ def test_admin_directive_errors_name_the_directive_and_line(tmp_path, directive,
                     "      certgate_admin;\n      %s\n    }\n  }\n}\n"
                     % (harness.NGX_MODULE, directive))
     out = subprocess.run([harness.NGINX, "-t", "-c", str(conf), "-p", str(tmp_path),
-                          "-g", "error_log stderr;"], capture_output=True, text=True, timeout=30)
+                          "-g", "error_log stderr;"], capture_output=True, text=True, timeout=30,
+                         env=harness.server_env(str(tmp_path)))
     assert out.returncode != 0
     assert words in out.stderr and "%s:7" % conf in out.stderr, out.stderr
 
@@ -201,5 +202,6 @@ def test_certgate_admin_wants_a_prefix_location(tmp_path):
     conf.write_text("load_module %s;\nevents {}\nhttp {\n  server {\n"
                     "    location ~ ^/adm { certgate_admin; }\n  }\n}\n" % harness.NGX_MODULE)
     out = subprocess.run([harness.NGINX, "-t", "-c", str(conf), "-p", str(tmp_path),
-                          "-g", "error_log stderr;"], capture_output=True, text=True, timeout=30)
+                          "-g", "error_log stderr;"], capture_output=True, text=True, timeout=30,
+                         env=harness.server_env(str(tmp_path)))
     assert out.returncode != 0 and "certgate_admin needs a prefix location" in out.stderr, out.stderr
