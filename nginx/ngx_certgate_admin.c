@@ -246,13 +246,13 @@ static char *cg_adm_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_http_core_loc_conf_t *clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
 #if (NGX_PCRE)
     if (clcf->regex != NULL) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "certgate_admin needs a prefix location, "
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "CG09050: certgate_admin needs a prefix location, "
                            "not a regular expression: its prefix is the API's base path");
         return NGX_CONF_ERROR;
     }
 #endif
     if (clcf->named) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "certgate_admin needs a prefix location");
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "CG09050: certgate_admin needs a prefix location");
         return NGX_CONF_ERROR;
     }
     /* An inner location is an API of its own, based at its own prefix (as an
@@ -279,7 +279,8 @@ static char *cg_adm_check_timeout(ngx_conf_t *cf, void *post, void *data)
 {
     ngx_msec_t *v = data;
     if (*v < 1 || *v > 60000) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "certgate_admin_timeout must be 1..60000 ms "
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "CG09050: "
+                           "certgate_admin_timeout must be 1..60000 ms "
                            "(e.g. 2000ms or 2s)");
         return NGX_CONF_ERROR;
     }
@@ -290,7 +291,8 @@ static char *cg_adm_check_max_body(ngx_conf_t *cf, void *post, void *data)
 {
     size_t *v = data;
     if (*v < 1024 || *v > 64 * 1024 * 1024) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "certgate_admin_max_body must be 1024 bytes"
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "CG09050: "
+                           "certgate_admin_max_body must be 1024 bytes"
                            "..64m (e.g. 8m)");
         return NGX_CONF_ERROR;
     }
@@ -309,7 +311,7 @@ static char *cg_adm_set_user_match(ngx_conf_t *cf, ngx_command_t *cmd, void *con
     } else if (ngx_strcmp(v[1].data, "ignore_case") == 0) {
         c->user_match = CG_ADM_MATCH_IGNORE_CASE;
     } else {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "certgate_admin_user_match: use exact "
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "CG09050: certgate_admin_user_match: use exact "
                            "(default) or ignore_case, not \"%V\"", &v[1]);
         return NGX_CONF_ERROR;
     }
@@ -344,7 +346,8 @@ static char *cg_adm_set_role(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     unsigned role = cg_role_parse((const char *) v[1].data);
 
     if (role == 0) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "certgate_admin_role: unknown role \"%V\"; "
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "CG09050: "
+                           "certgate_admin_role: unknown role \"%V\"; "
                            "use developer, manager, support or auditor", &v[1]);
         return NGX_CONF_ERROR;
     }
@@ -379,7 +382,8 @@ static char *cg_adm_set_customer(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     ngx_str_t *v = cf->args->elts;
 
     if (!cg_app_valid((const char *) v[1].data, v[1].len)) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "certgate_admin_customer: the customer id "
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "CG09050: "
+                           "certgate_admin_customer: the customer id "
                            "\"%V\" must be printable ASCII without spaces or * ? [ ] : { } \\",
                            &v[1]);
         return NGX_CONF_ERROR;
@@ -394,7 +398,8 @@ static char *cg_adm_set_customer(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         for (ngx_uint_t j = 0; j < c->customers->nelts; j++) {
             if (e[j].user.len == v[i].len
                 && ngx_strncmp(e[j].user.data, v[i].data, v[i].len) == 0) {
-                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "certgate_admin_customer: user \"%V\" "
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "CG09050: "
+                                   "certgate_admin_customer: user \"%V\" "
                                    "already has a customer", &v[i]);
                 return NGX_CONF_ERROR;
             }
@@ -416,7 +421,8 @@ static char *cg_adm_set_validity(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return "is duplicate";
     ngx_int_t lo = ngx_atoi(v[1].data, v[1].len), hi = ngx_atoi(v[2].data, v[2].len);
     if (lo < 1 || lo > 36500 || hi < 1 || hi > 36500 || lo > hi) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "certgate_policy_validity_days wants MIN MAX "
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "CG09050: "
+                           "certgate_policy_validity_days wants MIN MAX "
                            "days, 1..36500, MIN not above MAX; got \"%V %V\"", &v[1], &v[2]);
         return NGX_CONF_ERROR;
     }
@@ -439,7 +445,8 @@ static char *cg_adm_set_deny(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     if (cf->args->nelts == 2 && ngx_strcmp(v[1].data, "none") == 0)
         return NGX_CONF_OK;    /* an empty list: nothing denied */
     if (cf->args->nelts - 1 > CG_POLICY_DENY_MAX) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "certgate_policy_issuer_deny: more than %d "
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "CG09050: "
+                           "certgate_policy_issuer_deny: more than %d "
                            "patterns", CG_POLICY_DENY_MAX);
         return NGX_CONF_ERROR;
     }
@@ -468,7 +475,8 @@ static char *cg_adm_set_cas(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     int n = cg_policy_load_cas((const char *) path.data, c->cas, CG_POLICY_CA_MAX, err,
                                sizeof(err));
     if (n < 0) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "certgate_policy_authorized_cas: %s", err);
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "CG09050: "
+                           "certgate_policy_authorized_cas: %s", err);
         return NGX_CONF_ERROR;
     }
     c->n_cas = n;
