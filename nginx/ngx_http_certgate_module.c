@@ -20,6 +20,7 @@
 #include "cg_tls.h"
 #include "ngx_certgate_redis.h"
 #include "ngx_certgate_metrics.h"
+#include "ngx_certgate_admin.h"
 
 #define CG_ANY_CONF (NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF)
 
@@ -235,6 +236,16 @@ static void cg_gate_cfg(const cg_main_conf_t *c, cg_gate_cfg_t *out)
     out->cache_entries = c->cache_entries;
     out->cache_max_age_s = (int) c->cache_max_age;
     out->usage_interval_s = (int) c->usage_interval;
+}
+
+/* The admin module's blocking store talks to the same Redis as the gate. */
+ngx_int_t cg_ngx_store_cfg(ngx_cycle_t *cycle, cg_gate_cfg_t *out)
+{
+    cg_main_conf_t *c = ngx_http_cycle_get_module_main_conf(cycle, ngx_http_certgate_module);
+    if (c == NULL)
+        return NGX_ERROR;
+    cg_gate_cfg(c, out);
+    return NGX_OK;
 }
 
 static char *cg_init_main_conf(ngx_conf_t *cf, void *conf)

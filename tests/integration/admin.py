@@ -10,9 +10,9 @@ class Admin:
         self.base = base
 
     def call(self, method, path, user=None, **kw):
-        auth = (user, self.stack.httpd.admin_users[user]) if user else None
+        auth = (user, self.stack.server.admin_users[user]) if user else None
         kw.setdefault("timeout", 30)
-        resp = requests.request(method, self.stack.httpd.url(self.base + path), auth=auth,
+        resp = requests.request(method, self.stack.server.url(self.base + path), auth=auth,
                                 verify=self.stack.server_ca, **kw)
         if method != "GET" and resp.status_code < 300:
             time.sleep(0.1)   # let the gateways' subscribers hear the write (promised: 1 s)

@@ -256,6 +256,18 @@ class WebServer:
         with open(os.path.join(workdir, "htdocs", "open", "denied.txt"), "w") as f:
             f.write("custom denied page\n")
 
+    def _admin_users(self, workdir):
+        """The admin API's users, in {work}/admin.htpasswd (both servers read it)."""
+        self.admin_users = {u: "pw-" + u for u in
+                            ("dev1", "dev2", "devmgr", "mgr1", "mgr2", "sup1", "aud1", "nobody1",
+                             # Names that differ only in case from configured users.
+                             "DEVMGR", "Dev1", "sup2", "aud2")}
+        pw = os.path.join(workdir, "admin.htpasswd")
+        for i, (u, p) in enumerate(sorted(self.admin_users.items())):
+            subprocess.run(["htpasswd", "-b" + ("c" if i == 0 else ""), pw, u, p],
+                           check=True, capture_output=True)
+        os.chmod(pw, 0o644)
+
     def url(self, path):
         return "https://localhost:%d%s" % (self.port, path)
 
@@ -277,15 +289,7 @@ class Httpd(WebServer):
         self.redis = redis
         self.proc = None
         self._docroot(workdir)
-        self.admin_users = {u: "pw-" + u for u in
-                            ("dev1", "dev2", "devmgr", "mgr1", "mgr2", "sup1", "aud1", "nobody1",
-                             # Names that differ only in case from configured users.
-                             "DEVMGR", "Dev1", "sup2", "aud2")}
-        pw = os.path.join(workdir, "admin.htpasswd")
-        for i, (u, p) in enumerate(sorted(self.admin_users.items())):
-            subprocess.run(["htpasswd", "-b" + ("c" if i == 0 else ""), pw, u, p],
-                           check=True, capture_output=True)
-        os.chmod(pw, 0o644)
+        self._admin_users(workdir)
         if os.path.realpath(pki_dir) != os.path.join(workdir, "pki"):
             raise ValueError("pki must live in workdir/pki")
         h2 = os.path.exists(os.path.join(MODDIR, "mod_http2.so"))
@@ -437,6 +441,8 @@ worker_processes {workers};
 pid {work}/run/nginx.pid;
 error_log {work}/logs/error.log info;
 {user}
+# The admin API's tasks run here (certgate_admin_thread_pool defaults to "default").
+thread_pool default threads=4;
 events {{ worker_connections 1024; }}
 
 http {{
@@ -493,6 +499,24 @@ http {{
             error_page 403 /open/denied.txt;
         }}
         location /open/ {{ error_page 404 /gated/ok.txt; }}
+        # The admin API with the users and roles of HTTPD_CONF's /admin.
+        location /admin {{
+            certgate_admin;
+            auth_basic "certgate admin";
+            auth_basic_user_file {work}/admin.htpasswd;
+            certgate_admin_user $remote_user;
+            certgate_admin_role developer dev1 dev2 devmgr;
+            certgate_admin_role manager mgr1 mgr2 devmgr;
+            certgate_admin_role support sup1;
+            certgate_admin_role auditor aud1;
+            certgate_admin_customer cust-1 dev1 devmgr;
+            certgate_admin_customer cust-2 dev2;
+            {extra_admin}
+        }}
+        location /noauth {{
+            certgate_admin;
+            certgate_admin_role manager mgr1;
+        }}
         {extra_server}
     }}
 }}
@@ -505,12 +529,13 @@ class Nginx(WebServer):
     h2 = True
 
     def __init__(self, workdir, pki_dir, redis, timeout_ms=200, extra_http="", extra_server="",
-                 store_conf=None, workers=2):
+                 store_conf=None, workers=2, extra_admin=""):
         self.work = workdir
         self.port = free_port()
         self.redis = redis
         self.proc = None
         self._docroot(workdir)
+        self._admin_users(workdir)
         os.chmod(os.path.join(workdir, "run"), 0o777)   # temp paths for www-data workers
         self.conf = os.path.join(workdir, "nginx.conf")
         with open(self.conf, "w") as f:
@@ -521,7 +546,8 @@ class Nginx(WebServer):
                     "certgate_redis 127.0.0.1:%d;\n    certgate_redis_auth %s;\n"
                     "    certgate_redis_db %d;" % (redis.port, Redis.PASSWORD, Redis.DB)),
                 timeout_ms=timeout_ms, extra_http=extra_http.replace("{work}", workdir),
-                extra_server=extra_server.replace("{work}", workdir)))
+                extra_server=extra_server.replace("{work}", workdir),
+                extra_admin=extra_admin.replace("{work}", workdir)))
         self.error_log = os.path.join(workdir, "logs", "error.log")
 
     def start(self):

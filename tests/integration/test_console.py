@@ -33,7 +33,8 @@ from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from admin import Admin, error_code, seed
 from clients import get
-from conftest import Stack
+from conftest import SERVERS, Stack
+import harness
 from harness import ROOT, flush_store, free_port
 from pki import make_cert
 from test_admin import redis_snapshot
@@ -488,9 +489,24 @@ def test_cross_site_form_post_changes_nothing(stack, browser, api, pki):
            "Sec-Fetch-Site=cross-site user=mgr1" % (cid, port) in stack.httpd.read_log()
 
 
-def test_same_origin_rule_over_http(stack, api, pki):
+@pytest.fixture(scope="module", params=SERVERS)
+def any_stack(pki, request):
+    """httpd's stack is the browser's; nginx's serves the same admin API and console."""
+    if request.param == "httpd":
+        yield request.getfixturevalue("stack")
+        return
+    s = Stack(pki, server=request.param)
+    yield s
+    s.close()
+
+
+def test_same_origin_rule_over_http(any_stack, pki):
+    stack = any_stack
+    flush_store(stack.r)
+    seed(stack.r)
+    api = Admin(stack)
     cid = api.upload(pki.leaf, user="dev1").json()["id"]
-    own = "https://localhost:%d" % stack.httpd.port
+    own = "https://localhost:%d" % stack.server.port
     writes = [("POST", "/certs/%s/approve" % cid, "mgr1", {}),
               ("POST", "/certs/%s/decline" % cid, "mgr1", {"json": {"reason": "x"}}),
               ("PATCH", "/apps/app1", "mgr1", {"json": {"name": "x"},
@@ -501,8 +517,8 @@ def test_same_origin_rule_over_http(stack, api, pki):
               ("POST", "/check", "aud1", {"json": {"certificate": pki.leaf.pem.decode()}}),
               ("DELETE", "/apps/app1/rotations/r1", "sup1", {})]
     refused = [{"Origin": "https://evil.example"}, {"Origin": "null"},
-               {"Origin": "http://localhost:%d" % stack.httpd.port},
-               {"Origin": "https://localhost:%d" % (stack.httpd.port + 1)},
+               {"Origin": "http://localhost:%d" % stack.server.port},
+               {"Origin": "https://localhost:%d" % (stack.server.port + 1)},
                {"Sec-Fetch-Site": "cross-site"}, {"Sec-Fetch-Site": "same-site"},
                {"Origin": own, "Sec-Fetch-Site": "cross-site"}]
     before = redis_snapshot(stack.r)
@@ -525,11 +541,14 @@ def test_same_origin_rule_over_http(stack, api, pki):
     assert r.status_code == 200, r.text
     r = api.call("PATCH", "/apps/app1", "mgr1", json={"name": "curl"}, headers={"If-Match": "*"})
     assert r.status_code == 200, r.text
+    assert harness.wait_for_line(stack.server.error_log, "CG06010")
 
 
-def test_console_headers(stack):
+def test_console_headers(any_stack):
+    stack = any_stack
+    seed(stack.r)
     for path in ("/admin/console/", "/admin/console/app.js", "/admin/console/app.css"):
-        r = requests.get(stack.httpd.url(path), auth=("aud1", "pw-aud1"), verify=stack.server_ca,
+        r = requests.get(stack.server.url(path), auth=("aud1", "pw-aud1"), verify=stack.server_ca,
                          headers={"Origin": "https://evil.example"}, timeout=10)
         assert r.status_code == 200
         assert r.headers["Content-Security-Policy"] == CSP
@@ -538,10 +557,10 @@ def test_console_headers(stack):
         assert r.headers["Referrer-Policy"] == "no-referrer"
         assert not [h for h in r.headers if h.lower().startswith("access-control-")]
         assert "<script>" not in r.text and "style=" not in r.text
-    r = requests.get(stack.httpd.url("/admin/console"), auth=("aud1", "pw-aud1"),
+    r = requests.get(stack.server.url("/admin/console"), auth=("aud1", "pw-aud1"),
                      verify=stack.server_ca, allow_redirects=False, timeout=10)
     assert r.status_code == 301 and r.headers["Location"] == "/admin/console/"
-    r = requests.get(stack.httpd.url("/admin/whoami"), auth=("dev2", "pw-dev2"),
+    r = requests.get(stack.server.url("/admin/whoami"), auth=("dev2", "pw-dev2"),
                      verify=stack.server_ca, timeout=10)
     assert r.json() == {"user": "dev2", "roles": ["developer"], "customer": "cust-2",
                         "seesAllCustomers": False, "selfApprove": False, "expiringSoonDays": 30}

@@ -124,14 +124,20 @@ def test_every_directive_is_merged():
     assert "c->cas = add->cas" in merge_dir and "c->n_cas = add->n_cas" in merge_dir
 
 
-NGX_SRC = [os.path.join(ROOT, "nginx", n) for n in
-           ("ngx_http_certgate_module.c", "ngx_certgate_redis.c")]
+# The gate's file first; every nginx source is scanned for tags.
+NGX_SRC = [os.path.join(ROOT, "nginx", "ngx_http_certgate_module.c")] + sorted(
+    p for p in glob.glob(os.path.join(ROOT, "nginx", "*.c"))
+    if not p.endswith("ngx_http_certgate_module.c"))
 
 
 def nginx_directives():
     src = open(NGX_SRC[0]).read()
-    return sorted(set(re.findall(r'ngx_string\("(certgate\w*)"\)', src.split("cg_commands[]")[1]
-                                 .split("ngx_null_command")[0])))
+    names = set(re.findall(r'ngx_string\("(certgate\w*)"\)', src.split("cg_commands[]")[1]
+                           .split("ngx_null_command")[0]))
+    adm = open(os.path.join(ROOT, "nginx", "ngx_certgate_admin.c")).read()
+    names |= set(re.findall(r'ngx_string\("(certgate\w*)"\)', adm.split("cg_adm_commands[]")[1]
+                            .split("ngx_null_command")[0]))
+    return sorted(names)
 
 
 def test_every_nginx_directive_is_documented_in_example_conf_and_merged():

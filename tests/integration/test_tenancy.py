@@ -1,4 +1,4 @@
-"""Tenancy and integrity of the registry, against real httpd + redis: one identity
+"""Tenancy and integrity of the registry, against real redis and each server: one identity
 rule, apps owned by customers, customers and apps in the API, writes that are
 all-or-nothing, the audit query, If-Match."""
 import os
@@ -10,7 +10,7 @@ import pytest
 
 from admin import Admin, error_code, seed
 from clients import get, reason_of
-from conftest import Stack
+from conftest import SERVERS, Stack
 from harness import ROOT, Redis, flush_store
 from pki import make_cert
 from test_admin import redis_snapshot
@@ -45,9 +45,36 @@ EXTRA = """
 """
 
 
-@pytest.fixture(scope="module")
-def stack(pki):
-    s = Stack(pki, extra_vhost=EXTRA)
+# The same on nginx: the first three inside its /admin, /scoped beside it.
+NGX_ADMIN = """
+            location /admin/fold/ { certgate_admin_user_match ignore_case; }
+            location /admin/clash/ {
+                certgate_admin_user_match ignore_case;
+                certgate_admin_customer cust-1 devmgr;
+                certgate_admin_customer cust-2 DevMgr;
+            }
+            location /admin/org/ { certgate_policy_cn_contains_org on; }
+"""
+NGX_SERVER = """
+        location /scoped {
+            certgate_admin;
+            auth_basic "certgate admin";
+            auth_basic_user_file {work}/admin.htpasswd;
+            certgate_admin_user $remote_user;
+            certgate_admin_role developer dev1 dev2;
+            certgate_admin_role manager mgr1 mgr2;
+            certgate_admin_role support sup1 sup2;
+            certgate_admin_role auditor aud1 aud2;
+            certgate_admin_customer cust-1 dev1 mgr2;
+            certgate_admin_customer cust-2 dev2 sup2 aud2;
+        }
+"""
+
+
+@pytest.fixture(scope="module", params=SERVERS)
+def stack(pki, request):
+    s = Stack(pki, server=request.param, extra_vhost=EXTRA,
+              nginx_args={"extra_admin": NGX_ADMIN, "extra_server": NGX_SERVER})
     yield s
     s.close()
 
@@ -109,7 +136,7 @@ def test_one_folded_name_with_two_customers_gets_no_role(stack, pki):
     clash = Admin(stack, "/admin/clash")
     resp = clash.call("GET", "/certs", "DEVMGR")
     assert resp.status_code == 403 and error_code(resp) == "Auth.Forbidden"
-    assert "CG06002" in stack.httpd.read_log()
+    assert "CG06002" in stack.server.read_log()
 
 
 # ---------------------------------------------------------------- item 2: apps have owners

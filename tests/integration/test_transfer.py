@@ -1,4 +1,4 @@
-"""Export and import of registrations, against real httpd + redis: an export
+"""Export and import of registrations, against real redis and each server: an export
 that round-trips, an import that vets every record like an upload, is
 idempotent by fingerprint, has a dry run, keeps statuses only for a manager
 who asks, writes one event per record, and never half-writes a bad record."""
@@ -9,7 +9,7 @@ import pytest
 
 from admin import Admin, error_code, seed
 from clients import get, reason_of
-from conftest import Stack
+from conftest import SERVERS, Stack
 from harness import flush_store
 from pki import make_cert, _key
 from test_admin import redis_snapshot
@@ -33,9 +33,24 @@ KEPT = ("id", "appId", "customerId", "fingerprint", "status", "statusReason", "a
         "retireAt", "certificate", "chain", "created", "createdBy")
 
 
-@pytest.fixture(scope="module")
-def stack(pki):
-    s = Stack(pki, extra_vhost=EXTRA)
+NGX_SERVER = """
+        location /scoped {
+            certgate_admin;
+            auth_basic "certgate admin";
+            auth_basic_user_file {work}/admin.htpasswd;
+            certgate_admin_user $remote_user;
+            certgate_admin_role developer dev1 dev2;
+            certgate_admin_role manager mgr1 mgr2;
+            certgate_admin_customer cust-1 dev1 mgr2;
+            certgate_admin_customer cust-2 dev2;
+        }
+"""
+
+
+@pytest.fixture(scope="module", params=SERVERS)
+def stack(pki, request):
+    s = Stack(pki, server=request.param, extra_vhost=EXTRA,
+              nginx_args={"extra_server": NGX_SERVER})
     yield s
     s.close()
 
