@@ -289,7 +289,7 @@ static void event_line(json_t *e)
                                          "customerId", "oldStatus", "newStatus", "reason" };
     printf("%s  %-17s %s", ctl_js(e, "time"), ctl_js(e, "action"), ctl_js(e, "user"));
     for (size_t i = 0; i < sizeof(extra) / sizeof(extra[0]); i++)
-        if (json_is_string(json_object_get(e, extra[i])))
+        if (json_string_length(json_object_get(e, extra[i])) > 0)
             printf("  %s=%s", extra[i], ctl_js(e, extra[i]));
     printf("\n");
 }

@@ -88,12 +88,13 @@ static void check_api(ctl_args_t *a, report_t *rp, int64_t max_skew)
             api.base, r.status);
     if (got && r.date >= 0) {
         double skew = (double)r.date - local;
+        /* Date has whole seconds: one more second of slack. */
         if (skew < -(double)max_skew - 1 || skew > (double)max_skew + 1)
             say(rp, "FAIL", "admin-clock", "the admin API's clock (Date header) is %.0fs %s this "
                 "host's", skew < 0 ? -skew : skew, skew < 0 ? "behind" : "ahead of");
         else
-            say(rp, "OK", "admin-clock", "the admin API's Date header is within %llds of this "
-                "host's clock", (long long)max_skew + 1);
+            say(rp, "OK", "admin-clock", "the admin API's Date header is %.0fs from this host's "
+                "clock (whole seconds)", skew);
     } else {
         say(rp, "SKIP", "admin-clock", "%s", got ? "the answer had no Date header"
                                                  : "the admin API did not answer");
