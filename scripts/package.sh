@@ -66,7 +66,7 @@ check_tool() {
     local t out
     t=$(mktemp -d)
     out=$(certgatectl --help)
-    grep -q "certgatectl watch" <<<"$out"
+    grep -q "^  watch APP --old ID" <<<"$out"
     certgatectl inspect --help >/dev/null
     dpkg -L certgate-tools | grep -q '/man1/certgatectl\.1\.gz$'
     openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 \
