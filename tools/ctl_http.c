@@ -88,7 +88,8 @@ int ctl_api_init(ctl_api_t *api, const ctl_args_t *a, int need_url)
             return ctl_usage_error(a, "--http-timeout: give a duration such as 30s or 5m");
         api->timeout_s = (long)s;
     }
-    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK || (api->curl = curl_easy_init()) == NULL) {
+    api->curl_global = curl_global_init(CURL_GLOBAL_DEFAULT) == CURLE_OK;
+    if (!api->curl_global || (api->curl = curl_easy_init()) == NULL) {
         fprintf(stderr, "certgatectl: cannot initialise libcurl\n");
         return CTL_ERR;
     }
@@ -105,6 +106,8 @@ void ctl_api_free(ctl_api_t *api)
     free(api->base);
     if (api->curl != NULL)
         curl_easy_cleanup(api->curl);
+    if (api->curl_global)
+        curl_global_cleanup();
     memset(api, 0, sizeof(*api));
 }
 

@@ -14,6 +14,7 @@ typedef struct {
     long timeout_s;
     const char *if_match;   /* sent as If-Match when set */
     void *curl;
+    int curl_global;        /* curl_global_init succeeded: clean up once */
 } ctl_api_t;
 
 typedef struct {
