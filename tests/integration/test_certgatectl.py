@@ -118,6 +118,19 @@ def test_inspect_good_chain(pki, tmp_path):
     assert r.returncode == 0 and json.loads(r.stdout)["certificates"] == out["certificates"]
 
 
+def test_inspect_orders_a_pkcs7_bundle(pki, tmp_path):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.serialization import pkcs7
+    bag = pkcs7.serialize_certificates([pki.root.cert, pki.leaf.cert, pki.inter.cert],
+                                       serialization.Encoding.DER)
+    path = tmp_path / "bundle.p7b"
+    path.write_bytes(bag)
+    r = ctl("inspect", str(path), "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert [c["fingerprint"] for c in json.loads(r.stdout)["certificates"]] == \
+        [pki.leaf.fingerprint] + pki.leaf.chain_fingerprints
+
+
 def server_policy(api, cert, chain_pem):
     resp = api.call("POST", "/check", "dev1", json={"certificate": cert.pem.decode(),
                                                     "chain": chain_pem, "appId": "app1"})
@@ -206,6 +219,13 @@ def test_upload_and_four_eyes_refusal(stack, api, pki):
     # A second upload of the same certificate: 409, exit 4.
     r = ctl("upload", files(stack, pki.leaf, "leaf"), "--app", "app1", stack=stack, user="dev1")
     assert r.returncode == 4 and "Certificate.Duplicate" in r.stderr
+    # Proof of possession with the wrong key: the API refuses, exit 4.
+    key = os.path.join(stack.work, "wrong.key")
+    with open(key, "wb") as f:
+        f.write(pki.leaf.key_pem())
+    r = ctl("upload", files(stack, pki.leaf_b, "leaf-b"), "--app", "app1", "--private-key", key,
+            stack=stack, user="dev1")
+    assert r.returncode == 4 and "PrivateKey.Invalid" in r.stderr
     # Wrong password: 401 from httpd, exit 4, said so.
     r = ctl("list", stack=stack, env={"CERTGATE_USER": "mgr1", "CERTGATE_PASSWORD": "nope"})
     assert r.returncode == 4 and "401" in r.stderr
