@@ -67,6 +67,19 @@ build/test_core: tests/unit/test_core.c $(CORE_LIB)
 
 unit: build/test_core
 
+# certgatectl (tools/, docs/certgatectl.md): the core, libcurl and jansson.
+TOOL = build/certgatectl
+TOOL_SRC = $(wildcard tools/*.c)
+BINDIR ?= /usr/bin
+$(TOOL): $(TOOL_SRC) tools/*.h $(CORE_LIB) src/*.h
+	$(CC) $(CFLAGS_COMMON) -Isrc -Itools -o $@ $(TOOL_SRC) $(CORE_LIB) -lcurl $(LIBS) $(EXTRA_LDFLAGS)
+
+tool: $(TOOL)
+.PHONY: tool
+all: $(TOOL)
+test-integration: $(TOOL)
+install: $(TOOL)
+
 test-unit: build/test_core
 	./build/test_core
 
@@ -172,6 +185,8 @@ install: $(MODULE) $(NGX_MODULE)
 	install -d $(DESTDIR)$(APACHE_MODDIR) $(DESTDIR)$(NGINX_MODDIR)
 	install -m 644 $(MODULE) $(DESTDIR)$(APACHE_MODDIR)/mod_certgate.so
 	install -m 644 $(NGX_MODULE) $(DESTDIR)$(NGINX_MODDIR)/ngx_http_certgate_module.so
+	install -d $(DESTDIR)$(BINDIR)
+	install -m 755 $(TOOL) $(DESTDIR)$(BINDIR)/certgatectl
 
 # build/deb/*.deb, built from a clean copy of the tracked tree, then lintian.
 deb:

@@ -9,7 +9,7 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUT=$ROOT/build/deb
-PKGS="libapache2-mod-certgate libnginx-mod-http-certgate"
+PKGS="libapache2-mod-certgate libnginx-mod-http-certgate certgate-tools"
 say() { echo "package: $*"; }
 
 version_of_tree() { sed -n 's/^#define CG_VERSION "\(.*\)"/\1/p' "$ROOT/src/cg_version.h"; }
@@ -60,6 +60,31 @@ cleanup() {
     fi
 }
 
+# The installed certgatectl: help, its man page, and inspect on a fresh
+# client certificate (the policy accepts leaf + root, refuses the leaf alone).
+check_tool() {
+    local t out
+    t=$(mktemp -d)
+    out=$(certgatectl --help)
+    grep -q "^  watch APP --old ID" <<<"$out"
+    certgatectl inspect --help >/dev/null
+    dpkg -L certgate-tools | grep -q '/man1/certgatectl\.1\.gz$'
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 \
+        -subj "/CN=package test root" -keyout "$t/ca.key" -out "$t/ca.pem" \
+        -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign 2>/dev/null
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=package test client" \
+        -keyout "$t/leaf.key" -out "$t/leaf.csr" 2>/dev/null
+    printf 'basicConstraints=critical,CA:FALSE\nextendedKeyUsage=clientAuth\n' > "$t/ext"
+    openssl x509 -req -in "$t/leaf.csr" -CA "$t/ca.pem" -CAkey "$t/ca.key" -days 400 \
+        -extfile "$t/ext" -out "$t/leaf.pem" 2>/dev/null
+    out=$(certgatectl inspect "$t/leaf.pem" "$t/ca.pem")
+    grep -q "policy: ok" <<<"$out"
+    local rc=0
+    certgatectl inspect "$t/leaf.pem" >/dev/null || rc=$?
+    [ "$rc" = 4 ] || { echo "package: certgatectl inspect without the root: exit $rc, not 4" >&2; exit 1; }
+    rm -rf "$t"
+}
+
 test_package() {
     [ "$(id -u)" -eq 0 ] || { echo "package: test needs root (apt install)" >&2; exit 1; }
     local start v up
@@ -76,7 +101,7 @@ test_package() {
     trap cleanup EXIT
     say "install $v"
     apt-get install -y -qq "$OUT/libapache2-mod-certgate_${v}_"*.deb \
-        "$OUT/libnginx-mod-http-certgate_${v}_"*.deb >/dev/null
+        "$OUT/libnginx-mod-http-certgate_${v}_"*.deb "$OUT/certgate-tools_${v}_"*.deb >/dev/null
     # Enabled the Debian way: a2enmod (with mod_ssl), and the modules-enabled link.
     [ -L /etc/apache2/mods-enabled/certgate.load ] || { echo "certgate not enabled" >&2; exit 1; }
     [ -L /etc/apache2/mods-enabled/ssl.load ] || { echo "ssl not enabled with it" >&2; exit 1; }
@@ -85,6 +110,8 @@ test_package() {
     apache2ctl -t
     apache2ctl -M 2>/dev/null | grep -q certgate_module
     nginx -t
+    say "certgatectl from certgate-tools"
+    check_tool
     say "serve through the installed modules"
     (cd "$ROOT" && CERTGATE_MODULE=/usr/lib/apache2/modules/mod_certgate.so \
         CERTGATE_NGX_MODULE=/usr/lib/nginx/modules/ngx_http_certgate_module.so \
@@ -105,7 +132,7 @@ test_package() {
     apt-get purge -y -qq $PKGS >/dev/null
     for f in /etc/apache2/mods-available/certgate.load /etc/apache2/mods-available/certgate.conf \
              /etc/apache2/mods-enabled/certgate.load /usr/lib/apache2/modules/mod_certgate.so \
-             /usr/lib/nginx/modules/ngx_http_certgate_module.so; do
+             /usr/lib/nginx/modules/ngx_http_certgate_module.so /usr/bin/certgatectl; do
         [ ! -e "$f" ] || { echo "package: $f left after purge" >&2; exit 1; }
     done
     if ls /etc/nginx/modules-enabled/*certgate* /etc/nginx/modules-available/*certgate* \
