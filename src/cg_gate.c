@@ -9,6 +9,7 @@
 #include <hiredis/hiredis.h>
 #include <openssl/crypto.h>
 
+#include "cg_sentinel.h"
 #include "cg_sub.h"
 #include "cg_usage.h"
 
@@ -96,6 +97,38 @@ static void free_cfg(cg_store_cfg_t *c)
     free_str(c->user, 0);
     free_str(c->password, 1);
     free_str(c->prefix, 0);
+    free_str(c->sentinels, 0);
+    free_str(c->master_name, 0);
+    free_str(c->sentinel_user, 0);
+    free_str(c->sentinel_password, 1);
+}
+
+/* Sentinel events (store and subscriber): counted always, logged at most once
+ * a second per kind so an outage does not flood the log. */
+static void sentinel_event(void *arg, int ev, const char *msg)
+{
+    static _Atomic int64_t last[8];
+    cg_gate_t *g = arg;
+    _Atomic uint64_t *c = ev == CG_SENTINEL_EV_UNREACHABLE ? &g->metrics->sentinel_unreachable
+                          : ev == CG_SENTINEL_EV_UNKNOWN_MASTER ? &g->metrics->sentinel_unknown
+                          : ev == CG_SENTINEL_EV_NOT_MASTER ? &g->metrics->sentinel_not_master
+                          : ev == CG_SENTINEL_EV_SWITCHED ? &g->metrics->sentinel_switches
+                          : &g->metrics->sentinel_distrusts;
+    count(c, 1);
+    int64_t now = cg_now_ms(), was = atomic_load(&last[ev & 7]);
+    if (ev != CG_SENTINEL_EV_SWITCHED &&
+        (now - was < 1000 || !atomic_compare_exchange_strong(&last[ev & 7], &was, now)))
+        return;
+    if (ev == CG_SENTINEL_EV_UNREACHABLE)
+        glog(g->log_ctx, CG_LOG_ERR, "CG11001: %s; gated requests get the store-error answer", msg);
+    else if (ev == CG_SENTINEL_EV_UNKNOWN_MASTER)
+        glog(g->log_ctx, CG_LOG_ERR, "CG11002: %s; check CertGateRedisMasterName", msg);
+    else if (ev == CG_SENTINEL_EV_NOT_MASTER)
+        glog(g->log_ctx, CG_LOG_WARN, "CG11003: %s", msg);
+    else if (ev == CG_SENTINEL_EV_SWITCHED)
+        glog(g->log_ctx, CG_LOG_WARN, "CG11004: %s; connections to the old one are closed", msg);
+    else
+        glog(g->log_ctx, CG_LOG_INFO, "CG11005: %s", msg);
 }
 
 cg_gate_t *cg_gate_new(const cg_gate_cfg_t *cfg, cg_metrics_t *metrics, void *log_ctx)
@@ -107,9 +140,17 @@ cg_gate_t *cg_gate_new(const cg_gate_cfg_t *cfg, cg_metrics_t *metrics, void *lo
     g->cfg = cfg->store;
     /* Own copies only: a failure half-way must not free the caller's strings. */
     g->cfg.host = g->cfg.socket = g->cfg.user = g->cfg.password = g->cfg.prefix = NULL;
+    g->cfg.sentinels = g->cfg.master_name = g->cfg.sentinel_user = NULL;
+    g->cfg.sentinel_password = NULL;
+    g->cfg.sentinel_event = sentinel_event;
+    g->cfg.sentinel_arg = g;
     if (dup_str(cfg->store.host, &g->cfg.host) || dup_str(cfg->store.socket, &g->cfg.socket) ||
         dup_str(cfg->store.user, &g->cfg.user) || dup_str(cfg->store.password, &g->cfg.password) ||
-        dup_str(cfg->store.prefix ? cfg->store.prefix : CG_GATE_PREFIX_DEFAULT, &g->cfg.prefix))
+        dup_str(cfg->store.prefix ? cfg->store.prefix : CG_GATE_PREFIX_DEFAULT, &g->cfg.prefix) ||
+        dup_str(cfg->store.sentinels, &g->cfg.sentinels) ||
+        dup_str(cfg->store.master_name, &g->cfg.master_name) ||
+        dup_str(cfg->store.sentinel_user, &g->cfg.sentinel_user) ||
+        dup_str(cfg->store.sentinel_password, &g->cfg.sentinel_password))
         goto oom;
     g->usage_interval_s = cfg->usage_interval_s;
     g->log_ctx = log_ctx;
@@ -178,7 +219,8 @@ void cg_gate_start(cg_gate_t *g)
                  "start; usage is not recorded");
     }
     if (g->cache != NULL && g->sub == NULL) {
-        g->sub = cg_sub_start(&g->cfg, g->cache, sub_log, sub_inval, g, err, sizeof(err));
+        g->sub = cg_sub_start(&g->cfg, cg_store_sentinel(g->store), g->cache, sub_log, sub_inval,
+                              g, err, sizeof(err));
         if (g->sub == NULL)
             glog(g->log_ctx, CG_LOG_ERR, "CG04006: cannot start the invalidation subscriber: "
                  "%s; cached entries expire by the cache max age", err);

@@ -26,6 +26,9 @@ typedef struct {
     _Atomic uint64_t inval_lag_sum_us, inval_lag_count;
     _Atomic uint64_t usage_flushes, usage_dropped;
     _Atomic uint64_t expiry_events;
+    /* Sentinel discovery (cg_sentinel.h events). */
+    _Atomic uint64_t sentinel_unreachable, sentinel_unknown, sentinel_not_master;
+    _Atomic uint64_t sentinel_switches, sentinel_distrusts;
 } cg_metrics_t;
 
 /* Bucket upper bounds in microseconds (shared by both histograms). */

@@ -27,6 +27,15 @@ typedef struct {
     const char *prefix;      /* key prefix, e.g. "certgate:" */
     int timeout_ms;          /* bound on one whole lookup, connect included */
     int max_idle;            /* idle connections kept per process */
+    /* Sentinel discovery (cg_sentinel.h): with sentinels set, host/port/socket
+     * are not used; user/password stay the data nodes' credentials. */
+    const char *sentinels;           /* "host:port host:port", or NULL */
+    const char *master_name;
+    const char *sentinel_user;       /* NULL: default user */
+    const char *sentinel_password;   /* NULL: no AUTH to sentinels */
+    int sentinel_timeout_ms;         /* per sentinel; 0: CG_SENTINEL_TIMEOUT_MS_DEFAULT */
+    void (*sentinel_event)(void *arg, int event, const char *msg);  /* may be NULL */
+    void *sentinel_arg;
 } cg_store_cfg_t;
 
 typedef enum {
@@ -122,5 +131,10 @@ const char *cg_store_prefix(const cg_store_t *st);
 
 /* Drop idle connections (after fork, or on shutdown). */
 void cg_store_drop_idle(cg_store_t *st);
+
+struct cg_sentinel;
+/* The store's sentinel client, or NULL with a fixed address (the subscriber
+ * shares it). */
+struct cg_sentinel *cg_store_sentinel(cg_store_t *st);
 
 #endif

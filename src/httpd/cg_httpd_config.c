@@ -10,6 +10,7 @@
 #include "cg_admin.h"
 #include "cg_httpd.h"
 #include "cg_reg.h"
+#include "cg_sentinel.h"
 #include "cg_store.h"
 
 /* Log lines of this file are certgate's: LogLevel certgate:... applies. */
@@ -32,6 +33,7 @@ void *cgh_create_srv(apr_pool_t *p, server_rec *s)
     c->usage_interval = UNSET;
     c->expiry_interval = UNSET;
     c->clock_offset = UNSET;
+    c->sentinel_timeout_ms = UNSET;
     return c;
 }
 
@@ -59,6 +61,13 @@ void *cgh_merge_srv(apr_pool_t *p, void *basev, void *addv)
     c->expiry_interval = add->expiry_interval != UNSET ? add->expiry_interval
                                                        : base->expiry_interval;
     c->clock_offset = add->clock_offset != UNSET ? add->clock_offset : base->clock_offset;
+    c->sentinels = add->sentinels ? add->sentinels : base->sentinels;
+    c->master_name = add->master_name ? add->master_name : base->master_name;
+    c->sentinel_user = add->sentinel_password ? add->sentinel_user : base->sentinel_user;
+    c->sentinel_password = add->sentinel_password ? add->sentinel_password
+                                                  : base->sentinel_password;
+    c->sentinel_timeout_ms = add->sentinel_timeout_ms != UNSET ? add->sentinel_timeout_ms
+                                                               : base->sentinel_timeout_ms;
     return c;
 }
 
@@ -156,6 +165,12 @@ void cgh_gate_cfg(const cg_srv_t *c, cg_gate_cfg_t *out)
         out->cache_max_age_s = c->cache_max_age;
     if (c->usage_interval != UNSET)
         out->usage_interval_s = c->usage_interval;
+    out->store.sentinels = c->sentinels;
+    out->store.master_name = c->master_name;
+    out->store.sentinel_user = c->sentinel_user;
+    out->store.sentinel_password = c->sentinel_password;
+    if (c->sentinel_timeout_ms != UNSET)
+        out->store.sentinel_timeout_ms = c->sentinel_timeout_ms;
 }
 
 static const char *set_redis(cmd_parms *cmd, void *d, const char *arg)
@@ -332,6 +347,51 @@ static const char *set_on_store_error(cmd_parms *cmd, void *d, const char *arg)
     return NULL;
 }
 
+/* Sentinel discovery (cg_sentinel.h): the list, the name, their own credentials. */
+static const char *set_sentinels(cmd_parms *cmd, void *d, const char *arg)
+{
+    cg_srv_t *c = cgh_srv_conf(cmd->server);
+    char err[160];
+    (void)d;
+    c->own_store = 1;
+    if (cg_sentinel_cfg_check(arg, "x", CG_SENTINEL_TIMEOUT_MS_DEFAULT, err, sizeof(err)) != 0)
+        return apr_psprintf(cmd->pool, "CertGateRedisSentinels: %s", err);
+    c->sentinels = c->sentinels ? apr_pstrcat(cmd->pool, c->sentinels, " ", arg, NULL) : arg;
+    return NULL;
+}
+
+static const char *set_master_name(cmd_parms *cmd, void *d, const char *arg)
+{
+    cg_srv_t *c = cgh_srv_conf(cmd->server);
+    char err[160];
+    (void)d;
+    c->own_store = 1;
+    if (cg_sentinel_cfg_check("h:1", arg, CG_SENTINEL_TIMEOUT_MS_DEFAULT, err, sizeof(err)) != 0)
+        return apr_psprintf(cmd->pool, "CertGateRedisMasterName: %s", err);
+    c->master_name = arg;
+    return NULL;
+}
+
+static const char *set_sentinel_auth(cmd_parms *cmd, void *d, const char *a1, const char *a2)
+{
+    cg_srv_t *c = cgh_srv_conf(cmd->server);
+    (void)d;
+    c->own_store = 1;
+    c->sentinel_user = a2 ? a1 : NULL;
+    c->sentinel_password = a2 ? a2 : a1;
+    if (c->sentinel_password[0] == '\0')
+        return "CertGateRedisSentinelAuth: the password is empty";
+    return NULL;
+}
+
+static const char *set_sentinel_timeout(cmd_parms *cmd, void *d, const char *arg)
+{
+    cg_srv_t *c = cgh_srv_conf(cmd->server);
+    (void)d;
+    c->own_store = 1;
+    return parse_int(cmd, arg, 1, 60000, &c->sentinel_timeout_ms);
+}
+
 static const char *set_gate(cmd_parms *cmd, void *dv, int on)
 {
     cg_dir_t *d = dv;
@@ -505,6 +565,14 @@ const command_rec cgh_cmds[] = {
                   "Idle Redis connections kept per child process (default 16)"),
     AP_INIT_TAKE1("CertGateKeyPrefix", set_prefix, NULL, RSRC_CONF,
                   "Prefix of every Redis key (default certgate:)"),
+    AP_INIT_ITERATE("CertGateRedisSentinels", set_sentinels, NULL, RSRC_CONF,
+                    "Find the Redis master through these sentinels: host:port ..."),
+    AP_INIT_TAKE1("CertGateRedisMasterName", set_master_name, NULL, RSRC_CONF,
+                  "The master name the sentinels monitor (needed with CertGateRedisSentinels)"),
+    AP_INIT_TAKE12("CertGateRedisSentinelAuth", set_sentinel_auth, NULL, RSRC_CONF,
+                   "AUTH to the sentinels: 'password' or 'user password'"),
+    AP_INIT_TAKE1("CertGateRedisSentinelTimeout", set_sentinel_timeout, NULL, RSRC_CONF,
+                  "Bound on asking one sentinel in milliseconds (default 300)"),
     AP_INIT_TAKE1("CertGateOnStoreError", set_on_store_error, NULL, RSRC_CONF,
                   "deny (default): 503 when the store fails; allow: let requests pass, loudly"),
     AP_INIT_FLAG("CertGateCache", set_cache, NULL, RSRC_CONF,
