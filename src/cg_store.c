@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,6 +16,7 @@
 struct cg_store {
     char *host, *socket, *user, *password, *prefix;
     int port, db, timeout_ms, max_idle;
+    int wait_replicas, wait_timeout_ms;
     pthread_mutex_t lock;
     redisContext **idle;     /* stack of idle, healthy connections */
     uint64_t *idle_gen;      /* the sentinel generation each was made under */
@@ -67,6 +69,14 @@ int cg_store_cfg_check(const cg_store_cfg_t *cfg, char *err, size_t errlen)
                               ? cfg->sentinel_timeout_ms : CG_SENTINEL_TIMEOUT_MS_DEFAULT,
                               err, errlen) != 0)
         return -1;
+    if (cfg->wait_replicas < 0 || cfg->wait_replicas > CG_STORE_WAIT_REPLICAS_MAX ||
+        cfg->wait_timeout_ms < 0 || cfg->wait_timeout_ms > CG_STORE_TIMEOUT_MS_MAX) {
+        if (err != NULL && errlen > 0)
+            snprintf(err, errlen, "replicas to wait for must be 0.." CG_STORE_STR(
+                     CG_STORE_WAIT_REPLICAS_MAX) ", the wait 1.." CG_STORE_STR(
+                     CG_STORE_TIMEOUT_MS_MAX) " ms");
+        return -1;
+    }
     if (cfg->sentinel_user != NULL && cfg->sentinel_password == NULL) {
         if (err != NULL && errlen > 0)
             snprintf(err, errlen, "a sentinel ACL user needs a password");
@@ -93,6 +103,9 @@ cg_store_t *cg_store_new(const cg_store_cfg_t *cfg, char *err, size_t errlen)
     st->db = cfg->db;
     st->timeout_ms = cfg->timeout_ms;
     st->max_idle = cfg->max_idle;
+    st->wait_replicas = cfg->wait_replicas;
+    st->wait_timeout_ms = cfg->wait_timeout_ms > 0 ? cfg->wait_timeout_ms
+                                                   : CG_STORE_WAIT_TIMEOUT_MS_DEFAULT;
     st->host = dup_or_null(cfg->host);
     st->socket = dup_or_null(cfg->socket);
     st->user = dup_or_null(cfg->user);
@@ -789,4 +802,38 @@ cg_store_rc_t cg_store_hgetall_many(cg_store_t *st, int timeout_ms, const char *
 done:
     free(argcs); free(argv); free(lens); free(argvs); free(lensv);
     return rc;
+}
+
+cg_store_rc_t cg_store_cmd_durable(cg_store_t *st, int timeout_ms, int argc, const char **argv,
+                                   const size_t *lens, redisReply **out, int *acked,
+                                   int *wanted, char *err, size_t errlen)
+{
+    *acked = -1;
+    *wanted = st->wait_replicas;
+    if (st->wait_replicas <= 0)
+        return cg_store_cmd(st, timeout_ms, argc, argv, lens, out, err, errlen);
+    /* WAIT counts the writes of this connection: it goes in the same pipeline.
+     * Its own bound leaves room in the request's budget for the answer. */
+    int wait_ms = st->wait_timeout_ms;
+    if (wait_ms > timeout_ms / 2)
+        wait_ms = timeout_ms / 2 > 0 ? timeout_ms / 2 : 1;
+    char n[16], ms[16];
+    snprintf(n, sizeof(n), "%d", st->wait_replicas);
+    snprintf(ms, sizeof(ms), "%d", wait_ms);
+    const char *wargv[3] = { "WAIT", n, ms };
+    size_t wlens[3] = { 4, strlen(n), strlen(ms) };
+    const char *const *argvs[2] = { argv, wargv };
+    const size_t *lensv[2] = { lens, wlens };
+    int argcs[2] = { argc, 3 };
+    redisReply *r[2] = { NULL, NULL };
+    cg_store_rc_t rc = cg_store_pipeline(st, timeout_ms, 2, argcs, argvs, lensv, r, err, errlen);
+    if (rc != CG_STORE_OK)
+        return rc;
+    if (r[0]->type != REDIS_REPLY_ERROR && r[1]->type == REDIS_REPLY_INTEGER)
+        *acked = r[1]->integer > INT32_MAX ? INT32_MAX : (int)r[1]->integer;
+    else if (r[0]->type != REDIS_REPLY_ERROR)
+        *acked = 0;     /* WAIT refused (ACL): count it as not acknowledged */
+    freeReplyObject(r[1]);
+    *out = r[0];
+    return CG_STORE_OK;
 }

@@ -36,7 +36,14 @@ typedef struct {
     int sentinel_timeout_ms;         /* per sentinel; 0: CG_SENTINEL_TIMEOUT_MS_DEFAULT */
     void (*sentinel_event)(void *arg, int event, const char *msg);  /* may be NULL */
     void *sentinel_arg;
+    /* Durable admin writes: after a write script, WAIT for this many replicas
+     * (0: do not wait) for at most wait_timeout_ms. */
+    int wait_replicas;
+    int wait_timeout_ms;
 } cg_store_cfg_t;
+
+#define CG_STORE_WAIT_REPLICAS_MAX 64
+#define CG_STORE_WAIT_TIMEOUT_MS_DEFAULT 500
 
 typedef enum {
     CG_STORE_OK = 0,
@@ -100,6 +107,16 @@ cg_store_rc_t cg_store_hgetall_many(cg_store_t *st, int timeout_ms, const char *
                                     size_t n, struct redisReply **out, char *err, size_t errlen);
 
 void cg_store_reply_free(struct redisReply *r);
+
+/*
+ * A write command followed by WAIT on the same connection when the store is
+ * configured to wait (wait_replicas > 0). As cg_store_cmd; *acked gets how
+ * many replicas acknowledged, or -1 when no WAIT was asked (or the command
+ * answered an error). *wanted gets wait_replicas.
+ */
+cg_store_rc_t cg_store_cmd_durable(cg_store_t *st, int timeout_ms, int argc, const char **argv,
+                                   const size_t *lens, struct redisReply **out, int *acked,
+                                   int *wanted, char *err, size_t errlen);
 
 /*
  * The lookup without I/O, for clients that do their own (the nginx adapter's

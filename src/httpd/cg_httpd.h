@@ -47,6 +47,7 @@ typedef struct {
     const char *master_name;        /* CertGateRedisMasterName */
     const char *sentinel_user, *sentinel_password;   /* CertGateRedisSentinelAuth */
     int sentinel_timeout_ms;        /* CertGateRedisSentinelTimeout */
+    int wait_replicas, wait_timeout_ms;     /* CertGateAdminWaitReplicas */
     int addr_set;           /* CertGateRedis given here */
     int own_store;          /* this vhost changes store or cache settings: own instances */
     cg_gate_t *gate;        /* per child, created in child_init: store, cache, threads */

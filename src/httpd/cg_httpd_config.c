@@ -34,6 +34,7 @@ void *cgh_create_srv(apr_pool_t *p, server_rec *s)
     c->expiry_interval = UNSET;
     c->clock_offset = UNSET;
     c->sentinel_timeout_ms = UNSET;
+    c->wait_replicas = UNSET;
     return c;
 }
 
@@ -68,6 +69,9 @@ void *cgh_merge_srv(apr_pool_t *p, void *basev, void *addv)
                                                   : base->sentinel_password;
     c->sentinel_timeout_ms = add->sentinel_timeout_ms != UNSET ? add->sentinel_timeout_ms
                                                                : base->sentinel_timeout_ms;
+    c->wait_replicas = add->wait_replicas != UNSET ? add->wait_replicas : base->wait_replicas;
+    c->wait_timeout_ms = add->wait_replicas != UNSET ? add->wait_timeout_ms
+                                                     : base->wait_timeout_ms;
     return c;
 }
 
@@ -171,6 +175,10 @@ void cgh_gate_cfg(const cg_srv_t *c, cg_gate_cfg_t *out)
     out->store.sentinel_password = c->sentinel_password;
     if (c->sentinel_timeout_ms != UNSET)
         out->store.sentinel_timeout_ms = c->sentinel_timeout_ms;
+    if (c->wait_replicas != UNSET) {
+        out->store.wait_replicas = c->wait_replicas;
+        out->store.wait_timeout_ms = c->wait_timeout_ms;
+    }
 }
 
 static const char *set_redis(cmd_parms *cmd, void *d, const char *arg)
@@ -392,6 +400,19 @@ static const char *set_sentinel_timeout(cmd_parms *cmd, void *d, const char *arg
     return parse_int(cmd, arg, 1, 60000, &c->sentinel_timeout_ms);
 }
 
+/* Admin writes wait for replicas (WAIT): 'N [timeout-ms]'. */
+static const char *set_wait_replicas(cmd_parms *cmd, void *d, const char *n, const char *ms)
+{
+    cg_srv_t *c = cgh_srv_conf(cmd->server);
+    const char *e;
+    (void)d;
+    c->own_store = 1;
+    if ((e = parse_int(cmd, n, 0, CG_STORE_WAIT_REPLICAS_MAX, &c->wait_replicas)) != NULL)
+        return e;
+    c->wait_timeout_ms = CG_STORE_WAIT_TIMEOUT_MS_DEFAULT;
+    return ms ? parse_int(cmd, ms, 1, CG_STORE_TIMEOUT_MS_MAX, &c->wait_timeout_ms) : NULL;
+}
+
 static const char *set_gate(cmd_parms *cmd, void *dv, int on)
 {
     cg_dir_t *d = dv;
@@ -573,6 +594,9 @@ const command_rec cgh_cmds[] = {
                    "AUTH to the sentinels: 'password' or 'user password'"),
     AP_INIT_TAKE1("CertGateRedisSentinelTimeout", set_sentinel_timeout, NULL, RSRC_CONF,
                   "Bound on asking one sentinel in milliseconds (default 300)"),
+    AP_INIT_TAKE12("CertGateAdminWaitReplicas", set_wait_replicas, NULL, RSRC_CONF,
+                   "Admin writes are done once N replicas acknowledged them: 'N [timeout-ms]' "
+                   "(default 0: no wait; timeout 500)"),
     AP_INIT_TAKE1("CertGateOnStoreError", set_on_store_error, NULL, RSRC_CONF,
                   "deny (default): 503 when the store fails; allow: let requests pass, loudly"),
     AP_INIT_FLAG("CertGateCache", set_cache, NULL, RSRC_CONF,

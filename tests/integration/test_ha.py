@@ -9,7 +9,7 @@ import pytest
 import requests
 
 import harness
-from admin import Admin, seed
+from admin import Admin, error_code, seed
 from clients import files_for, session
 from conftest import make_workdir
 from ha import HASet
@@ -184,6 +184,62 @@ def test_kill_primary_under_load(ha, gate, cached, pki):
         time.sleep(0.02)
     print("revocation after the failover enforced in %.2f s" % (time.monotonic() - t0))
     assert "CG11004" in gate.httpd.read_log()
+
+
+@pytest.fixture(scope="module")
+def ha_durable():
+    """A set of its own: the tests above leave fewer replicas."""
+    s = HASet(make_workdir())
+    yield s
+    s.close()
+
+
+def test_admin_writes_durable_across_failover(ha_durable, pki):
+    """CertGateAdminWaitReplicas 1: a write no replica acknowledged is not reported done
+    (503 Store.NotDurable; a retry is safe); an approval and an inactivation acknowledged
+    just before kill -9 of the primary survive the failover."""
+    ha = ha_durable
+    old = ha.primary()
+    r = old.client()
+    r.flushdb()
+    seed(r)
+    view = View(ha, pki, extra_server="CertGateCache Off\nCertGateAdminWaitReplicas 1 300")
+    try:
+        api = Admin(view)
+        a = make_cert("ha approved before the kill", issuer=pki.inter)
+        b = make_cert("ha inactivated before the kill", issuer=pki.inter)
+        c = make_cert("ha inactivated without replicas", issuer=pki.inter)
+        resp = api.upload(a)
+        assert resp.status_code == 201, resp.text
+        cid_a = resp.json()["id"]
+        cid_b, cid_c = api.approved(b), api.approved(c)
+
+        replicas = [n for n in ha.nodes if n is not old]
+        for n in replicas:
+            n.pause()
+        try:
+            resp = api.call("POST", "/certs/%s/inactivate" % cid_c, "mgr2", json={"reason": "x"})
+        finally:
+            for n in replicas:
+                n.resume()
+        assert resp.status_code == 503 and error_code(resp) == "Store.NotDurable", resp.text
+        assert "Retrying is safe" in resp.json()["message"]
+        # The retry: the change was kept on the master, the answer says so.
+        resp = api.call("POST", "/certs/%s/inactivate" % cid_c, "mgr2", json={"reason": "x"})
+        assert resp.status_code == 409 and error_code(resp) == "Transition.Illegal", resp.text
+        assert r.execute_command("WAIT", 2, 2000) == 2
+
+        assert api.call("POST", "/certs/%s/approve" % cid_a, "mgr1").status_code == 200
+        resp = api.call("POST", "/certs/%s/inactivate" % cid_b, "mgr2", json={"reason": "x"})
+        assert resp.status_code == 200, resp.text
+        old.kill9()
+        new = ha.wait_new_primary(old.port)
+        assert wait_status(view, a, 200, timeout=5.0) is not None
+        for cert in (b, c):
+            assert session(view, cert).get(view.httpd.url(GATED), timeout=5).status_code == 403
+        assert new.client().hget("certgate:reg:" + cid_b, "status") == b"INACTIVATED"
+    finally:
+        view.close()
 
 
 def commandstats(node):
