@@ -45,7 +45,11 @@ typedef struct {
     ngx_int_t app_var;            /* variable index for APP_FROM_VARIABLE */
     ngx_flag_t forward_headers;
     ngx_uint_t on_store_error;    /* 0 deny, 1 allow */
+    ngx_int_t stale_s;            /* certgate_on_store_error stale N: N; else 0 */
 } cg_loc_conf_t;
+
+/* The longest stale window configured: the worker's cache keeps entries that long. */
+static ngx_int_t cg_stale_keep_max;
 
 /* Per TLS connection (HTTP/2 streams share the real connection's). */
 typedef struct {
@@ -93,6 +97,7 @@ static char *cg_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child);
 static char *cg_set_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 static char *cg_set_redis_auth(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 static char *cg_set_app_from(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+static char *cg_set_on_store_error(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 static char *cg_set_gate(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 static ngx_int_t cg_init_process(ngx_cycle_t *cycle);
 static ngx_int_t cg_rewrite_handler(ngx_http_request_t *r);
@@ -125,9 +130,8 @@ static ngx_command_t cg_commands[] = {
     { ngx_string("certgate_forward_headers"), CG_ANY_CONF | NGX_CONF_FLAG,
       ngx_conf_set_flag_slot, NGX_HTTP_LOC_CONF_OFFSET, offsetof(cg_loc_conf_t, forward_headers),
       NULL },
-    { ngx_string("certgate_on_store_error"), CG_ANY_CONF | NGX_CONF_TAKE1,
-      ngx_conf_set_enum_slot, NGX_HTTP_LOC_CONF_OFFSET, offsetof(cg_loc_conf_t, on_store_error),
-      cg_store_error_modes },
+    { ngx_string("certgate_on_store_error"), CG_ANY_CONF | NGX_CONF_TAKE12,
+      cg_set_on_store_error, NGX_HTTP_LOC_CONF_OFFSET, 0, NULL },
     { ngx_string("certgate_redis"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
       cg_set_redis, NGX_HTTP_MAIN_CONF_OFFSET, 0, NULL },
     { ngx_string("certgate_redis_auth"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE12,
@@ -302,6 +306,36 @@ static char *cg_set_gate(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     return rv;
 }
 
+/* deny | allow | stale SECONDS */
+static char *cg_set_on_store_error(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    cg_loc_conf_t *c = conf;
+    ngx_str_t *a = cf->args->elts;
+    (void) cmd;
+    if (c->on_store_error != NGX_CONF_UNSET_UINT)
+        return "is duplicate";
+    c->stale_s = 0;
+    if (cf->args->nelts == 3 && a[1].len == 5 && ngx_strncmp(a[1].data, "stale", 5) == 0) {
+        ngx_int_t n = ngx_atoi(a[2].data, a[2].len);
+        if (n < 1 || n > CG_GATE_STALE_MAX_S)
+            return "stale: expected a number of seconds from 1 to 86400";
+        c->on_store_error = 0;
+        c->stale_s = n;
+        if (n > cg_stale_keep_max)
+            cg_stale_keep_max = n;
+        return NGX_CONF_OK;
+    }
+    for (ngx_conf_enum_t *e = cg_store_error_modes; cf->args->nelts == 2 && e->name.len; e++) {
+        if (e->name.len == a[1].len && ngx_strncmp(e->name.data, a[1].data, a[1].len) == 0) {
+            c->on_store_error = e->value;
+            return NGX_CONF_OK;
+        }
+    }
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid value \"%V\" (expected deny, allow or "
+                       "stale SECONDS)", &a[1]);
+    return NGX_CONF_ERROR;
+}
+
 static char *cg_set_app_from(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     cg_loc_conf_t *lc = conf;
@@ -346,6 +380,7 @@ static void *cg_create_loc_conf(ngx_conf_t *cf)
     c->app_var = NGX_CONF_UNSET;
     c->forward_headers = NGX_CONF_UNSET;
     c->on_store_error = NGX_CONF_UNSET_UINT;
+    c->stale_s = NGX_CONF_UNSET;
     return c;
 }
 
@@ -359,7 +394,14 @@ static char *cg_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
         c->app_var = prev->app_var;
     }
     ngx_conf_merge_value(c->forward_headers, prev->forward_headers, 0);
+    if (c->on_store_error == NGX_CONF_UNSET_UINT)
+        c->stale_s = prev->stale_s;
     ngx_conf_merge_uint_value(c->on_store_error, prev->on_store_error, 0);
+    ngx_conf_merge_value(c->stale_s, prev->stale_s, 0);
+    if (c->enabled == 1 && c->stale_s > 0)
+        ngx_conf_log_error(NGX_LOG_WARN, cf, 0, "CG02011: certgate_on_store_error stale %i: "
+                           "while Redis fails, registrations read less than %i s before keep "
+                           "allowing", c->stale_s, c->stale_s);
     if (c->enabled == 1 && c->on_store_error == 1)
         ngx_conf_log_error(NGX_LOG_WARN, cf, 0, "CG05001: certgate_on_store_error allow: "
                            "requests pass unchecked while Redis fails");
@@ -419,6 +461,7 @@ static ngx_int_t cg_init_process(ngx_cycle_t *cycle)
         return NGX_OK;
     cg_gate_set_log(cg_log);
     cg_gate_cfg(cg_mcf, &gcfg);
+    gcfg.stale_keep_s = (int) cg_stale_keep_max;
     /* nginx has no metrics endpoint yet: the gate counts in its own struct. */
     cg_gate_p = cg_gate_new(&gcfg, NULL, cycle->log);
     if (cg_gate_p == NULL) {
@@ -998,6 +1041,7 @@ static ngx_int_t cg_gate(ngx_http_request_t *r, int in_rewrite)
         .app_ambiguous = app_ambiguous,
         .cert_only = app_later,
         .fail_open = lc->on_store_error == 1,
+        .stale_s = lc->stale_s > 0 ? (int) lc->stale_s : 0,
         .now = (int64_t) ngx_time(),
         .client = ip,
         .log_ctx = r->connection->log,

@@ -172,6 +172,8 @@ cg_gate_t *cg_gate_new(const cg_gate_cfg_t *cfg, cg_metrics_t *metrics, void *lo
         if (g->cache == NULL)
             glog(log_ctx, CG_LOG_ERR, "CG04005: cannot allocate the registration cache; "
                  "running without it");
+        else if (cfg->stale_keep_s > 0)
+            cg_cache_keep_expired(g->cache, (int64_t)cfg->stale_keep_s * 1000);
     }
     return g;
 oom:
@@ -311,6 +313,9 @@ void cg_gate_decide(cg_gate_t *g, const cg_gate_in_t *in, cg_store_rc_t rc,
     const cg_peer_t *peer = in->peer != NULL && in->peer->has_leaf ? in->peer : NULL;
     const char *client = in->client ? in->client : "-";
     const cg_reg_t *regp = NULL;
+    cg_reg_t stale;
+    int64_t stale_at = 0;
+    cg_store_rc_t failed = CG_STORE_OK;
 
     memset(v, 0, sizeof(*v));
     strcpy(v->fp_hex, "-");
@@ -320,6 +325,12 @@ void cg_gate_decide(cg_gate_t *g, const cg_gate_in_t *in, cg_store_rc_t rc,
         cg_fp_to_hex(&peer->leaf, v->fp_hex);
         if (rc == CG_STORE_OK) {
             regp = reg;
+        } else if (cg_store_failed(rc) && in->stale_s > 0 && !in->fail_open && g->cache != NULL &&
+                   cg_cache_get_recent(g->cache, &peer->leaf, cg_now_ms(),
+                                       (int64_t)in->stale_s * 1000, &stale, &stale_at)) {
+            /* Stale mode: decide on the record read before; only an allow is used. */
+            regp = &stale;
+            failed = rc;
         } else if (cg_store_failed(rc)) {
             v->reason = CG_R_STORE_UNAVAILABLE;
             if (in->fail_open) {
@@ -347,6 +358,19 @@ void cg_gate_decide(cg_gate_t *g, const cg_gate_in_t *in, cg_store_rc_t rc,
         .reg = regp,
     };
     v->reason = cg_decide(&ci);
+    if (failed != CG_STORE_OK) {
+        if (v->reason != CG_ALLOW) {
+            v->reason = CG_R_STORE_UNAVAILABLE;
+            log_store_error(in, failed, err ? err : "", v->fp_hex);
+            cg_metrics_decision(g->metrics, CG_R_STORE_UNAVAILABLE);
+            return;
+        }
+        count(&g->metrics->stale_allows, 1);
+        glog(in->log_ctx, CG_LOG_ERR, "CG02010: STALE ALLOW: store %s (%s); allowed from the "
+             "registration read %" PRId64 " ms ago (stale window %d s); app=%s cert=%s "
+             "fingerprint=%s client=%s", cg_store_rc_name(failed), err ? err : "",
+             cg_now_ms() - stale_at, in->stale_s, regp->app_id, regp->id, v->fp_hex, client);
+    }
     if (regp != NULL) {
         v->has_reg = 1;
         v->reg = *regp;

@@ -180,6 +180,10 @@ char *cg_metrics_render(const cg_metrics_t *m, const cg_store_stats_t *st)
         (unsigned long long)ld(&m->sentinel_not_master),
         (unsigned long long)ld(&m->sentinel_switches),
         (unsigned long long)ld(&m->sentinel_distrusts));
+    put(&o, "# HELP certgate_stale_allows_total Requests allowed while the store failed, from a "
+            "registration read less than the stale window ago (CertGateOnStoreError stale).\n"
+            "# TYPE certgate_stale_allows_total counter\ncertgate_stale_allows_total %llu\n",
+        (unsigned long long)ld(&m->stale_allows));
     if (st != NULL && st->ok) {
         put(&o, "# HELP certgate_registrations Registrations by stored status (EXPIRED: "
                 "validTo has passed).\n# TYPE certgate_registrations gauge\n");

@@ -29,6 +29,7 @@ typedef struct {
     /* Sentinel discovery (cg_sentinel.h events). */
     _Atomic uint64_t sentinel_unreachable, sentinel_unknown, sentinel_not_master;
     _Atomic uint64_t sentinel_switches, sentinel_distrusts;
+    _Atomic uint64_t stale_allows;      /* stale mode: allowed from a record read before */
 } cg_metrics_t;
 
 /* Bucket upper bounds in microseconds (shared by both histograms). */

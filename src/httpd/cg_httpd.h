@@ -35,6 +35,7 @@ typedef struct {
     int timeout_ms;
     const char *prefix;
     int on_store_error_allow;
+    int stale_s;            /* CertGateOnStoreError stale N: N; else 0 */
     int max_idle;
     int cache_on;
     int cache_entries;

@@ -53,6 +53,7 @@ void *cgh_merge_srv(apr_pool_t *p, void *basev, void *addv)
     c->prefix = add->prefix ? add->prefix : base->prefix;
     c->on_store_error_allow = add->on_store_error_allow != UNSET
         ? add->on_store_error_allow : base->on_store_error_allow;
+    c->stale_s = add->on_store_error_allow != UNSET ? add->stale_s : base->stale_s;
     c->max_idle = add->max_idle != UNSET ? add->max_idle : base->max_idle;
     c->cache_on = add->cache_on != UNSET ? add->cache_on : base->cache_on;
     c->cache_entries = add->cache_entries != UNSET ? add->cache_entries : base->cache_entries;
@@ -175,6 +176,7 @@ void cgh_gate_cfg(const cg_srv_t *c, cg_gate_cfg_t *out)
     out->store.sentinel_password = c->sentinel_password;
     if (c->sentinel_timeout_ms != UNSET)
         out->store.sentinel_timeout_ms = c->sentinel_timeout_ms;
+    out->stale_keep_s = c->stale_s > 0 ? c->stale_s : 0;
     if (c->wait_replicas != UNSET) {
         out->store.wait_replicas = c->wait_replicas;
         out->store.wait_timeout_ms = c->wait_timeout_ms;
@@ -342,16 +344,26 @@ static const char *add_expiry_day(cmd_parms *cmd, void *d, const char *arg)
     return NULL;
 }
 
-static const char *set_on_store_error(cmd_parms *cmd, void *d, const char *arg)
+static const char *set_on_store_error(cmd_parms *cmd, void *d, const char *arg,
+                                      const char *secs)
 {
     cg_srv_t *c = cgh_srv_conf(cmd->server);
     (void)d;
+    c->stale_s = 0;
+    if (strcasecmp(arg, "stale") == 0) {
+        if (secs == NULL)
+            return "CertGateOnStoreError: stale needs a number of seconds, e.g. stale 30";
+        c->on_store_error_allow = 0;
+        return parse_int(cmd, secs, 1, CG_GATE_STALE_MAX_S, &c->stale_s);
+    }
+    if (secs != NULL)
+        return "CertGateOnStoreError: only stale takes a number";
     if (strcasecmp(arg, "deny") == 0)
         c->on_store_error_allow = 0;
     else if (strcasecmp(arg, "allow") == 0)
         c->on_store_error_allow = 1;
     else
-        return "CertGateOnStoreError: expected deny or allow";
+        return "CertGateOnStoreError: expected deny or allow, or stale SECONDS";
     return NULL;
 }
 
@@ -597,8 +609,9 @@ const command_rec cgh_cmds[] = {
     AP_INIT_TAKE12("CertGateAdminWaitReplicas", set_wait_replicas, NULL, RSRC_CONF,
                    "Admin writes are done once N replicas acknowledged them: 'N [timeout-ms]' "
                    "(default 0: no wait; timeout 500)"),
-    AP_INIT_TAKE1("CertGateOnStoreError", set_on_store_error, NULL, RSRC_CONF,
-                  "deny (default): 503 when the store fails; allow: let requests pass, loudly"),
+    AP_INIT_TAKE12("CertGateOnStoreError", set_on_store_error, NULL, RSRC_CONF,
+                   "deny (default): 503 when the store fails; allow: let requests pass, loudly; "
+                   "stale N: allow what a registration read less than N s ago allows"),
     AP_INIT_FLAG("CertGateCache", set_cache, NULL, RSRC_CONF,
                  "On (default): cache registrations per connection and per process"),
     AP_INIT_TAKE1("CertGateCacheEntries", set_cache_entries, NULL, RSRC_CONF,

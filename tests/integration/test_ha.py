@@ -312,3 +312,64 @@ def test_stale_sentinel_does_not_send_gate_to_old_primary(ha, pki):
         assert "127.0.0.1:%d" % new.port in log
     finally:
         view.close()
+
+
+# ---------------------------------------------------------------- bounded stale mode
+
+# One process: each process knows only the registrations it read itself (docs/ha.md).
+STALE_CONF = {
+    "httpd": dict(extra_server="CertGateOnStoreError stale 30\nCertGateCacheMaxAge 1\n"
+                               "StartServers 1\nServerLimit 1\nMaxRequestWorkers 16"),
+    "nginx": dict(nginx_args={"workers": 1,
+                              "extra_http": "certgate_on_store_error stale 30;\n"
+                                            "certgate_cache_max_age 1;"}),
+}
+
+
+@pytest.mark.parametrize("server", ["httpd", "nginx"])
+def test_stale_mode_redis_down_10s(pki, server):
+    """CertGateOnStoreError stale 30 / certgate_on_store_error stale 30: Redis down 10 s;
+    certificates allowed before keep 200; unknown, pending and revoked ones never 200."""
+    from conftest import Stack
+    stack = Stack(pki, server=server, **STALE_CONF[server])
+    try:
+        r = stack.r
+        r.flushdb()
+        register(r, pki.leaf, "app1")                                # allowed before
+        register(r, pki.leaf_inter2, "app1")                         # allowed, then revoked
+        register(r, pki.leaf_b, "app1", status="PENDING")
+        revoked = register(r, pki.leaf_other, "app1")
+        for c in (pki.leaf, pki.leaf_inter2, pki.leaf_other):
+            assert session(stack, c).get(stack.server.url(GATED), timeout=5).status_code == 200
+        r.hset("certgate:reg:" + revoked, "status", "INACTIVATED")
+        harness.invalidate(r, pki.leaf_other.fingerprint)
+        for c in (pki.leaf_other, pki.leaf_b, pki.app_leaf):
+            assert session(stack, c).get(stack.server.url(GATED), timeout=5).status_code == 403
+        never_asked = make_cert("ha never asked", issuer=pki.inter)
+        certs = [(pki.leaf, True), (pki.leaf_inter2, True), (pki.leaf_other, False),
+                 (pki.leaf_b, False), (pki.app_leaf, False), (never_asked, False)]
+        stack.redis.stop()
+        t0 = time.monotonic()
+        seen = {}
+        sessions = {c.fingerprint: session(stack, c) for c, _ in certs}
+        while time.monotonic() - t0 < 10.0:
+            for c, allowed in certs:
+                for keepalive in (True, False):
+                    if keepalive:
+                        st = sessions[c.fingerprint].get(stack.server.url(GATED), timeout=5)
+                    else:
+                        st = requests.get(stack.server.url(GATED), cert=files_for(stack, c),
+                                          verify=stack.server_ca, timeout=5)
+                    key = (c.fingerprint[:8], allowed, st.status_code)
+                    seen[key] = seen.get(key, 0) + 1
+                    if allowed:
+                        assert st.status_code == 200, (time.monotonic() - t0, st.status_code)
+                    else:
+                        assert st.status_code != 200, (c.fingerprint, time.monotonic() - t0)
+            time.sleep(0.1)
+        print("\nstale mode (%s), Redis down 10 s: %s" % (server, sorted(seen.items())))
+        log = stack.server.read_log()
+        assert "CG02010" in log and "STALE ALLOW" in log
+    finally:
+        stack.redis.start()
+        stack.close()
