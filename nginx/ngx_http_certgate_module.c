@@ -19,6 +19,7 @@
 #include "cg_store.h"
 #include "cg_tls.h"
 #include "ngx_certgate_redis.h"
+#include "cg_sentinel.h"
 
 #define CG_ANY_CONF (NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF)
 
@@ -36,6 +37,10 @@ typedef struct {
     ngx_uint_t cache_max_age;     /* seconds */
     ngx_uint_t usage_interval;    /* seconds; 0: off */
     ngx_flag_t used;              /* some location says certgate on */
+    ngx_str_t sentinels;          /* certgate_redis_sentinels, space separated */
+    ngx_str_t master_name;
+    ngx_str_t sentinel_user, sentinel_password;
+    ngx_msec_t sentinel_timeout;
 } cg_main_conf_t;
 
 typedef struct {
@@ -98,6 +103,8 @@ static char *cg_set_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 static char *cg_set_redis_auth(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 static char *cg_set_app_from(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 static char *cg_set_on_store_error(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+static char *cg_set_sentinels(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+static char *cg_set_sentinel_auth(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 static char *cg_set_gate(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 static ngx_int_t cg_init_process(ngx_cycle_t *cycle);
 static ngx_int_t cg_rewrite_handler(ngx_http_request_t *r);
@@ -136,6 +143,16 @@ static ngx_command_t cg_commands[] = {
       cg_set_redis, NGX_HTTP_MAIN_CONF_OFFSET, 0, NULL },
     { ngx_string("certgate_redis_auth"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE12,
       cg_set_redis_auth, NGX_HTTP_MAIN_CONF_OFFSET, 0, NULL },
+    { ngx_string("certgate_redis_sentinels"), NGX_HTTP_MAIN_CONF | NGX_CONF_1MORE,
+      cg_set_sentinels, NGX_HTTP_MAIN_CONF_OFFSET, 0, NULL },
+    { ngx_string("certgate_redis_master_name"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot, NGX_HTTP_MAIN_CONF_OFFSET, offsetof(cg_main_conf_t, master_name),
+      NULL },
+    { ngx_string("certgate_redis_sentinel_auth"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE12,
+      cg_set_sentinel_auth, NGX_HTTP_MAIN_CONF_OFFSET, 0, NULL },
+    { ngx_string("certgate_redis_sentinel_timeout"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot, NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(cg_main_conf_t, sentinel_timeout), NULL },
     { ngx_string("certgate_redis_db"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
       ngx_conf_set_num_slot, NGX_HTTP_MAIN_CONF_OFFSET, offsetof(cg_main_conf_t, redis.db),
       &cg_db_bounds },
@@ -196,6 +213,7 @@ static void *cg_create_main_conf(ngx_conf_t *cf)
     c->cache_entries = NGX_CONF_UNSET_UINT;
     c->cache_max_age = NGX_CONF_UNSET_UINT;
     c->usage_interval = NGX_CONF_UNSET_UINT;
+    c->sentinel_timeout = NGX_CONF_UNSET_MSEC;
     return c;
 }
 
@@ -216,6 +234,14 @@ static void cg_gate_cfg(const cg_main_conf_t *c, cg_gate_cfg_t *out)
     out->cache_entries = c->cache_entries;
     out->cache_max_age_s = (int) c->cache_max_age;
     out->usage_interval_s = (int) c->usage_interval;
+    out->store.sentinels = c->sentinels.len ? (const char *) c->sentinels.data : NULL;
+    out->store.master_name = c->master_name.len ? (const char *) c->master_name.data : NULL;
+    out->store.sentinel_user = c->sentinel_user.len ? (const char *) c->sentinel_user.data
+                                                    : NULL;
+    out->store.sentinel_password = c->sentinel_password.len
+                                   ? (const char *) c->sentinel_password.data : NULL;
+    out->store.sentinel_timeout_ms = c->sentinel_timeout == NGX_CONF_UNSET_MSEC ? 0
+                                     : (int) c->sentinel_timeout;
 }
 
 static char *cg_init_main_conf(ngx_conf_t *cf, void *conf)
@@ -274,6 +300,47 @@ static char *cg_set_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     *colon = '\0';
     c->redis.host.data = a.data;
     c->redis.host.len = (size_t) (colon - a.data);
+    return NGX_CONF_OK;
+}
+
+/* host:port ... joined with spaces, NUL-terminated for the core. */
+static char *cg_set_sentinels(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    cg_main_conf_t *c = conf;
+    ngx_str_t *v = cf->args->elts;
+    size_t len = 0;
+    (void) cmd;
+    if (c->sentinels.len)
+        return "is duplicate";
+    for (ngx_uint_t i = 1; i < cf->args->nelts; i++)
+        len += v[i].len + 1;
+    u_char *p = ngx_pnalloc(cf->pool, len);
+    if (p == NULL)
+        return NGX_CONF_ERROR;
+    c->sentinels.data = p;
+    for (ngx_uint_t i = 1; i < cf->args->nelts; i++) {
+        p = ngx_cpymem(p, v[i].data, v[i].len);
+        *p++ = i + 1 < cf->args->nelts ? ' ' : '\0';
+    }
+    c->sentinels.len = len - 1;
+    return NGX_CONF_OK;
+}
+
+static char *cg_set_sentinel_auth(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    cg_main_conf_t *c = conf;
+    ngx_str_t *v = cf->args->elts;
+    (void) cmd;
+    if (c->sentinel_password.len)
+        return "is duplicate";
+    if (cf->args->nelts == 3) {
+        c->sentinel_user = v[1];
+        c->sentinel_password = v[2];
+    } else {
+        c->sentinel_password = v[1];
+    }
+    if (c->sentinel_password.len == 0)
+        return "wants a non-empty password";
     return NGX_CONF_OK;
 }
 
@@ -470,6 +537,14 @@ static ngx_int_t cg_init_process(ngx_cycle_t *cycle)
         return NGX_OK;
     }
     cg_gate_start(cg_gate_p);
+    /* Sentinels: a thread of the core asks them; the worker only reads its answer. */
+    cg_mcf->redis.sentinel = cg_store_sentinel(cg_gate_store(cg_gate_p));
+    if (cg_mcf->redis.sentinel != NULL && cg_sentinel_watch(cg_mcf->redis.sentinel) != 0) {
+        ngx_log_error(NGX_LOG_ERR, cycle->log, 0, "CG11006: cannot start the sentinel "
+                      "thread; gated requests get 503");
+        cg_mcf->redis.sentinel = NULL;
+        cg_mcf->redis.host.len = 0;     /* never the fixed address instead */
+    }
     return NGX_OK;
 }
 
@@ -588,6 +663,9 @@ static void cg_on_reply(redisAsyncContext *ac, void *reply, void *privdata)
 
     if (r != NULL && r->type == REDIS_REPLY_ERROR)
         cg_ngx_redis_drop(ac);     /* as the blocking store: never reuse after an error */
+    if (r == NULL || cg_sentinel_reply_distrusts(r))
+        cg_ngx_redis_distrust(&cg_mcf->redis, r ? "READONLY or LOADING answer"
+                                                : "connection lost");
     if (lk->req == NULL) {         /* the request is gone or gave up */
         ngx_free(lk);
         return;
@@ -649,6 +727,7 @@ static void cg_resume(ngx_event_t *ev)
         cg_gate_lookup_fail(&req->lk, CG_STORE_TIMEOUT, err);
         req->state = ST_LOOKED_UP;
         /* A connection that missed its deadline is in an unknown state. */
+        cg_ngx_redis_distrust(&cg_mcf->redis, "timeout");
         cg_ngx_redis_drop_current();
     } else if (req->state != ST_LOOKED_UP) {
         return;     /* another event ran the handler first and used the answer */

@@ -220,6 +220,9 @@ void cg_gate_start(cg_gate_t *g)
             glog(g->log_ctx, CG_LOG_ERR, "CG04009: the usage recording thread could not "
                  "start; usage is not recorded");
     }
+    if (cg_store_sentinel(g->store) != NULL && cg_sentinel_watch(cg_store_sentinel(g->store)) != 0)
+        glog(g->log_ctx, CG_LOG_ERR, "CG11006: cannot start the sentinel thread; the master "
+             "address is only checked after errors");
     if (g->cache != NULL && g->sub == NULL) {
         g->sub = cg_sub_start(&g->cfg, cg_store_sentinel(g->store), g->cache, sub_log, sub_inval,
                               g, err, sizeof(err));

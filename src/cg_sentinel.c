@@ -1,4 +1,5 @@
 #include "cg_sentinel.h"
+#include "cg_thread.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -15,7 +16,8 @@ typedef struct {
 } addr_t;
 
 struct cg_sentinel {
-    pthread_mutex_t lock;           /* guards everything below; held while asking */
+    pthread_mutex_t ask;            /* one caller asks the sentinels at a time */
+    pthread_mutex_t lock;           /* guards what follows; never held during I/O */
     addr_t sent[CG_SENTINEL_MAX];   /* in the order to ask */
     int n;
     char *name, *user, *password;
@@ -27,6 +29,11 @@ struct cg_sentinel {
     int trusted;                    /* and no one distrusted it since */
     int answered_by;                /* index in sent[] of the sentinel that gave it (0) */
     uint64_t gen;
+    int64_t asked_ms;               /* when the sentinels last gave the address */
+    /* The watcher thread (cg_sentinel_watch), for callers that must not block. */
+    pthread_t watcher;
+    int watching, stop;
+    pthread_cond_t wake;
 };
 
 static int64_t mono_ms(void)
@@ -146,6 +153,17 @@ cg_sentinel_t *cg_sentinel_new(const char *list, const char *master_name, const 
         free(s->name); free(s->user); free(s->password); free(s);
         goto nomem;
     }
+    if (pthread_mutex_init(&s->ask, NULL) != 0) {
+        pthread_mutex_destroy(&s->lock);
+        free(s->name); free(s->user); free(s->password); free(s);
+        goto nomem;
+    }
+    if (pthread_cond_init(&s->wake, NULL) != 0) {
+        pthread_mutex_destroy(&s->ask);
+        pthread_mutex_destroy(&s->lock);
+        free(s->name); free(s->user); free(s->password); free(s);
+        goto nomem;
+    }
     s->timeout_ms = timeout_ms;
     s->fn = fn;
     s->arg = arg;
@@ -159,6 +177,15 @@ void cg_sentinel_free(cg_sentinel_t *s)
 {
     if (s == NULL)
         return;
+    if (s->watching) {
+        pthread_mutex_lock(&s->lock);
+        s->stop = 1;
+        pthread_cond_broadcast(&s->wake);
+        pthread_mutex_unlock(&s->lock);
+        pthread_join(s->watcher, NULL);
+    }
+    pthread_cond_destroy(&s->wake);
+    pthread_mutex_destroy(&s->ask);
     pthread_mutex_destroy(&s->lock);
     if (s->password != NULL)
         OPENSSL_cleanse(s->password, strlen(s->password));
@@ -175,7 +202,7 @@ static int ask_one(cg_sentinel_t *s, const addr_t *a, int64_t deadline, addr_t *
     if (left > s->timeout_ms)
         left = s->timeout_ms;
     if (left <= 0) {
-        snprintf(err, errlen, "%s:%d: no time left", a->host, a->port);
+        snprintf(err, errlen, "%.100s:%d: no time left", a->host, a->port);
         return -1;
     }
     struct timeval tv = { (time_t)(left / 1000), (suseconds_t)((left % 1000) * 1000) };
@@ -183,11 +210,11 @@ static int ask_one(cg_sentinel_t *s, const addr_t *a, int64_t deadline, addr_t *
     redisReply *r = NULL;
     int rc = -1;
     if (c == NULL || c->err) {
-        snprintf(err, errlen, "%s:%d: %s", a->host, a->port, c ? c->errstr : "out of memory");
+        snprintf(err, errlen, "%.100s:%d: %.100s", a->host, a->port, c ? c->errstr : "out of memory");
         goto done;
     }
     if (redisSetTimeout(c, tv) != REDIS_OK) {
-        snprintf(err, errlen, "%s:%d: setting timeout", a->host, a->port);
+        snprintf(err, errlen, "%.100s:%d: setting timeout", a->host, a->port);
         goto done;
     }
     if (s->password != NULL) {
@@ -195,7 +222,7 @@ static int ask_one(cg_sentinel_t *s, const addr_t *a, int64_t deadline, addr_t *
                     : redisCommand(c, "AUTH %s", s->password);
         if (r == NULL || r->type == REDIS_REPLY_ERROR) {
             /* Never the password: only that AUTH failed. */
-            snprintf(err, errlen, "%s:%d: AUTH %s", a->host, a->port,
+            snprintf(err, errlen, "%.100s:%d: AUTH %s", a->host, a->port,
                      r ? "refused" : (c->errstr[0] ? c->errstr : "no answer"));
             goto done;
         }
@@ -203,11 +230,11 @@ static int ask_one(cg_sentinel_t *s, const addr_t *a, int64_t deadline, addr_t *
     }
     r = redisCommand(c, "SENTINEL get-master-addr-by-name %s", s->name);
     if (r == NULL) {
-        snprintf(err, errlen, "%s:%d: %s", a->host, a->port, c->errstr[0] ? c->errstr : "no answer");
+        snprintf(err, errlen, "%.100s:%d: %.100s", a->host, a->port, c->errstr[0] ? c->errstr : "no answer");
         goto done;
     }
     if (r->type == REDIS_REPLY_NIL) {
-        snprintf(err, errlen, "%s:%d: master name unknown", a->host, a->port);
+        snprintf(err, errlen, "%.100s:%d: master name unknown", a->host, a->port);
         rc = 0;
     } else if (r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
                r->element[0]->type == REDIS_REPLY_STRING &&
@@ -215,7 +242,7 @@ static int ask_one(cg_sentinel_t *s, const addr_t *a, int64_t deadline, addr_t *
                r->element[0]->len > 0 && r->element[0]->len < CG_SENTINEL_HOST_MAX) {
         long port = strtol(r->element[1]->str, NULL, 10);
         if (port < 1 || port > 65535) {
-            snprintf(err, errlen, "%s:%d: bad port in answer", a->host, a->port);
+            snprintf(err, errlen, "%.100s:%d: bad port in answer", a->host, a->port);
         } else {
             memcpy(out->host, r->element[0]->str, r->element[0]->len);
             out->host[r->element[0]->len] = '\0';
@@ -223,10 +250,10 @@ static int ask_one(cg_sentinel_t *s, const addr_t *a, int64_t deadline, addr_t *
             rc = 1;
         }
     } else if (r->type == REDIS_REPLY_ERROR) {
-        snprintf(err, errlen, "%s:%d: %.*s", a->host, a->port, (int)(r->len > 120 ? 120 : r->len),
+        snprintf(err, errlen, "%.100s:%d: %.*s", a->host, a->port, (int)(r->len > 120 ? 120 : r->len),
                  r->str);
     } else {
-        snprintf(err, errlen, "%s:%d: unexpected answer", a->host, a->port);
+        snprintf(err, errlen, "%.100s:%d: unexpected answer", a->host, a->port);
     }
 done:
     if (r != NULL)
@@ -236,26 +263,44 @@ done:
     return rc;
 }
 
-int cg_sentinel_master(cg_sentinel_t *s, int64_t deadline_ms, char *host, size_t cap, int *port,
-                       uint64_t *gen, int *unreachable, char *err, size_t errlen)
+/* Ask the sentinels unless the address is trusted (refresh: ask anyway, and
+ * keep a trusted address if none answers). */
+static int resolve(cg_sentinel_t *s, int64_t deadline_ms, int refresh, char *host, size_t cap,
+                   int *port, uint64_t *gen, int *unreachable, char *err, size_t errlen)
 {
     char one[256] = "";
-    int rc = -1, unknown = 0;
+    int rc = -1, unknown = 0, n;
+    addr_t order[CG_SENTINEL_MAX];
     pthread_mutex_lock(&s->lock);
-    if (s->have && s->trusted)
+    if (s->have && s->trusted && !refresh)
         goto found;
-    for (int i = 0; i < s->n; i++) {
+    pthread_mutex_unlock(&s->lock);
+    /* One asker; the others wait for its answer instead of asking too. */
+    pthread_mutex_lock(&s->ask);
+    pthread_mutex_lock(&s->lock);
+    if (s->have && s->trusted && !refresh) {
+        pthread_mutex_unlock(&s->ask);
+        goto found;
+    }
+    n = s->n;
+    memcpy(order, s->sent, sizeof(order));
+    pthread_mutex_unlock(&s->lock);
+    for (int i = 0; i < n; i++) {
         addr_t got;
-        int a = ask_one(s, &s->sent[i], deadline_ms, &got, one, sizeof(one));
+        int a = ask_one(s, &order[i], deadline_ms, &got, one, sizeof(one));
         if (a == 0)
             unknown++;
         if (a != 1)
             continue;
+        pthread_mutex_lock(&s->lock);
         /* The sentinel that answered goes to the front. */
-        if (i > 0) {
-            addr_t t = s->sent[i];
-            memmove(&s->sent[1], &s->sent[0], (size_t)i * sizeof(addr_t));
-            s->sent[0] = t;
+        for (int j = 0; j < s->n; j++) {
+            if (strcmp(s->sent[j].host, order[i].host) == 0 && s->sent[j].port == order[i].port) {
+                addr_t t = s->sent[j];
+                memmove(&s->sent[1], &s->sent[0], (size_t)j * sizeof(addr_t));
+                s->sent[0] = t;
+                break;
+            }
         }
         if (!s->have || strcmp(got.host, s->master.host) != 0 || got.port != s->master.port) {
             char was[CG_SENTINEL_HOST_MAX + 8] = "none", now[CG_SENTINEL_HOST_MAX + 8];
@@ -268,9 +313,17 @@ int cg_sentinel_master(cg_sentinel_t *s, int64_t deadline_ms, char *host, size_t
             event(s, CG_SENTINEL_EV_SWITCHED, "master address %s (was %s)", now, was);
         }
         s->trusted = 1;
+        s->asked_ms = mono_ms();
+        pthread_mutex_unlock(&s->ask);
         goto found;
     }
+    pthread_mutex_lock(&s->lock);
+    pthread_mutex_unlock(&s->ask);
     *unreachable = unknown == 0;
+    if (refresh && s->have && s->trusted) {
+        /* The master works; the sentinels are down or unsure: keep it, say so below. */
+        rc = 0;
+    }
     /* Both kinds apart, for the operator: a wrong name is a config error. */
     if (unknown > 0)
         event(s, CG_SENTINEL_EV_UNKNOWN_MASTER, "master name unknown to the sentinels "
@@ -280,7 +333,7 @@ int cg_sentinel_master(cg_sentinel_t *s, int64_t deadline_ms, char *host, size_t
     snprintf(err, errlen, "%s: %s", unknown > 0 ? "master name unknown" : "sentinels unreachable",
              one);
     pthread_mutex_unlock(&s->lock);
-    return -1;
+    return rc;
 found:
     if (strlen(s->master.host) >= cap) {
         snprintf(err, errlen, "master host name too long");
@@ -293,6 +346,12 @@ found:
     }
     pthread_mutex_unlock(&s->lock);
     return rc;
+}
+
+int cg_sentinel_master(cg_sentinel_t *s, int64_t deadline_ms, char *host, size_t cap, int *port,
+                       uint64_t *gen, int *unreachable, char *err, size_t errlen)
+{
+    return resolve(s, deadline_ms, 0, host, cap, port, gen, unreachable, err, errlen);
 }
 
 void cg_sentinel_distrust(cg_sentinel_t *s, uint64_t gen, const char *why)
@@ -366,4 +425,59 @@ int cg_sentinel_reply_distrusts(const redisReply *r)
 {
     return r != NULL && r->type == REDIS_REPLY_ERROR &&
            (word(r, "READONLY") || word(r, "LOADING") || word(r, "MASTERDOWN"));
+}
+
+int cg_sentinel_cached(cg_sentinel_t *s, char *host, size_t cap, int *port, uint64_t *gen)
+{
+    int rc = -1;
+    pthread_mutex_lock(&s->lock);
+    if (s->have && s->trusted && strlen(s->master.host) < cap) {
+        strcpy(host, s->master.host);
+        *port = s->master.port;
+        *gen = s->gen;
+        rc = 0;
+    }
+    pthread_mutex_unlock(&s->lock);
+    return rc;
+}
+
+static void *watch(void *arg)
+{
+    cg_sentinel_t *s = arg;
+    char host[CG_SENTINEL_HOST_MAX], err[256];
+    for (;;) {
+        pthread_mutex_lock(&s->lock);
+        int stop = s->stop, trusted = s->have && s->trusted;
+        int64_t age = mono_ms() - s->asked_ms;
+        pthread_mutex_unlock(&s->lock);
+        if (stop)
+            break;
+        /* A trusted address is checked again every CG_SENTINEL_REFRESH_MS: a master
+         * that was partitioned away may come back and answer as master until the
+         * sentinels demote it, with no error to make us ask. */
+        if (!trusted || age >= CG_SENTINEL_REFRESH_MS) {
+            int port, unreachable;
+            uint64_t gen;
+            (void)resolve(s, mono_ms() + 2000, trusted, host, sizeof(host), &port, &gen,
+                          &unreachable, err, sizeof(err));
+            if (trusted) {
+                pthread_mutex_lock(&s->lock);
+                s->asked_ms = mono_ms();    /* also when no sentinel answered: not in a loop */
+                pthread_mutex_unlock(&s->lock);
+            }
+        }
+        if (cg_thread_nap(&s->lock, &s->wake, &s->stop, CG_SENTINEL_WATCH_MS))
+            break;
+    }
+    return NULL;
+}
+
+int cg_sentinel_watch(cg_sentinel_t *s)
+{
+    if (s->watching)
+        return 0;
+    if (cg_thread_start(&s->watcher, watch, s) != 0)
+        return -1;
+    s->watching = 1;
+    return 0;
 }

@@ -53,6 +53,17 @@ int cg_sentinel_master(cg_sentinel_t *s, int64_t deadline_ms, char *host, size_t
  * sentinels again next time (the one that answered goes to the back). */
 void cg_sentinel_distrust(cg_sentinel_t *s, uint64_t gen, const char *why);
 
+/* Without blocking: the trusted address, 0; -1 when there is none (yet). */
+int cg_sentinel_cached(cg_sentinel_t *s, char *host, size_t cap, int *port, uint64_t *gen);
+
+/* A thread that asks the sentinels whenever the address is not trusted
+ * (checked every CG_SENTINEL_WATCH_MS), and again every CG_SENTINEL_REFRESH_MS
+ * while it is; callers that must never block (nginx workers) only read its
+ * answer. Stopped by cg_sentinel_free. 0, or -1 if the thread cannot start. */
+#define CG_SENTINEL_WATCH_MS 100
+#define CG_SENTINEL_REFRESH_MS 1000
+int cg_sentinel_watch(cg_sentinel_t *s);
+
 /* Current generation (bumped when the address changes). */
 uint64_t cg_sentinel_gen(cg_sentinel_t *s);
 /* 1 while the address is trusted (no distrust since the last answer). */

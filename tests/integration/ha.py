@@ -191,6 +191,13 @@ class HASet:
                 % (self.sentinel_list(order), MASTER_NAME, SENTINEL_PASSWORD, Redis.PASSWORD,
                    Redis.DB))
 
+    def nginx_store_conf(self, order=None):
+        return ("certgate_redis_sentinels %s;\n    certgate_redis_master_name %s;\n"
+                "    certgate_redis_sentinel_auth %s;\n    certgate_redis_auth %s;\n"
+                "    certgate_redis_db %d;"
+                % (self.sentinel_list(order), MASTER_NAME, SENTINEL_PASSWORD, Redis.PASSWORD,
+                   Redis.DB))
+
     def close(self):
         for s in self.sentinels:
             s.stop()

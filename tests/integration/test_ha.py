@@ -23,14 +23,20 @@ SLACK = harness.SLACK
 class View:
     """One httpd on the HA set, in its own work dir (what clients.py and admin.py need)."""
 
-    def __init__(self, ha, pki, extra_server="", order=None):
+    def __init__(self, ha, pki, extra_server="", order=None, kind="httpd"):
         self.work = make_workdir()
+        self.kind = kind
         self.pki_dir = os.path.join(self.work, "pki")
         pki.server.write(self.pki_dir, "server", send_chain=[])
         self.server_ca = pki.server_ca.write(self.pki_dir, "server-ca")[0]
-        self.server = self.httpd = harness.Httpd(self.work, self.pki_dir, None,
-                                                 store_conf=ha.store_conf(order),
-                                                 extra_server=extra_server).start()
+        if kind == "nginx":
+            self.server = self.httpd = harness.Nginx(self.work, self.pki_dir, None,
+                                                     store_conf=ha.nginx_store_conf(order),
+                                                     extra_http=extra_server).start()
+        else:
+            self.server = self.httpd = harness.Httpd(self.work, self.pki_dir, None,
+                                                     store_conf=ha.store_conf(order),
+                                                     extra_server=extra_server).start()
 
     def client_files(self, cert, name, **kw):
         return cert.write(self.pki_dir, name, **kw)
@@ -53,6 +59,20 @@ def ha():
 def gate(ha, pki):
     """Cache off: every request reads the store (the 503 window is the store's)."""
     v = View(ha, pki, extra_server="CertGateCache Off")
+    yield v
+    v.close()
+
+
+@pytest.fixture(scope="module")
+def ngate(ha, pki):
+    v = View(ha, pki, extra_server="certgate_cache off;", kind="nginx")
+    yield v
+    v.close()
+
+
+@pytest.fixture(scope="module")
+def ncached(ha, pki):
+    v = View(ha, pki, extra_server="certgate_cache_max_age 30;", kind="nginx")
     yield v
     v.close()
 
@@ -153,37 +173,45 @@ def wait_status(view, cert, want, timeout):
     return None
 
 
-def test_kill_primary_under_load(ha, gate, cached, pki):
+def test_kill_primary_under_load(ha, gate, cached, ngate, ncached, pki):
+    """httpd and nginx under load at once: 0 wrong allows, the window of 503s on the
+    allowed certificate, the time to its first 200; then a revocation written on the new
+    primary is enforced within 1 s on live connections of cached gateways."""
     old = ha.primary()
     seed_certs(old.client(), pki)
-    live = session(cached, pki.leaf_inter2)
-    assert live.get(cached.httpd.url(GATED), timeout=5).status_code == 200
+    lives = [(v, session(v, pki.leaf_inter2)) for v in (cached, ncached)]
+    for v, live in lives:
+        assert live.get(v.httpd.url(GATED), timeout=5).status_code == 200
     certs = [(pki.leaf, True), (pki.leaf_b, False), (pki.leaf_other, False), (pki.app_leaf, False)]
-    with Load(gate, certs) as load:
+    with Load(gate, certs) as load, Load(ngate, certs) as nload:
         time.sleep(1.0)
         t_kill = time.monotonic()
         old.kill9()
         new = ha.wait_new_primary(old.port)
         t_elected = time.monotonic() - t_kill
         time.sleep(3.0)
-    wrong, window, first_ok = figures("kill -9 primary (httpd)", load, t_kill)
-    print("sentinels named the new primary %.2f s after the kill" % t_elected)
-    assert not wrong, wrong[:5]
-    assert first_ok is not None
-    assert window <= 3.0 + SLACK, window
+    print("\nsentinels named the new primary %.2f s after the kill" % t_elected)
+    for name, l in (("httpd", load), ("nginx", nload)):
+        wrong, window, first_ok = figures("kill -9 primary (%s)" % name, l, t_kill)
+        assert not wrong, wrong[:5]
+        assert first_ok is not None
+        assert window <= 3.0 + SLACK, window
 
-    # The live connection of the cached gateway follows: the subscriber moved to the new
-    # primary and flushed; a revocation written there now is enforced within 1 s.
-    assert live.get(cached.httpd.url(GATED), timeout=5).status_code == 200
+    # The live connections of the cached gateways follow: their subscribers moved to the
+    # new primary and flushed; a revocation written there now is enforced within 1 s.
+    for v, live in lives:
+        assert live.get(v.httpd.url(GATED), timeout=5).status_code == 200
     r = new.client()
     r.hset("certgate:reg:reg-" + pki.leaf_inter2.fingerprint[:16], "status", "INACTIVATED")
     t0 = time.monotonic()
     r.publish("certgate:invalidate", pki.leaf_inter2.fingerprint)
-    while live.get(cached.httpd.url(GATED), timeout=5).status_code == 200:
-        assert time.monotonic() - t0 < 1.0, "revocation after the failover not enforced in 1 s"
-        time.sleep(0.02)
-    print("revocation after the failover enforced in %.2f s" % (time.monotonic() - t0))
-    assert "CG11004" in gate.httpd.read_log()
+    for v, live in lives:
+        while live.get(v.httpd.url(GATED), timeout=5).status_code == 200:
+            assert time.monotonic() - t0 < 1.0, "revocation not enforced in 1 s (%s)" % v.kind
+            time.sleep(0.02)
+        print("revocation after the failover enforced in %.2f s (%s)"
+              % (time.monotonic() - t0, v.kind))
+    assert "CG11004" in gate.httpd.read_log() and "CG11004" in ngate.httpd.read_log()
 
 
 @pytest.fixture(scope="module")
@@ -247,14 +275,14 @@ def commandstats(node):
     return {k[len("cmdstat_"):]: v["calls"] for k, v in info.items() if k.startswith("cmdstat_")}
 
 
-def test_sigstop_primary_comes_back_as_replica(ha, gate, cached, pki):
+def test_sigstop_primary_comes_back_as_replica(ha, gate, cached, ngate, pki):
     """A partition: the primary stops answering until a new one is elected, then comes
     back. It must come back as a replica, and the gate must neither read from it as
     master nor write to it."""
     old = ha.primary()
     seed_certs(old.client(), pki)
     certs = [(pki.leaf, True), (pki.leaf_b, False), (pki.app_leaf, False)]
-    with Load(gate, certs) as load:
+    with Load(gate, certs) as load, Load(ngate, certs) as nload:
         time.sleep(0.5)
         t_stop = time.monotonic()
         old.pause()
@@ -270,10 +298,11 @@ def test_sigstop_primary_comes_back_as_replica(ha, gate, cached, pki):
         old.client().execute_command("CONFIG", "RESETSTAT")
         t_back = time.monotonic()
         time.sleep(2.0)
-    wrong, window, first_ok = figures("SIGSTOP primary (httpd)", load, t_stop)
-    assert not wrong, wrong[:5]
-    after = [e for e in load.since(t_back + 0.5) if e[2]]
-    assert after and all(e[3] == 200 for e in after), after[:5]
+    for name, l in (("httpd", load), ("nginx", nload)):
+        wrong, window, first_ok = figures("SIGSTOP primary (%s)" % name, l, t_stop)
+        assert not wrong, wrong[:5]
+        after = [e for e in l.since(t_back + 0.5) if e[2]]
+        assert after and all(e[3] == 200 for e in after), after[:5]
     # Reads went to the new primary only: the old one saw no lookup since it came back.
     stats = commandstats(old)
     assert not any(stats.get(c) for c in ("get", "hgetall", "hget")), stats
