@@ -214,6 +214,30 @@ def test_kill_primary_under_load(ha, gate, cached, ngate, ncached, pki):
     assert "CG11004" in gate.httpd.read_log() and "CG11004" in ngate.httpd.read_log()
 
 
+def test_resubscribe_flushes_what_was_missed(ha, cached, ncached, pki):
+    """A revocation published while the subscriber is away is lost; the subscriber's
+    flush when it is back is what makes the cache forget (max age is 30 s here)."""
+    primary = ha.primary()
+    seed_certs(primary.client(), pki)
+    lives = [(v, session(v, pki.leaf)) for v in (cached, ncached)]
+    for v, live in lives:
+        assert live.get(v.httpd.url(GATED), timeout=5).status_code == 200
+    r = primary.client()
+    p = r.pipeline(transaction=True)
+    p.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+    p.hset("certgate:reg:reg-" + pki.leaf.fingerprint[:16], "status", "INACTIVATED")
+    p.publish("certgate:invalidate", pki.leaf.fingerprint)
+    killed, _, heard = p.execute()
+    assert killed >= 2 and heard == 0, (killed, heard)   # nobody heard it
+    t0 = time.monotonic()
+    for v, live in lives:
+        while live.get(v.httpd.url(GATED), timeout=5).status_code == 200:
+            assert time.monotonic() - t0 < 2.0, "cache kept a revoked entry (%s)" % v.kind
+            time.sleep(0.02)
+        print("\nmissed revocation enforced after resubscribe in %.2f s (%s)"
+              % (time.monotonic() - t0, v.kind))
+
+
 @pytest.fixture(scope="module")
 def ha_durable():
     """A set of its own: the tests above leave fewer replicas."""
