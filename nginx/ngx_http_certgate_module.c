@@ -214,6 +214,7 @@ static void *cg_create_main_conf(ngx_conf_t *cf)
     c->cache_max_age = NGX_CONF_UNSET_UINT;
     c->usage_interval = NGX_CONF_UNSET_UINT;
     c->sentinel_timeout = NGX_CONF_UNSET_MSEC;
+    cg_stale_keep_max = 0;    /* a reload counts the windows of the new config only */
     return c;
 }
 

@@ -220,7 +220,8 @@ void cg_gate_start(cg_gate_t *g)
             glog(g->log_ctx, CG_LOG_ERR, "CG04009: the usage recording thread could not "
                  "start; usage is not recorded");
     }
-    if (cg_store_sentinel(g->store) != NULL && cg_sentinel_watch(cg_store_sentinel(g->store)) != 0)
+    cg_sentinel_t *sent = cg_store_sentinel(g->store);
+    if (sent != NULL && cg_sentinel_watch(sent) != 0)
         glog(g->log_ctx, CG_LOG_ERR, "CG11006: cannot start the sentinel thread; the master "
              "address is only checked after errors");
     if (g->cache != NULL && g->sub == NULL) {

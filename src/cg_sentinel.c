@@ -70,7 +70,8 @@ static int parse_list(const char *list, addr_t *out, int *n, char *err, size_t e
                 colon = p + i;
         if (colon == NULL || colon == p || (size_t)(colon - p) >= CG_SENTINEL_HOST_MAX ||
             colon + 1 == p + len) {
-            snprintf(err, errlen, "sentinel '%.*s': expected host:port", (int)(len > 64 ? 64 : len), p);
+            snprintf(err, errlen, "sentinel '%.*s': expected host:port",
+                     (int)(len > 64 ? 64 : len), p);
             return -1;
         }
         long port = 0;
@@ -210,7 +211,8 @@ static int ask_one(cg_sentinel_t *s, const addr_t *a, int64_t deadline, addr_t *
     redisReply *r = NULL;
     int rc = -1;
     if (c == NULL || c->err) {
-        snprintf(err, errlen, "%.100s:%d: %.100s", a->host, a->port, c ? c->errstr : "out of memory");
+        snprintf(err, errlen, "%.100s:%d: %.100s", a->host, a->port,
+                 c ? c->errstr : "out of memory");
         goto done;
     }
     if (redisSetTimeout(c, tv) != REDIS_OK) {
@@ -230,7 +232,8 @@ static int ask_one(cg_sentinel_t *s, const addr_t *a, int64_t deadline, addr_t *
     }
     r = redisCommand(c, "SENTINEL get-master-addr-by-name %s", s->name);
     if (r == NULL) {
-        snprintf(err, errlen, "%.100s:%d: %.100s", a->host, a->port, c->errstr[0] ? c->errstr : "no answer");
+        snprintf(err, errlen, "%.100s:%d: %.100s", a->host, a->port,
+                 c->errstr[0] ? c->errstr : "no answer");
         goto done;
     }
     if (r->type == REDIS_REPLY_NIL) {
@@ -250,8 +253,8 @@ static int ask_one(cg_sentinel_t *s, const addr_t *a, int64_t deadline, addr_t *
             rc = 1;
         }
     } else if (r->type == REDIS_REPLY_ERROR) {
-        snprintf(err, errlen, "%.100s:%d: %.*s", a->host, a->port, (int)(r->len > 120 ? 120 : r->len),
-                 r->str);
+        snprintf(err, errlen, "%.100s:%d: %.*s", a->host, a->port,
+                 (int)(r->len > 120 ? 120 : r->len), r->str);
     } else {
         snprintf(err, errlen, "%.100s:%d: unexpected answer", a->host, a->port);
     }

@@ -404,7 +404,8 @@ static redisContext *connect_new_addr(cg_store_t *st, int64_t deadline, cg_store
             return NULL;
         }
     }
-    if (st->sentinel != NULL && (*rc = check_role(st, c, gen, deadline, err, errlen)) != CG_STORE_OK) {
+    if (st->sentinel != NULL &&
+        (*rc = check_role(st, c, gen, deadline, err, errlen)) != CG_STORE_OK) {
         redisFree(c);
         return NULL;
     }

@@ -1,7 +1,10 @@
 """Redis high availability with real processes on loopback: 1 primary + 2 replicas,
-3 sentinels (down-after-milliseconds 1000), httpd finding the master through them.
-The figures printed by test_kill_primary_under_load are the ones in docs/ha.md."""
+3 sentinels (down-after-milliseconds 1000), httpd and nginx finding the master through
+them; durable admin writes (WAIT); the bounded stale mode; the HA directives.
+The figures printed by the kill -9 and SIGSTOP tests are the ones in docs/ha.md.
+The tests on the `ha` set run in file order: each failover leaves the next primary."""
 import os
+import subprocess
 import threading
 import time
 
@@ -426,3 +429,48 @@ def test_stale_mode_redis_down_10s(pki, server):
     finally:
         stack.redis.start()
         stack.close()
+
+
+# ---------------------------------------------------------------- directives
+
+@pytest.mark.parametrize("line,message", [
+    ("CertGateRedisSentinels 10.0.0.1", "CertGateRedisSentinels: sentinel '10.0.0.1': "
+                                        "expected host:port"),
+    ("CertGateRedisSentinels a:0", "the port must be 1..65535"),
+    ("CertGateRedisMasterName 'a b'", "CertGateRedisMasterName: the master name must be "
+                                      "printable ASCII without spaces"),
+    ("CertGateRedisSentinelTimeout 0", "CertGateRedisSentinelTimeout: expected a whole number"),
+    ("CertGateRedisSentinelAuth", "CertGateRedisSentinelAuth takes 1-2 arguments"),
+    ("CertGateAdminWaitReplicas 65", "CertGateAdminWaitReplicas: expected a whole number from "
+                                     "0 to 64"),
+    ("CertGateAdminWaitReplicas 1 0", "expected a whole number from 1 to 60000"),
+    ("CertGateOnStoreError stale", "stale needs a number of seconds"),
+    ("CertGateOnStoreError stale 0", "expected a whole number from 1 to 86400"),
+    ("CertGateOnStoreError deny 5", "only stale takes a number"),
+])
+def test_bad_ha_directives_stop_startup(line, message):
+    work = make_workdir()
+    conf = os.path.join(work, "bad.conf")
+    with open(conf, "w") as f:
+        f.write('ServerRoot "%s"\nLoadModule mpm_event_module %s/mod_mpm_event.so\n'
+                "LoadModule certgate_module %s\n%s\n" % (work, harness.MODDIR, harness.MODULE, line))
+    res = subprocess.run([harness.APACHE, "-t", "-f", conf], capture_output=True, text=True,
+                         env=harness.server_env(work))
+    assert res.returncode != 0
+    assert message in res.stderr, res.stderr
+
+
+def test_sentinels_without_master_name_stop_startup():
+    work = make_workdir()
+    conf = os.path.join(work, "nomaster.conf")
+    with open(conf, "w") as f:
+        f.write('ServerRoot "%s"\nServerName localhost\nPidFile "%s/pid"\nErrorLog "%s/err.log"\n'
+                "LoadModule mpm_event_module %s/mod_mpm_event.so\n"
+                "LoadModule certgate_module %s\nListen 127.0.0.1:%d\n"
+                "CertGateRedisSentinels 127.0.0.1:1\n"
+                % (work, work, work, harness.MODDIR, harness.MODULE, harness.free_port()))
+    res = subprocess.run([harness.APACHE, "-f", conf, "-DFOREGROUND"], capture_output=True,
+                         text=True, timeout=30, env=harness.server_env(work))
+    assert res.returncode != 0
+    log = open(os.path.join(work, "err.log")).read() + res.stderr
+    assert "CG04001" in log and "master name" in log, log
