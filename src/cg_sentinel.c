@@ -458,18 +458,21 @@ static void *watch(void *arg)
         /* A trusted address is checked again every CG_SENTINEL_REFRESH_MS: a master
          * that was partitioned away may come back and answer as master until the
          * sentinels demote it, with no error to make us ask. */
+        int nap_ms = CG_SENTINEL_WATCH_MS;
         if (!trusted || age >= CG_SENTINEL_REFRESH_MS) {
             int port, unreachable;
             uint64_t gen;
-            (void)resolve(s, mono_ms() + 2000, trusted, host, sizeof(host), &port, &gen,
-                          &unreachable, err, sizeof(err));
+            /* No answer: ask less often (requests that need one ask themselves on httpd). */
+            if (resolve(s, mono_ms() + 2000, trusted, host, sizeof(host), &port, &gen,
+                        &unreachable, err, sizeof(err)) != 0)
+                nap_ms = 5 * CG_SENTINEL_WATCH_MS;
             if (trusted) {
                 pthread_mutex_lock(&s->lock);
                 s->asked_ms = mono_ms();    /* also when no sentinel answered: not in a loop */
                 pthread_mutex_unlock(&s->lock);
             }
         }
-        if (cg_thread_nap(&s->lock, &s->wake, &s->stop, CG_SENTINEL_WATCH_MS))
+        if (cg_thread_nap(&s->lock, &s->wake, &s->stop, nap_ms))
             break;
     }
     return NULL;

@@ -185,11 +185,11 @@ class HASet:
         order = order if order is not None else range(len(self.sentinels))
         return " ".join("127.0.0.1:%d" % self.sentinels[i].port for i in order)
 
-    def store_conf(self, order=None):
+    def store_conf(self, order=None, name=MASTER_NAME, sentinels=None):
         return ("CertGateRedisSentinels %s\nCertGateRedisMasterName %s\n"
                 "CertGateRedisSentinelAuth %s\nCertGateRedisAuth %s\nCertGateRedisDB %d"
-                % (self.sentinel_list(order), MASTER_NAME, SENTINEL_PASSWORD, Redis.PASSWORD,
-                   Redis.DB))
+                % (sentinels or self.sentinel_list(order), name, SENTINEL_PASSWORD,
+                   Redis.PASSWORD, Redis.DB))
 
     def nginx_store_conf(self, order=None):
         return ("certgate_redis_sentinels %s;\n    certgate_redis_master_name %s;\n"

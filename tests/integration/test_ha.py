@@ -26,7 +26,8 @@ SLACK = harness.SLACK
 class View:
     """One httpd on the HA set, in its own work dir (what clients.py and admin.py need)."""
 
-    def __init__(self, ha, pki, extra_server="", order=None, kind="httpd"):
+    def __init__(self, ha, pki, extra_server="", order=None, kind="httpd", store_conf=None,
+                 extra_vhost=""):
         self.work = make_workdir()
         self.kind = kind
         self.pki_dir = os.path.join(self.work, "pki")
@@ -38,8 +39,9 @@ class View:
                                                      extra_http=extra_server).start()
         else:
             self.server = self.httpd = harness.Httpd(self.work, self.pki_dir, None,
-                                                     store_conf=ha.store_conf(order),
-                                                     extra_server=extra_server).start()
+                                                     store_conf=store_conf or ha.store_conf(order),
+                                                     extra_server=extra_server,
+                                                     extra_vhost=extra_vhost).start()
 
     def client_files(self, cert, name, **kw):
         return cert.write(self.pki_dir, name, **kw)
@@ -239,6 +241,36 @@ def test_resubscribe_flushes_what_was_missed(ha, cached, ncached, pki):
             time.sleep(0.02)
         print("\nmissed revocation enforced after resubscribe in %.2f s (%s)"
               % (time.monotonic() - t0, v.kind))
+
+
+METRICS = '<Location "/metrics">\n    SetHandler certgate-metrics\n  </Location>'
+
+
+@pytest.mark.parametrize("case", ["unknown_master", "unreachable"])
+def test_sentinel_failures_logged_and_counted_apart(ha, pki, case):
+    """A master name the sentinels do not know and sentinels that do not answer are two
+    different failures: own tag, own counter; both answer 503, never 200."""
+    if case == "unknown_master":
+        conf = ha.store_conf(name="no-such-master")
+        tag, other = "CG11002", "CG11001"
+    else:
+        conf = ha.store_conf(sentinels="127.0.0.1:%d 127.0.0.1:%d"
+                             % (harness.free_port(), harness.free_port()))
+        tag, other = "CG11001", "CG11002"
+    view = View(ha, pki, store_conf=conf, extra_server="CertGateCache Off",
+                extra_vhost=METRICS)
+    try:
+        for _ in range(3):
+            assert session(view, pki.leaf).get(view.httpd.url(GATED), timeout=5).status_code == 503
+        assert harness.wait_for_line(view.httpd.error_log, tag)
+        log = view.httpd.read_log()
+        assert other not in log
+        metrics = requests.get(view.httpd.url("/metrics"), verify=view.server_ca, timeout=5).text
+        line = 'certgate_sentinel_events_total{event="%s"}' % case
+        count = [l for l in metrics.splitlines() if l.startswith(line)]
+        assert count and int(count[0].split()[-1]) >= 3, metrics
+    finally:
+        view.close()
 
 
 @pytest.fixture(scope="module")
