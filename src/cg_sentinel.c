@@ -278,8 +278,23 @@ static int resolve(cg_sentinel_t *s, int64_t deadline_ms, int refresh, char *hos
     if (s->have && s->trusted && !refresh)
         goto found;
     pthread_mutex_unlock(&s->lock);
-    /* One asker; the others wait for its answer instead of asking too. */
-    pthread_mutex_lock(&s->ask);
+    /* One asker; the others wait for its answer instead of asking too, but no
+     * longer than their own deadline. */
+    int64_t left = deadline_ms - mono_ms();
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    left = left > 0 ? left : 0;
+    until.tv_sec += (time_t)(left / 1000);
+    until.tv_nsec += (long)(left % 1000) * 1000000L;
+    if (until.tv_nsec >= 1000000000L) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000L;
+    }
+    if (pthread_mutex_timedlock(&s->ask, &until) != 0) {
+        snprintf(err, errlen, "timeout waiting for the sentinels' answer");
+        *unreachable = 1;
+        return -1;
+    }
     pthread_mutex_lock(&s->lock);
     if (s->have && s->trusted && !refresh) {
         pthread_mutex_unlock(&s->ask);
