@@ -249,6 +249,11 @@ static int cg_post_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *ptemp
                          v->server_hostname, server_where(v, where, sizeof(where)), err);
             return HTTP_INTERNAL_SERVER_ERROR;
         }
+        if (cgh_gate_configured && sc->stale_s > 0)
+            ap_log_error(APLOG_MARK, APLOG_WARNING, 0, v,
+                         "CG02011: CertGateOnStoreError stale %d: while Redis fails, "
+                         "registrations read less than %d s before keep allowing", sc->stale_s,
+                         sc->stale_s);
         if (cgh_gate_configured && sc->on_store_error_allow == 1)
             ap_log_error(APLOG_MARK, APLOG_WARNING, 0, v,
                          "CG05001: CertGateOnStoreError allow: requests pass unchecked "
@@ -334,6 +339,12 @@ static void cg_child_init(apr_pool_t *p, server_rec *s)
         }
         cg_gate_cfg_t cfg;
         cgh_gate_cfg(sc, &cfg);
+        /* Vhosts sharing this gate may ask for a longer stale window: keep for the longest. */
+        for (server_rec *w = s; v == s && w != NULL; w = w->next) {
+            const cg_srv_t *wc = cgh_srv_conf(w);
+            if ((w == s || !wc->own_store) && wc->stale_s > cfg.stale_keep_s)
+                cfg.stale_keep_s = wc->stale_s;
+        }
         log_ctx_t *lc = apr_pcalloc(p, sizeof(*lc));
         lc->s = v;
         sc->gate = cg_gate_new(&cfg, cgh_metrics, lc);
@@ -643,6 +654,7 @@ static int cg_fixups(request_rec *r)
         .app = app,
         .app_ambiguous = app_ambiguous,
         .fail_open = sc->on_store_error_allow == 1,
+        .stale_s = sc->stale_s > 0 ? sc->stale_s : 0,
         .now = cgh_now_sec(sc, r->request_time),
         .client = r->useragent_ip,
         .log_ctx = &lc,

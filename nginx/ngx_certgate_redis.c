@@ -4,10 +4,13 @@
 #include <ngx_event.h>
 
 #include "ngx_certgate_redis.h"
+#include "cg_sentinel.h"
 
 /* The worker's one context. The cleanup hook clears it whenever hiredis frees
  * it, for whatever reason, so it is always either live or NULL. */
 static redisAsyncContext *current;
+/* With sentinels: the generation of the master current was made for. */
+static uint64_t current_gen;
 
 static void on_read(ngx_event_t *ev)
 {
@@ -119,14 +122,45 @@ static ngx_int_t attach(redisAsyncContext *ac, ngx_log_t *log)
     return NGX_OK;
 }
 
+/* ROLE on a sentinel-given address: only a master carries lookups. The
+ * lookups queued behind it fail with the context if it is not one. */
+static void on_role_reply(redisAsyncContext *ac, void *reply, void *privdata)
+{
+    cg_sentinel_t *s = privdata;
+    char role[40];
+    if (reply == NULL)
+        return;
+    if (!cg_sentinel_role_is_master(reply, role, sizeof(role))) {
+        cg_sentinel_not_master(s, current_gen, role);
+        cg_ngx_redis_drop(ac);
+    }
+}
+
+void cg_ngx_redis_distrust(const cg_ngx_redis_conf_t *conf, const char *why)
+{
+    if (conf->sentinel != NULL)
+        cg_sentinel_distrust(conf->sentinel, current_gen, why);
+}
+
 redisAsyncContext *cg_ngx_redis_get(const cg_ngx_redis_conf_t *conf, ngx_log_t *log)
 {
     char path[256], host[256];
     redisAsyncContext *ac;
+    int port = (int) conf->port;
+    uint64_t gen = 0;
 
+    /* The sentinels named another master: leave the old one. */
+    if (current != NULL && conf->sentinel != NULL &&
+        cg_sentinel_gen(conf->sentinel) != current_gen)
+        cg_ngx_redis_drop(current);
     if (current != NULL)
         return current;
-    if (conf->socket.len > 0) {
+    if (conf->sentinel != NULL) {
+        /* Never block: the watcher thread asks the sentinels. */
+        if (cg_sentinel_cached(conf->sentinel, host, sizeof(host), &port, &gen) != 0)
+            return NULL;
+        ac = redisAsyncConnect(host, port);
+    } else if (conf->socket.len > 0) {
         if (conf->socket.len >= sizeof(path))
             return NULL;
         ngx_memcpy(path, conf->socket.data, conf->socket.len);
@@ -176,11 +210,14 @@ redisAsyncContext *cg_ngx_redis_get(const cg_ngx_redis_conf_t *conf, ngx_log_t *
         size_t lens[2] = { 6, (size_t) n };
         rc = redisAsyncCommandArgv(ac, on_setup_reply, "SELECT", 2, argv, lens);
     }
+    if (rc == REDIS_OK && conf->sentinel != NULL)
+        rc = redisAsyncCommand(ac, on_role_reply, conf->sentinel, "ROLE");
     if (rc != REDIS_OK) {
         redisAsyncFree(ac);
         return NULL;
     }
     current = ac;
+    current_gen = gen;
     return ac;
 }
 

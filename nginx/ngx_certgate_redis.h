@@ -19,6 +19,9 @@ typedef struct {
     ngx_str_t user;         /* ACL user, may be empty */
     ngx_str_t password;     /* empty: no AUTH */
     ngx_int_t db;
+    /* Sentinel discovery (set per worker): a cg_sentinel_t whose watcher
+     * thread resolves; NULL: the address above. */
+    void *sentinel;
 } cg_ngx_redis_conf_t;
 
 /* The worker's connection, connecting (and sending AUTH/SELECT) if there is
@@ -31,5 +34,9 @@ void cg_ngx_redis_drop(redisAsyncContext *ac);
 
 /* Throw away the worker's current connection, if any. */
 void cg_ngx_redis_drop_current(void);
+
+/* With sentinels: the current master failed us (error, timeout, READONLY,
+ * LOADING); the watcher asks the sentinels again. Never blocks. */
+void cg_ngx_redis_distrust(const cg_ngx_redis_conf_t *conf, const char *why);
 
 #endif

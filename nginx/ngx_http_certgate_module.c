@@ -21,6 +21,7 @@
 #include "ngx_certgate_redis.h"
 #include "ngx_certgate_metrics.h"
 #include "ngx_certgate_admin.h"
+#include "cg_sentinel.h"
 
 #define CG_ANY_CONF (NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF)
 
@@ -39,6 +40,10 @@ typedef struct {
     ngx_uint_t usage_interval;    /* seconds; 0: off */
     ngx_flag_t used;              /* some location says certgate on */
     ngx_shm_zone_t *metrics_zone; /* the workers' shared counters */
+    ngx_str_t sentinels;          /* certgate_redis_sentinels, space separated */
+    ngx_str_t master_name;
+    ngx_str_t sentinel_user, sentinel_password;
+    ngx_msec_t sentinel_timeout;
 } cg_main_conf_t;
 
 /* Where a directive was written, for checks made after parsing. */
@@ -57,7 +62,11 @@ typedef struct {
     ngx_uint_t on_store_error;    /* 0 deny, 1 allow */
     ngx_uint_t shadow;            /* certgate_mode: 0 enforce, 1 shadow */
     cg_conf_at_t *on_store_error_at;
+    ngx_int_t stale_s;            /* certgate_on_store_error stale N: N; else 0 */
 } cg_loc_conf_t;
+
+/* The longest stale window configured: the worker's cache keeps entries that long. */
+static ngx_int_t cg_stale_keep_max;
 
 /* Per TLS connection (HTTP/2 streams share the real connection's). */
 typedef struct {
@@ -109,6 +118,8 @@ static char *cg_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child);
 static char *cg_set_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 static char *cg_set_redis_auth(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 static char *cg_set_app_from(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+static char *cg_set_sentinels(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+static char *cg_set_sentinel_auth(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 static char *cg_set_gate(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 static char *cg_set_metrics(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 static char *cg_set_number(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
@@ -146,7 +157,7 @@ static ngx_command_t cg_commands[] = {
     { ngx_string("certgate_forward_headers"), CG_ANY_CONF | NGX_CONF_FLAG,
       ngx_conf_set_flag_slot, NGX_HTTP_LOC_CONF_OFFSET, offsetof(cg_loc_conf_t, forward_headers),
       NULL },
-    { ngx_string("certgate_on_store_error"), CG_ANY_CONF | NGX_CONF_TAKE1,
+    { ngx_string("certgate_on_store_error"), CG_ANY_CONF | NGX_CONF_TAKE12,
       cg_set_store_error, NGX_HTTP_LOC_CONF_OFFSET, 0, NULL },
     { ngx_string("certgate_mode"), CG_ANY_CONF | NGX_CONF_TAKE1,
       cg_set_mode, NGX_HTTP_LOC_CONF_OFFSET, 0, NULL },
@@ -154,6 +165,16 @@ static ngx_command_t cg_commands[] = {
       cg_set_redis, NGX_HTTP_MAIN_CONF_OFFSET, 0, NULL },
     { ngx_string("certgate_redis_auth"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE12,
       cg_set_redis_auth, NGX_HTTP_MAIN_CONF_OFFSET, 0, NULL },
+    { ngx_string("certgate_redis_sentinels"), NGX_HTTP_MAIN_CONF | NGX_CONF_1MORE,
+      cg_set_sentinels, NGX_HTTP_MAIN_CONF_OFFSET, 0, NULL },
+    { ngx_string("certgate_redis_master_name"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot, NGX_HTTP_MAIN_CONF_OFFSET, offsetof(cg_main_conf_t, master_name),
+      NULL },
+    { ngx_string("certgate_redis_sentinel_auth"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE12,
+      cg_set_sentinel_auth, NGX_HTTP_MAIN_CONF_OFFSET, 0, NULL },
+    { ngx_string("certgate_redis_sentinel_timeout"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot, NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(cg_main_conf_t, sentinel_timeout), NULL },
     { ngx_string("certgate_redis_db"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
       cg_set_number, NGX_HTTP_MAIN_CONF_OFFSET, offsetof(cg_main_conf_t, redis.db),
       &cg_db_range },
@@ -216,6 +237,8 @@ static void *cg_create_main_conf(ngx_conf_t *cf)
     c->cache_entries = NGX_CONF_UNSET_UINT;
     c->cache_max_age = NGX_CONF_UNSET_UINT;
     c->usage_interval = NGX_CONF_UNSET_UINT;
+    c->sentinel_timeout = NGX_CONF_UNSET_MSEC;
+    cg_stale_keep_max = 0;    /* a reload counts the windows of the new config only */
     return c;
 }
 
@@ -236,6 +259,14 @@ static void cg_gate_cfg(const cg_main_conf_t *c, cg_gate_cfg_t *out)
     out->cache_entries = c->cache_entries;
     out->cache_max_age_s = (int) c->cache_max_age;
     out->usage_interval_s = (int) c->usage_interval;
+    out->store.sentinels = c->sentinels.len ? (const char *) c->sentinels.data : NULL;
+    out->store.master_name = c->master_name.len ? (const char *) c->master_name.data : NULL;
+    out->store.sentinel_user = c->sentinel_user.len ? (const char *) c->sentinel_user.data
+                                                    : NULL;
+    out->store.sentinel_password = c->sentinel_password.len
+                                   ? (const char *) c->sentinel_password.data : NULL;
+    out->store.sentinel_timeout_ms = c->sentinel_timeout == NGX_CONF_UNSET_MSEC ? 0
+                                     : (int) c->sentinel_timeout;
 }
 
 /* The admin module's blocking store talks to the same Redis as the gate. */
@@ -397,15 +428,32 @@ static char *cg_set_store_error(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     cg_loc_conf_t *lc = conf;
     ngx_str_t *v = cf->args->elts;
+    static const char what[] = "expected deny, allow or stale SECONDS";
 
     if (lc->on_store_error != NGX_CONF_UNSET_UINT)
         return "is duplicate";
+    lc->stale_s = 0;
+    if (v[1].len == 5 && ngx_strncasecmp(v[1].data, (u_char *) "stale", 5) == 0) {
+        if (cf->args->nelts != 3)
+            return cg_refuse(cf, cmd, "stale needs a number of seconds, e.g. stale 30", &v[1]);
+        ngx_int_t n = ngx_atoi(v[2].data, v[2].len);
+        if (n < 1 || n > CG_GATE_STALE_MAX_S)
+            return cg_refuse(cf, cmd, "stale: expected a number of seconds from 1 to 86400",
+                             &v[2]);
+        lc->on_store_error = 0;
+        lc->stale_s = n;
+        if (n > cg_stale_keep_max)
+            cg_stale_keep_max = n;
+        return NGX_CONF_OK;
+    }
+    if (cf->args->nelts != 2)
+        return cg_refuse(cf, cmd, "only stale takes a number", &v[2]);
     if (v[1].len == 4 && ngx_strncasecmp(v[1].data, (u_char *) "deny", 4) == 0)
         lc->on_store_error = 0;
     else if (v[1].len == 5 && ngx_strncasecmp(v[1].data, (u_char *) "allow", 5) == 0)
         lc->on_store_error = 1;
     else
-        return cg_refuse(cf, cmd, "expected deny or allow", &v[1]);
+        return cg_refuse(cf, cmd, what, &v[1]);
     /* CG05001 is logged when a gated location is merged: cite this line then. */
     lc->on_store_error_at = ngx_pcalloc(cf->pool, sizeof(cg_conf_at_t));
     if (lc->on_store_error_at == NULL)
@@ -428,6 +476,47 @@ static char *cg_set_mode(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         lc->shadow = 1;
     else
         return cg_refuse(cf, cmd, "expected enforce or shadow", &v[1]);
+    return NGX_CONF_OK;
+}
+
+/* host:port ... joined with spaces, NUL-terminated for the core. */
+static char *cg_set_sentinels(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    cg_main_conf_t *c = conf;
+    ngx_str_t *v = cf->args->elts;
+    size_t len = 0;
+    (void) cmd;
+    if (c->sentinels.len)
+        return "is duplicate";
+    for (ngx_uint_t i = 1; i < cf->args->nelts; i++)
+        len += v[i].len + 1;
+    u_char *p = ngx_pnalloc(cf->pool, len);
+    if (p == NULL)
+        return NGX_CONF_ERROR;
+    c->sentinels.data = p;
+    for (ngx_uint_t i = 1; i < cf->args->nelts; i++) {
+        p = ngx_cpymem(p, v[i].data, v[i].len);
+        *p++ = i + 1 < cf->args->nelts ? ' ' : '\0';
+    }
+    c->sentinels.len = len - 1;
+    return NGX_CONF_OK;
+}
+
+static char *cg_set_sentinel_auth(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    cg_main_conf_t *c = conf;
+    ngx_str_t *v = cf->args->elts;
+    (void) cmd;
+    if (c->sentinel_password.len)
+        return "is duplicate";
+    if (cf->args->nelts == 3) {
+        c->sentinel_user = v[1];
+        c->sentinel_password = v[2];
+    } else {
+        c->sentinel_password = v[1];
+    }
+    if (c->sentinel_password.len == 0)
+        return "wants a non-empty password";
     return NGX_CONF_OK;
 }
 
@@ -513,6 +602,7 @@ static void *cg_create_loc_conf(ngx_conf_t *cf)
     c->forward_headers = NGX_CONF_UNSET;
     c->on_store_error = NGX_CONF_UNSET_UINT;
     c->shadow = NGX_CONF_UNSET_UINT;
+    c->stale_s = NGX_CONF_UNSET;
     return c;
 }
 
@@ -529,7 +619,13 @@ static char *cg_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     if (c->on_store_error == NGX_CONF_UNSET_UINT) {
         c->on_store_error = prev->on_store_error == NGX_CONF_UNSET_UINT ? 0 : prev->on_store_error;
         c->on_store_error_at = prev->on_store_error_at;
+        c->stale_s = prev->stale_s;
     }
+    ngx_conf_merge_value(c->stale_s, prev->stale_s, 0);
+    if (c->enabled == 1 && c->stale_s > 0)
+        ngx_conf_log_error(NGX_LOG_WARN, cf, 0, "CG02011: certgate_on_store_error stale %i: "
+                           "while Redis fails, registrations read less than %i s before keep "
+                           "allowing", c->stale_s, c->stale_s);
     /* Once per directive that gates some location, citing its own line. */
     cg_conf_at_t *at = c->on_store_error_at;
     if (c->enabled == 1 && c->on_store_error == 1 && at != NULL && !at->warned) {
@@ -598,6 +694,7 @@ static ngx_int_t cg_init_process(ngx_cycle_t *cycle)
         return NGX_OK;
     cg_gate_set_log(cg_log);
     cg_gate_cfg(cg_mcf, &gcfg);
+    gcfg.stale_keep_s = (int) cg_stale_keep_max;
     /* The counters every worker shares (certgate_metrics reads them). */
     cg_gate_p = cg_gate_new(&gcfg, cg_ngx_metrics_shared(cg_mcf->metrics_zone), cycle->log);
     if (cg_gate_p == NULL) {
@@ -606,6 +703,14 @@ static ngx_int_t cg_init_process(ngx_cycle_t *cycle)
         return NGX_OK;
     }
     cg_gate_start(cg_gate_p);
+    /* Sentinels: a thread of the core asks them; the worker only reads its answer. */
+    cg_mcf->redis.sentinel = cg_store_sentinel(cg_gate_store(cg_gate_p));
+    if (cg_mcf->redis.sentinel != NULL && cg_sentinel_watch(cg_mcf->redis.sentinel) != 0) {
+        ngx_log_error(NGX_LOG_ERR, cycle->log, 0, "CG11006: cannot start the sentinel "
+                      "thread; gated requests get 503");
+        cg_mcf->redis.sentinel = NULL;
+        cg_mcf->redis.host.len = 0;     /* never the fixed address instead */
+    }
     return NGX_OK;
 }
 
@@ -729,6 +834,9 @@ static void cg_on_reply(redisAsyncContext *ac, void *reply, void *privdata)
 
     if (r != NULL && r->type == REDIS_REPLY_ERROR)
         cg_ngx_redis_drop(ac);     /* as the blocking store: never reuse after an error */
+    if (r == NULL || cg_sentinel_reply_distrusts(r))
+        cg_ngx_redis_distrust(&cg_mcf->redis, r ? "READONLY or LOADING answer"
+                                                : "connection lost");
     if (lk->req == NULL) {         /* the request is gone or gave up */
         ngx_free(lk);
         return;
@@ -790,6 +898,7 @@ static void cg_resume(ngx_event_t *ev)
         cg_gate_lookup_fail(&req->lk, CG_STORE_TIMEOUT, err);
         req->state = ST_LOOKED_UP;
         /* A connection that missed its deadline is in an unknown state. */
+        cg_ngx_redis_distrust(&cg_mcf->redis, "timeout");
         cg_ngx_redis_drop_current();
     } else if (req->state != ST_LOOKED_UP) {
         return;     /* another event ran the handler first and used the answer */
@@ -1208,6 +1317,7 @@ static ngx_int_t cg_gate(ngx_http_request_t *r, int in_rewrite)
         .app_ambiguous = app_ambiguous,
         .cert_only = app_later,
         .fail_open = lc->on_store_error == 1,
+        .stale_s = lc->stale_s > 0 ? (int) lc->stale_s : 0,
         .now = (int64_t) ngx_time(),
         .client = ip,
         .log_ctx = r->connection->log,

@@ -21,6 +21,7 @@ struct cg_cache {
     size_t nbuckets;                /* power of two */
     size_t n, max;
     int64_t max_age_ms;
+    int64_t keep_ms;                /* expired entries kept this long (stale mode) */
     entry_t *head, *tail;
     _Atomic uint64_t version;
     cg_cache_stats_t stats;
@@ -136,8 +137,11 @@ int cg_cache_get(cg_cache_t *c, const cg_fp_t *fp, int64_t now_ms, int *found, c
     if (*pp != NULL) {
         entry_t *e = *pp;
         if (now_ms - e->fetched_ms >= c->max_age_ms) {
-            drop(c, pp);
-            c->stats.stale_drops++;
+            /* Expired: a miss, but stale mode may still need it while the store is down. */
+            if (now_ms - e->fetched_ms >= c->keep_ms) {
+                drop(c, pp);
+                c->stats.stale_drops++;
+            }
         } else {
             *found = e->found;
             *fetched_ms = e->fetched_ms;
@@ -259,4 +263,26 @@ void cg_conn_entry_set(cg_conn_entry_t *e, const cg_fp_t *fp, int found, const c
         e->reg = *reg;
     e->version = version;
     e->fetched_ms = fetched_ms;
+}
+
+void cg_cache_keep_expired(cg_cache_t *c, int64_t keep_ms)
+{
+    pthread_mutex_lock(&c->lock);
+    c->keep_ms = keep_ms;
+    pthread_mutex_unlock(&c->lock);
+}
+
+int cg_cache_get_recent(cg_cache_t *c, const cg_fp_t *fp, int64_t now_ms, int64_t within_ms,
+                        cg_reg_t *reg, int64_t *fetched_ms)
+{
+    int hit = 0;
+    pthread_mutex_lock(&c->lock);
+    entry_t *e = *find(c, fp);
+    if (e != NULL && e->found && now_ms - e->fetched_ms < within_ms) {
+        *reg = e->reg;
+        *fetched_ms = e->fetched_ms;
+        hit = 1;
+    }
+    pthread_mutex_unlock(&c->lock);
+    return hit;
 }

@@ -38,6 +38,16 @@ void cg_cache_invalidate(cg_cache_t *c, const cg_fp_t *fp);
 void cg_cache_flush(cg_cache_t *c);
 
 int64_t cg_cache_max_age_ms(const cg_cache_t *c);
+
+/*
+ * Stale mode (CertGateOnStoreError stale N): keep expired entries up to
+ * keep_ms after they were read (still misses for cg_cache_get; LRU and
+ * invalidations drop them as ever), and find a registration read less than
+ * within_ms ago, for when the store cannot be asked. 1 when found.
+ */
+void cg_cache_keep_expired(cg_cache_t *c, int64_t keep_ms);
+int cg_cache_get_recent(cg_cache_t *c, const cg_fp_t *fp, int64_t now_ms, int64_t within_ms,
+                        cg_reg_t *reg, int64_t *fetched_ms);
 size_t cg_cache_size(cg_cache_t *c);
 void cg_cache_stats(cg_cache_t *c, cg_cache_stats_t *out);
 

@@ -9,6 +9,7 @@
 #include <hiredis/hiredis.h>
 #include <openssl/crypto.h>
 
+#include "cg_sentinel.h"
 #include "cg_sub.h"
 #include "cg_usage.h"
 
@@ -96,6 +97,38 @@ static void free_cfg(cg_store_cfg_t *c)
     free_str(c->user, 0);
     free_str(c->password, 1);
     free_str(c->prefix, 0);
+    free_str(c->sentinels, 0);
+    free_str(c->master_name, 0);
+    free_str(c->sentinel_user, 0);
+    free_str(c->sentinel_password, 1);
+}
+
+/* Sentinel events (store and subscriber): counted always, logged at most once
+ * a second per kind so an outage does not flood the log. */
+static void sentinel_event(void *arg, int ev, const char *msg)
+{
+    static _Atomic int64_t last[8];
+    cg_gate_t *g = arg;
+    _Atomic uint64_t *c = ev == CG_SENTINEL_EV_UNREACHABLE ? &g->metrics->sentinel_unreachable
+                          : ev == CG_SENTINEL_EV_UNKNOWN_MASTER ? &g->metrics->sentinel_unknown
+                          : ev == CG_SENTINEL_EV_NOT_MASTER ? &g->metrics->sentinel_not_master
+                          : ev == CG_SENTINEL_EV_SWITCHED ? &g->metrics->sentinel_switches
+                          : &g->metrics->sentinel_distrusts;
+    count(c, 1);
+    int64_t now = cg_now_ms(), was = atomic_load(&last[ev & 7]);
+    if (ev != CG_SENTINEL_EV_SWITCHED &&
+        (now - was < 1000 || !atomic_compare_exchange_strong(&last[ev & 7], &was, now)))
+        return;
+    if (ev == CG_SENTINEL_EV_UNREACHABLE)
+        glog(g->log_ctx, CG_LOG_ERR, "CG11001: %s; gated requests get the store-error answer", msg);
+    else if (ev == CG_SENTINEL_EV_UNKNOWN_MASTER)
+        glog(g->log_ctx, CG_LOG_ERR, "CG11002: %s; check CertGateRedisMasterName", msg);
+    else if (ev == CG_SENTINEL_EV_NOT_MASTER)
+        glog(g->log_ctx, CG_LOG_WARN, "CG11003: %s", msg);
+    else if (ev == CG_SENTINEL_EV_SWITCHED)
+        glog(g->log_ctx, CG_LOG_WARN, "CG11004: %s; connections to the old one are closed", msg);
+    else
+        glog(g->log_ctx, CG_LOG_INFO, "CG11005: %s", msg);
 }
 
 cg_gate_t *cg_gate_new(const cg_gate_cfg_t *cfg, cg_metrics_t *metrics, void *log_ctx)
@@ -107,9 +140,17 @@ cg_gate_t *cg_gate_new(const cg_gate_cfg_t *cfg, cg_metrics_t *metrics, void *lo
     g->cfg = cfg->store;
     /* Own copies only: a failure half-way must not free the caller's strings. */
     g->cfg.host = g->cfg.socket = g->cfg.user = g->cfg.password = g->cfg.prefix = NULL;
+    g->cfg.sentinels = g->cfg.master_name = g->cfg.sentinel_user = NULL;
+    g->cfg.sentinel_password = NULL;
+    g->cfg.sentinel_event = sentinel_event;
+    g->cfg.sentinel_arg = g;
     if (dup_str(cfg->store.host, &g->cfg.host) || dup_str(cfg->store.socket, &g->cfg.socket) ||
         dup_str(cfg->store.user, &g->cfg.user) || dup_str(cfg->store.password, &g->cfg.password) ||
-        dup_str(cfg->store.prefix ? cfg->store.prefix : CG_GATE_PREFIX_DEFAULT, &g->cfg.prefix))
+        dup_str(cfg->store.prefix ? cfg->store.prefix : CG_GATE_PREFIX_DEFAULT, &g->cfg.prefix) ||
+        dup_str(cfg->store.sentinels, &g->cfg.sentinels) ||
+        dup_str(cfg->store.master_name, &g->cfg.master_name) ||
+        dup_str(cfg->store.sentinel_user, &g->cfg.sentinel_user) ||
+        dup_str(cfg->store.sentinel_password, &g->cfg.sentinel_password))
         goto oom;
     g->usage_interval_s = cfg->usage_interval_s;
     g->log_ctx = log_ctx;
@@ -131,6 +172,8 @@ cg_gate_t *cg_gate_new(const cg_gate_cfg_t *cfg, cg_metrics_t *metrics, void *lo
         if (g->cache == NULL)
             glog(log_ctx, CG_LOG_ERR, "CG04005: cannot allocate the registration cache; "
                  "running without it");
+        else if (cfg->stale_keep_s > 0)
+            cg_cache_keep_expired(g->cache, (int64_t)cfg->stale_keep_s * 1000);
     }
     return g;
 oom:
@@ -177,8 +220,13 @@ void cg_gate_start(cg_gate_t *g)
             glog(g->log_ctx, CG_LOG_ERR, "CG04009: the usage recording thread could not "
                  "start; usage is not recorded");
     }
+    cg_sentinel_t *sent = cg_store_sentinel(g->store);
+    if (sent != NULL && cg_sentinel_watch(sent) != 0)
+        glog(g->log_ctx, CG_LOG_ERR, "CG11006: cannot start the sentinel thread; the master "
+             "address is only checked after errors");
     if (g->cache != NULL && g->sub == NULL) {
-        g->sub = cg_sub_start(&g->cfg, g->cache, sub_log, sub_inval, g, err, sizeof(err));
+        g->sub = cg_sub_start(&g->cfg, cg_store_sentinel(g->store), g->cache, sub_log, sub_inval,
+                              g, err, sizeof(err));
         if (g->sub == NULL)
             glog(g->log_ctx, CG_LOG_ERR, "CG04006: cannot start the invalidation subscriber: "
                  "%s; cached entries expire by the cache max age", err);
@@ -286,6 +334,9 @@ void cg_gate_decide(cg_gate_t *g, const cg_gate_in_t *in, cg_store_rc_t rc,
     const cg_peer_t *peer = in->peer != NULL && in->peer->has_leaf ? in->peer : NULL;
     const char *client = in->client ? in->client : "-";
     const cg_reg_t *regp = NULL;
+    cg_reg_t stale;
+    int64_t stale_at = 0;
+    cg_store_rc_t failed = CG_STORE_OK;
 
     memset(v, 0, sizeof(*v));
     strcpy(v->fp_hex, "-");
@@ -295,6 +346,12 @@ void cg_gate_decide(cg_gate_t *g, const cg_gate_in_t *in, cg_store_rc_t rc,
         cg_fp_to_hex(&peer->leaf, v->fp_hex);
         if (rc == CG_STORE_OK) {
             regp = reg;
+        } else if (cg_store_failed(rc) && in->stale_s > 0 && !in->fail_open && g->cache != NULL &&
+                   cg_cache_get_recent(g->cache, &peer->leaf, cg_now_ms(),
+                                       (int64_t)in->stale_s * 1000, &stale, &stale_at)) {
+            /* Stale mode: decide on the record read before; only an allow is used. */
+            regp = &stale;
+            failed = rc;
         } else if (cg_store_failed(rc)) {
             v->reason = CG_R_STORE_UNAVAILABLE;
             /* Shadow never refuses: the failure is logged and counted as a
@@ -330,6 +387,19 @@ void cg_gate_decide(cg_gate_t *g, const cg_gate_in_t *in, cg_store_rc_t rc,
         .reg = regp,
     };
     v->reason = cg_decide(&ci);
+    if (failed != CG_STORE_OK) {
+        if (v->reason != CG_ALLOW) {
+            v->reason = CG_R_STORE_UNAVAILABLE;
+            log_store_error(in, failed, err ? err : "", v->fp_hex);
+            cg_metrics_decision(g->metrics, CG_R_STORE_UNAVAILABLE);
+            return;
+        }
+        count(&g->metrics->stale_allows, 1);
+        glog(in->log_ctx, CG_LOG_ERR, "CG02010: STALE ALLOW: store %s (%s); allowed from the "
+             "registration read %" PRId64 " ms ago (stale window %d s); app=%s cert=%s "
+             "fingerprint=%s client=%s", cg_store_rc_name(failed), err ? err : "",
+             cg_now_ms() - stale_at, in->stale_s, regp->app_id, regp->id, v->fp_hex, client);
+    }
     if (regp != NULL) {
         v->has_reg = 1;
         v->reg = *regp;

@@ -50,7 +50,11 @@ typedef struct {
     size_t cache_entries;
     int cache_max_age_s;
     int usage_interval_s;       /* 0: usage is not recorded */
+    int stale_keep_s;           /* stale mode: keep expired cache entries this long (the
+                                 * largest N of the requests' stale_s); 0: off */
 } cg_gate_cfg_t;
+
+#define CG_GATE_STALE_MAX_S 86400
 
 void cg_gate_cfg_defaults(cg_gate_cfg_t *c);
 
@@ -101,6 +105,7 @@ typedef struct {
     cg_gate_lock_fn lock;       /* NULL: conn needs no lock */
     void *lock_arg;
     int shadow;                 /* shadow mode: decide, log and count, refuse nothing */
+    int stale_s;                /* CertGateOnStoreError stale N: N, else 0 */
 } cg_gate_in_t;
 
 #define CG_GATE_ERR_MAX 160

@@ -177,6 +177,24 @@ char *cg_metrics_render(const cg_metrics_t *m, const cg_store_stats_t *st)
             "certgate_expiry_events_total %llu\n",
         (unsigned long long)ld(&m->usage_flushes), (unsigned long long)ld(&m->usage_dropped),
         (unsigned long long)ld(&m->expiry_events));
+    put(&o, "# HELP certgate_sentinel_events_total Sentinel discovery events: unreachable (no "
+            "sentinel answered), unknown_master (the name is unknown), not_master (ROLE said "
+            "otherwise), switch (the master address changed), distrust (an error made us ask "
+            "again).\n# TYPE certgate_sentinel_events_total counter\n"
+            "certgate_sentinel_events_total{event=\"unreachable\"} %llu\n"
+            "certgate_sentinel_events_total{event=\"unknown_master\"} %llu\n"
+            "certgate_sentinel_events_total{event=\"not_master\"} %llu\n"
+            "certgate_sentinel_events_total{event=\"switch\"} %llu\n"
+            "certgate_sentinel_events_total{event=\"distrust\"} %llu\n",
+        (unsigned long long)ld(&m->sentinel_unreachable),
+        (unsigned long long)ld(&m->sentinel_unknown),
+        (unsigned long long)ld(&m->sentinel_not_master),
+        (unsigned long long)ld(&m->sentinel_switches),
+        (unsigned long long)ld(&m->sentinel_distrusts));
+    put(&o, "# HELP certgate_stale_allows_total Requests allowed while the store failed, from a "
+            "registration read less than the stale window ago (CertGateOnStoreError stale).\n"
+            "# TYPE certgate_stale_allows_total counter\ncertgate_stale_allows_total %llu\n",
+        (unsigned long long)ld(&m->stale_allows));
     if (st != NULL && st->ok) {
         put(&o, "# HELP certgate_registrations Registrations by stored status (EXPIRED: "
                 "validTo has passed).\n# TYPE certgate_registrations gauge\n");

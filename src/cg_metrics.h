@@ -27,6 +27,10 @@ typedef struct {
     _Atomic uint64_t usage_flushes, usage_dropped;
     _Atomic uint64_t expiry_events;
     _Atomic uint64_t would_deny[CG_R__COUNT];      /* shadow mode: denies not enforced */
+    /* Sentinel discovery (cg_sentinel.h events). */
+    _Atomic uint64_t sentinel_unreachable, sentinel_unknown, sentinel_not_master;
+    _Atomic uint64_t sentinel_switches, sentinel_distrusts;
+    _Atomic uint64_t stale_allows;      /* stale mode: allowed from a record read before */
 } cg_metrics_t;
 
 /* Bucket upper bounds in microseconds (shared by both histograms). */

@@ -384,6 +384,38 @@ done:
     return rc;
 }
 
+/* cg_registry_eval with WAIT after it, as the store is configured (cg_store_cmd_durable). */
+static cg_store_rc_t registry_eval_durable(cg_store_t *st, int timeout_ms, const char *script,
+                                           int nkeys, const char **keys, int nargs,
+                                           const char **args, redisReply **out, int *acked,
+                                           int *wanted, char *err, size_t errlen)
+{
+    int argc = 3 + nkeys + nargs;
+    const char **argv = calloc((size_t)argc, sizeof(*argv));
+    size_t *lens = calloc((size_t)argc, sizeof(*lens));
+    char nk[16];
+    cg_store_rc_t rc = CG_STORE_ERROR;
+    if (argv == NULL || lens == NULL) {
+        snprintf(err, errlen, "out of memory");
+        goto done;
+    }
+    snprintf(nk, sizeof(nk), "%d", nkeys);
+    argv[0] = "EVAL";
+    argv[1] = script;
+    argv[2] = nk;
+    for (int i = 0; i < nkeys; i++)
+        argv[3 + i] = keys[i];
+    for (int i = 0; i < nargs; i++)
+        argv[3 + nkeys + i] = args[i];
+    for (int i = 0; i < argc; i++)
+        lens[i] = strlen(argv[i]);
+    rc = cg_store_cmd_durable(st, timeout_ms, argc, argv, lens, out, acked, wanted, err, errlen);
+done:
+    free(argv);
+    free(lens);
+    return rc;
+}
+
 cg_store_rc_t cg_registry_cmd2(cg_store_t *st, int timeout_ms, const char *c, const char *key,
                                redisReply **out, char *err, size_t errlen)
 {
@@ -457,9 +489,21 @@ int cg_registry_run_reply(cg_store_t *st, int timeout_ms, const char *script, in
 {
     char err[200];
     redisReply *r = NULL;
-    if (cg_registry_eval(st, timeout_ms, script, nkeys, keys, nargs, args, &r, err,
-                         sizeof(err)) != CG_STORE_OK) {
+    int acked = -1, wanted = 0;
+    if (registry_eval_durable(st, timeout_ms, script, nkeys, keys, nargs, args, &r, &acked,
+                              &wanted, err, sizeof(err)) != CG_STORE_OK) {
         cg_registry_fail_store(f, CG_STORE_ERROR, err);
+        return -1;
+    }
+    if (r->type != REDIS_REPLY_ERROR && acked >= 0 && acked < wanted) {
+        /* Applied on the master, not known to be on enough replicas: a failover
+         * now could lose it. Never reported done (a lost inactivation would let
+         * a revoked certificate in again). */
+        failf(f, 503, "Store.NotDurable", "the change was written to the Redis master but only "
+              "%d of %d replicas acknowledged it in time; it may be lost if the master fails "
+              "now. Retrying is safe: a retry answers 409 with the current state if the change "
+              "was kept", acked, wanted);
+        cg_store_reply_free(r);
         return -1;
     }
     if (r->type != REDIS_REPLY_ERROR) {

@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,14 +11,24 @@
 #include <openssl/crypto.h>
 
 #include "cg_registry.h"
+#include "cg_sentinel.h"
 
 struct cg_store {
     char *host, *socket, *user, *password, *prefix;
     int port, db, timeout_ms, max_idle;
+    int wait_replicas, wait_timeout_ms;
     pthread_mutex_t lock;
     redisContext **idle;     /* stack of idle, healthy connections */
+    uint64_t *idle_gen;      /* the sentinel generation each was made under */
     int n_idle;
+    cg_sentinel_t *sentinel; /* NULL: the fixed address */
 };
+
+/* The connection being used and the master generation it was made under. */
+typedef struct {
+    redisContext *c;
+    uint64_t gen;
+} conn_t;
 
 static char *dup_or_null(const char *s)
 {
@@ -53,6 +64,24 @@ int cg_store_cfg_check(const cg_store_cfg_t *cfg, char *err, size_t errlen)
             snprintf(err, errlen, "%s", msg);
         return -1;
     }
+    if (cfg->sentinels != NULL &&
+        cg_sentinel_cfg_check(cfg->sentinels, cfg->master_name, cfg->sentinel_timeout_ms > 0
+                              ? cfg->sentinel_timeout_ms : CG_SENTINEL_TIMEOUT_MS_DEFAULT,
+                              err, errlen) != 0)
+        return -1;
+    if (cfg->wait_replicas < 0 || cfg->wait_replicas > CG_STORE_WAIT_REPLICAS_MAX ||
+        cfg->wait_timeout_ms < 0 || cfg->wait_timeout_ms > CG_STORE_TIMEOUT_MS_MAX) {
+        if (err != NULL && errlen > 0)
+            snprintf(err, errlen, "replicas to wait for must be 0.." CG_STORE_STR(
+                     CG_STORE_WAIT_REPLICAS_MAX) ", the wait 1.." CG_STORE_STR(
+                     CG_STORE_TIMEOUT_MS_MAX) " ms");
+        return -1;
+    }
+    if (cfg->sentinel_user != NULL && cfg->sentinel_password == NULL) {
+        if (err != NULL && errlen > 0)
+            snprintf(err, errlen, "a sentinel ACL user needs a password");
+        return -1;
+    }
     for (const char *p = cfg->prefix; *p; p++) {
         if ((unsigned char)*p <= 0x20 || (unsigned char)*p >= 0x7f) {
             if (err != NULL && errlen > 0)
@@ -74,17 +103,33 @@ cg_store_t *cg_store_new(const cg_store_cfg_t *cfg, char *err, size_t errlen)
     st->db = cfg->db;
     st->timeout_ms = cfg->timeout_ms;
     st->max_idle = cfg->max_idle;
+    st->wait_replicas = cfg->wait_replicas;
+    st->wait_timeout_ms = cfg->wait_timeout_ms > 0 ? cfg->wait_timeout_ms
+                                                   : CG_STORE_WAIT_TIMEOUT_MS_DEFAULT;
     st->host = dup_or_null(cfg->host);
     st->socket = dup_or_null(cfg->socket);
     st->user = dup_or_null(cfg->user);
     st->password = dup_or_null(cfg->password);
     st->prefix = dup_or_null(cfg->prefix);
     st->idle = calloc((size_t)(cfg->max_idle > 0 ? cfg->max_idle : 1), sizeof(redisContext *));
-    if ((cfg->host && !st->host) || (cfg->socket && !st->socket) ||
+    st->idle_gen = calloc((size_t)(cfg->max_idle > 0 ? cfg->max_idle : 1), sizeof(uint64_t));
+    if (cfg->sentinels != NULL) {
+        st->sentinel = cg_sentinel_new(cfg->sentinels, cfg->master_name, cfg->sentinel_user,
+                                       cfg->sentinel_password, cfg->sentinel_timeout_ms > 0
+                                       ? cfg->sentinel_timeout_ms : CG_SENTINEL_TIMEOUT_MS_DEFAULT,
+                                       cfg->sentinel_event, cfg->sentinel_arg, err, errlen);
+        if (st->sentinel == NULL) {
+            free(st->host); free(st->socket); free(st->user);
+            free(st->password); free(st->prefix); free(st->idle); free(st->idle_gen); free(st);
+            return NULL;
+        }
+    }
+    if (!st->idle_gen || (cfg->host && !st->host) || (cfg->socket && !st->socket) ||
         (cfg->user && !st->user) || (cfg->password && !st->password) ||
         !st->prefix || !st->idle || pthread_mutex_init(&st->lock, NULL) != 0) {
         free(st->host); free(st->socket); free(st->user);
-        free(st->password); free(st->prefix); free(st->idle); free(st);
+        free(st->password); free(st->prefix); free(st->idle); free(st->idle_gen);
+        cg_sentinel_free(st->sentinel); free(st);
         goto nomem;
     }
     return st;
@@ -114,8 +159,14 @@ void cg_store_free(cg_store_t *st)
     if (st->password != NULL)
         OPENSSL_cleanse(st->password, strlen(st->password));
     free(st->host); free(st->socket); free(st->user);
-    free(st->password); free(st->prefix); free(st->idle);
+    free(st->password); free(st->prefix); free(st->idle); free(st->idle_gen);
+    cg_sentinel_free(st->sentinel);
     free(st);
+}
+
+cg_sentinel_t *cg_store_sentinel(cg_store_t *st)
+{
+    return st ? st->sentinel : NULL;
 }
 
 static int64_t now_ms(void)
@@ -184,7 +235,8 @@ static cg_store_rc_t error_reply(const redisReply *r, const char *what, char *er
     return cg_store_reply_kind(r);
 }
 
-enum { CONN_OK = 0, CONN_BROKEN = 1, CONN_TIMEOUT = 2 };
+/* CONN_DISTRUST: an error reply saying this node is no master to use (READONLY, LOADING). */
+enum { CONN_OK = 0, CONN_BROKEN = 1, CONN_TIMEOUT = 2, CONN_DISTRUST = 3 };
 
 /* What a failed command or pipeline means: the deadline, the socket, or else. */
 static cg_store_rc_t broken_rc(const redisContext *c, int state)
@@ -246,9 +298,62 @@ static cg_store_rc_t command_ok(redisContext *c, int64_t deadline, char *err, si
     return rc;
 }
 
-/* A new, authenticated connection; NULL with *rc set to the kind of failure. */
+/* Ask ROLE on a new connection to a sentinel-given address: only a master is used. */
+static cg_store_rc_t check_role(cg_store_t *st, redisContext *c, uint64_t gen, int64_t deadline,
+                                char *err, size_t errlen)
+{
+    int state;
+    const char *argv[1] = { "ROLE" };
+    size_t lens[1] = { 4 };
+    redisReply *r = command_st(c, deadline, err, errlen, "ROLE", 1, argv, lens, &state);
+    if (r == NULL)
+        return broken_rc(c, state);
+    char role[40];
+    int ok = cg_sentinel_role_is_master(r, role, sizeof(role));
+    freeReplyObject(r);
+    if (ok)
+        return CG_STORE_OK;
+    cg_sentinel_not_master(st->sentinel, gen, role);
+    if (err != NULL && errlen > 0)
+        snprintf(err, errlen, "the sentinels' master answers ROLE %s", role);
+    return CG_STORE_CONN;
+}
+
+static redisContext *connect_new_addr(cg_store_t *st, int64_t deadline, cg_store_rc_t *rc,
+                                      char *err, size_t errlen, const char *host, int port,
+                                      uint64_t gen);
+
+/* A new, authenticated connection to the master; NULL with *rc set. With
+ * sentinels, a failure distrusts the address so the next one asks again. */
 static redisContext *connect_new(cg_store_t *st, int64_t deadline, cg_store_rc_t *rc,
-                                 char *err, size_t errlen)
+                                 char *err, size_t errlen, uint64_t *gen)
+{
+    *gen = 0;
+    if (st->sentinel == NULL)
+        return connect_new_addr(st, deadline, rc, err, errlen, st->host, st->port, 0);
+    char host[CG_SENTINEL_HOST_MAX];
+    int port = 0, unreachable = 0;
+    redisContext *c = NULL;
+    /* A refused or non-master address (a stale sentinel's answer) costs little:
+     * ask the next sentinel at once, within the same deadline. */
+    for (int attempt = 0; attempt < 2 && c == NULL; attempt++) {
+        if (cg_sentinel_master(st->sentinel, deadline, host, sizeof(host), &port, gen,
+                               &unreachable, err, errlen) != 0) {
+            *rc = CG_STORE_CONN;
+            return NULL;
+        }
+        c = connect_new_addr(st, deadline, rc, err, errlen, host, port, *gen);
+        if (c == NULL && *rc != CG_STORE_PERM)
+            cg_sentinel_distrust(st->sentinel, *gen, err);
+        if (c == NULL && *rc != CG_STORE_CONN)
+            break;
+    }
+    return c;
+}
+
+static redisContext *connect_new_addr(cg_store_t *st, int64_t deadline, cg_store_rc_t *rc,
+                                      char *err, size_t errlen, const char *host, int port,
+                                      uint64_t gen)
 {
     struct timeval tv;
     redisContext *c;
@@ -258,10 +363,10 @@ static redisContext *connect_new(cg_store_t *st, int64_t deadline, cg_store_rc_t
         set_err(err, errlen, "timeout before connect", NULL);
         return NULL;
     }
-    if (st->socket != NULL)
+    if (st->socket != NULL && st->sentinel == NULL)
         c = redisConnectUnixWithTimeout(st->socket, tv);
     else
-        c = redisConnectWithTimeout(st->host, st->port, tv);
+        c = redisConnectWithTimeout(host, port, tv);
     if (c == NULL) {
         *rc = CG_STORE_ERROR;
         set_err(err, errlen, "connect: out of memory", NULL);
@@ -299,16 +404,24 @@ static redisContext *connect_new(cg_store_t *st, int64_t deadline, cg_store_rc_t
             return NULL;
         }
     }
+    if (st->sentinel != NULL &&
+        (*rc = check_role(st, c, gen, deadline, err, errlen)) != CG_STORE_OK) {
+        redisFree(c);
+        return NULL;
+    }
     *rc = CG_STORE_OK;
     return c;
 }
 
-/* A context that saw any error is never reused (hiredis state is undefined). */
-static void release(cg_store_t *st, redisContext *c, int healthy)
+/* A context that saw any error is never reused (hiredis state is undefined),
+ * nor one made for a master the sentinels no longer name. */
+static void release(cg_store_t *st, conn_t *k, int healthy)
 {
-    if (healthy && !c->err) {
+    redisContext *c = k->c;
+    if (healthy && !c->err && (st->sentinel == NULL || k->gen == cg_sentinel_gen(st->sentinel))) {
         pthread_mutex_lock(&st->lock);
         if (st->n_idle < st->max_idle) {
+            st->idle_gen[st->n_idle] = k->gen;
             st->idle[st->n_idle++] = c;
             c = NULL;
         }
@@ -316,20 +429,60 @@ static void release(cg_store_t *st, redisContext *c, int healthy)
     }
     if (c != NULL)
         redisFree(c);
+    k->c = NULL;
+}
+
+/* With sentinels and a master in doubt: ask them now, and drop idle
+ * connections to any other master. */
+static void follow_master(cg_store_t *st, int64_t deadline)
+{
+    if (st->sentinel == NULL)
+        return;
+    char host[CG_SENTINEL_HOST_MAX], err[CG_SENTINEL_HOST_MAX];
+    int port, unreachable;
+    uint64_t gen = cg_sentinel_gen(st->sentinel);
+    if (!cg_sentinel_trusted(st->sentinel) &&
+        cg_sentinel_master(st->sentinel, deadline, host, sizeof(host), &port, &gen, &unreachable,
+                           err, sizeof(err)) != 0)
+        return;
+    pthread_mutex_lock(&st->lock);
+    int kept = 0;
+    for (int i = 0; i < st->n_idle; i++) {
+        if (st->idle_gen[i] == gen) {
+            st->idle_gen[kept] = st->idle_gen[i];
+            st->idle[kept++] = st->idle[i];
+        } else {
+            redisFree(st->idle[i]);
+        }
+    }
+    st->n_idle = kept;
+    pthread_mutex_unlock(&st->lock);
 }
 
 /* Take a pooled connection, or make one. *pooled says which; *rc why not. */
-static redisContext *take(cg_store_t *st, int64_t deadline, int *pooled, cg_store_rc_t *rc,
-                          char *err, size_t errlen)
+static int take(cg_store_t *st, int64_t deadline, conn_t *k, int *pooled, cg_store_rc_t *rc,
+                char *err, size_t errlen)
 {
-    redisContext *c = NULL;
+    follow_master(st, deadline);
+    k->c = NULL;
     pthread_mutex_lock(&st->lock);
-    if (st->n_idle > 0)
-        c = st->idle[--st->n_idle];
+    if (st->n_idle > 0) {
+        k->c = st->idle[--st->n_idle];
+        k->gen = st->idle_gen[st->n_idle];
+    }
     pthread_mutex_unlock(&st->lock);
-    *pooled = c != NULL;
+    *pooled = k->c != NULL;
     *rc = CG_STORE_OK;
-    return c != NULL ? c : connect_new(st, deadline, rc, err, errlen);
+    if (k->c == NULL)
+        k->c = connect_new(st, deadline, rc, err, errlen, &k->gen);
+    return k->c != NULL ? 0 : -1;
+}
+
+/* A failure on a connection to a sentinel-given master: ask them again. */
+static void distrust(cg_store_t *st, const conn_t *k, const char *why)
+{
+    if (st->sentinel != NULL)
+        cg_sentinel_distrust(st->sentinel, k->gen, why);
 }
 
 /* ---- The lookup as steps without I/O: the blocking store below and the
@@ -458,7 +611,8 @@ static redisReply *lookup_cmd(redisContext *c, int64_t deadline, const char *cmd
         *rc = broken_rc(c, *broken);
         return NULL;
     }
-    *broken = r->type == REDIS_REPLY_ERROR ? CONN_BROKEN : CONN_OK;
+    *broken = r->type != REDIS_REPLY_ERROR ? CONN_OK
+              : cg_sentinel_reply_distrusts(r) ? CONN_DISTRUST : CONN_BROKEN;
     return r;
 }
 
@@ -505,23 +659,27 @@ cg_store_rc_t cg_store_lookup(cg_store_t *st, const cg_fp_t *leaf, cg_reg_t *out
 {
     int64_t deadline = now_ms() + st->timeout_ms;
     int broken = 0, pooled = 0;
-    redisContext *c = NULL;
+    conn_t k;
     cg_store_rc_t rc;
 
-    if ((c = take(st, deadline, &pooled, &rc, err, errlen)) == NULL)
+    if (take(st, deadline, &k, &pooled, &rc, err, errlen) != 0)
         return rc;
 
-    rc = lookup_on(st, c, deadline, leaf, out, err, errlen, &broken);
-    if (broken == CONN_BROKEN && pooled && c->err != 0) {
+    rc = lookup_on(st, k.c, deadline, leaf, out, err, errlen, &broken);
+    if (broken == CONN_BROKEN && pooled && k.c->err != 0) {
         /* An idle connection found dead (Redis restarted, or the server closed
          * it): the others are likely dead too. Retry once on a new one. */
-        redisFree(c);
+        redisFree(k.c);
         cg_store_drop_idle(st);
-        if ((c = connect_new(st, deadline, &rc, err, errlen)) == NULL)
+        /* With sentinels, a failover closes our connections: ask them again. */
+        distrust(st, &k, "pooled connection closed");
+        if ((k.c = connect_new(st, deadline, &rc, err, errlen, &k.gen)) == NULL)
             return rc;
-        rc = lookup_on(st, c, deadline, leaf, out, err, errlen, &broken);
+        rc = lookup_on(st, k.c, deadline, leaf, out, err, errlen, &broken);
     }
-    release(st, c, !broken);
+    if (broken == CONN_TIMEOUT || broken == CONN_DISTRUST || (broken && k.c->err != 0))
+        distrust(st, &k, err);
+    release(st, &k, !broken);
     return rc;
 }
 
@@ -585,21 +743,27 @@ cg_store_rc_t cg_store_pipeline(cg_store_t *st, int timeout_ms, size_t n, const 
     int64_t deadline = now_ms() + timeout_ms;
     int pooled = 0, state = CONN_OK;
     cg_store_rc_t why;
+    conn_t k;
     memset(out, 0, n * sizeof(*out));
-    redisContext *c = take(st, deadline, &pooled, &why, err, errlen);
-    if (c == NULL)
+    if (take(st, deadline, &k, &pooled, &why, err, errlen) != 0)
         return why;
-    int rc = run_pipeline(c, deadline, n, argcs, argvs, lens, out, err, errlen, &state);
-    if (rc != 0 && state == CONN_BROKEN && pooled && c->err != 0) {
+    int rc = run_pipeline(k.c, deadline, n, argcs, argvs, lens, out, err, errlen, &state);
+    if (rc != 0 && state == CONN_BROKEN && pooled && k.c->err != 0) {
         /* A dead idle connection: the server never saw these commands. */
-        redisFree(c);
+        redisFree(k.c);
         cg_store_drop_idle(st);
-        if ((c = connect_new(st, deadline, &why, err, errlen)) == NULL)
+        distrust(st, &k, "pooled connection closed");
+        if ((k.c = connect_new(st, deadline, &why, err, errlen, &k.gen)) == NULL)
             return why;
-        rc = run_pipeline(c, deadline, n, argcs, argvs, lens, out, err, errlen, &state);
+        rc = run_pipeline(k.c, deadline, n, argcs, argvs, lens, out, err, errlen, &state);
     }
-    why = rc == 0 ? CG_STORE_OK : broken_rc(c, state);
-    release(st, c, rc == 0);
+    why = rc == 0 ? CG_STORE_OK : broken_rc(k.c, state);
+    int doubt = rc != 0;
+    for (size_t i = 0; rc == 0 && i < n; i++)
+        doubt |= cg_sentinel_reply_distrusts(out[i]);
+    if (doubt)
+        distrust(st, &k, rc != 0 ? err : "READONLY or LOADING answer");
+    release(st, &k, rc == 0 && !doubt);
     return why;
 }
 
@@ -639,4 +803,38 @@ cg_store_rc_t cg_store_hgetall_many(cg_store_t *st, int timeout_ms, const char *
 done:
     free(argcs); free(argv); free(lens); free(argvs); free(lensv);
     return rc;
+}
+
+cg_store_rc_t cg_store_cmd_durable(cg_store_t *st, int timeout_ms, int argc, const char **argv,
+                                   const size_t *lens, redisReply **out, int *acked,
+                                   int *wanted, char *err, size_t errlen)
+{
+    *acked = -1;
+    *wanted = st->wait_replicas;
+    if (st->wait_replicas <= 0)
+        return cg_store_cmd(st, timeout_ms, argc, argv, lens, out, err, errlen);
+    /* WAIT counts the writes of this connection: it goes in the same pipeline.
+     * Its own bound leaves room in the request's budget for the answer. */
+    int wait_ms = st->wait_timeout_ms;
+    if (wait_ms > timeout_ms / 2)
+        wait_ms = timeout_ms / 2 > 0 ? timeout_ms / 2 : 1;
+    char n[16], ms[16];
+    snprintf(n, sizeof(n), "%d", st->wait_replicas);
+    snprintf(ms, sizeof(ms), "%d", wait_ms);
+    const char *wargv[3] = { "WAIT", n, ms };
+    size_t wlens[3] = { 4, strlen(n), strlen(ms) };
+    const char *const *argvs[2] = { argv, wargv };
+    const size_t *lensv[2] = { lens, wlens };
+    int argcs[2] = { argc, 3 };
+    redisReply *r[2] = { NULL, NULL };
+    cg_store_rc_t rc = cg_store_pipeline(st, timeout_ms, 2, argcs, argvs, lensv, r, err, errlen);
+    if (rc != CG_STORE_OK)
+        return rc;
+    if (r[0]->type != REDIS_REPLY_ERROR && r[1]->type == REDIS_REPLY_INTEGER)
+        *acked = r[1]->integer > INT32_MAX ? INT32_MAX : (int)r[1]->integer;
+    else if (r[0]->type != REDIS_REPLY_ERROR)
+        *acked = 0;     /* WAIT refused (ACL): count it as not acknowledged */
+    freeReplyObject(r[1]);
+    *out = r[0];
+    return CG_STORE_OK;
 }

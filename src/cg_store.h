@@ -27,7 +27,23 @@ typedef struct {
     const char *prefix;      /* key prefix, e.g. "certgate:" */
     int timeout_ms;          /* bound on one whole lookup, connect included */
     int max_idle;            /* idle connections kept per process */
+    /* Sentinel discovery (cg_sentinel.h): with sentinels set, host/port/socket
+     * are not used; user/password stay the data nodes' credentials. */
+    const char *sentinels;           /* "host:port host:port", or NULL */
+    const char *master_name;
+    const char *sentinel_user;       /* NULL: default user */
+    const char *sentinel_password;   /* NULL: no AUTH to sentinels */
+    int sentinel_timeout_ms;         /* per sentinel; 0: CG_SENTINEL_TIMEOUT_MS_DEFAULT */
+    void (*sentinel_event)(void *arg, int event, const char *msg);  /* may be NULL */
+    void *sentinel_arg;
+    /* Durable admin writes: after a write script, WAIT for this many replicas
+     * (0: do not wait) for at most wait_timeout_ms. */
+    int wait_replicas;
+    int wait_timeout_ms;
 } cg_store_cfg_t;
+
+#define CG_STORE_WAIT_REPLICAS_MAX 64
+#define CG_STORE_WAIT_TIMEOUT_MS_DEFAULT 500
 
 typedef enum {
     CG_STORE_OK = 0,
@@ -93,6 +109,16 @@ cg_store_rc_t cg_store_hgetall_many(cg_store_t *st, int timeout_ms, const char *
 void cg_store_reply_free(struct redisReply *r);
 
 /*
+ * A write command followed by WAIT on the same connection when the store is
+ * configured to wait (wait_replicas > 0). As cg_store_cmd; *acked gets how
+ * many replicas acknowledged, or -1 when no WAIT was asked (or the command
+ * answered an error). *wanted gets wait_replicas.
+ */
+cg_store_rc_t cg_store_cmd_durable(cg_store_t *st, int timeout_ms, int argc, const char **argv,
+                                   const size_t *lens, struct redisReply **out, int *acked,
+                                   int *wanted, char *err, size_t errlen);
+
+/*
  * The lookup without I/O, for clients that do their own (the nginx adapter's
  * async one). Three commands on one connection:
  *  1. GET the index key (cg_lookup_index_cmd); feed the reply to
@@ -122,5 +148,10 @@ const char *cg_store_prefix(const cg_store_t *st);
 
 /* Drop idle connections (after fork, or on shutdown). */
 void cg_store_drop_idle(cg_store_t *st);
+
+struct cg_sentinel;
+/* The store's sentinel client, or NULL with a fixed address (the subscriber
+ * shares it). */
+struct cg_sentinel *cg_store_sentinel(cg_store_t *st);
 
 #endif

@@ -26,8 +26,18 @@ typedef struct cg_sub cg_sub_t;
  * Messages are "<sha256 hex>" or "<sha256 hex> <unix ms of the write>"; anything
  * else flushes the whole cache.
  */
-cg_sub_t *cg_sub_start(const cg_store_cfg_t *cfg, cg_cache_t *cache, cg_sub_log_fn log,
-                       cg_sub_inval_fn on_inval, void *arg, char *err, size_t errlen);
+/*
+ * sentinel: the store's (cg_store_sentinel), or NULL for cfg's fixed address.
+ * With sentinels the subscriber checks ROLE before subscribing, pings every
+ * CG_SUB_CHECK_MS and moves to the new master when the sentinels name
+ * another one or the ping goes unanswered; it must be stopped before the
+ * sentinel client is freed.
+ */
+struct cg_sentinel;
+#define CG_SUB_CHECK_MS 500
+cg_sub_t *cg_sub_start(const cg_store_cfg_t *cfg, struct cg_sentinel *sentinel, cg_cache_t *cache,
+                       cg_sub_log_fn log, cg_sub_inval_fn on_inval, void *arg, char *err,
+                       size_t errlen);
 /* Stop and join the thread; frees s. */
 void cg_sub_stop(cg_sub_t *s);
 int cg_sub_healthy(const cg_sub_t *s);

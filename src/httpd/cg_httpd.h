@@ -35,6 +35,7 @@ typedef struct {
     int timeout_ms;
     const char *prefix;
     int on_store_error_allow;
+    int stale_s;            /* CertGateOnStoreError stale N: N; else 0 */
     int max_idle;
     int cache_on;
     int cache_entries;
@@ -43,6 +44,11 @@ typedef struct {
     apr_array_header_t *expiry_days;    /* int, descending; empty: off */
     int expiry_interval;    /* seconds */
     int clock_offset;       /* seconds; test only */
+    const char *sentinels;          /* CertGateRedisSentinels, space separated */
+    const char *master_name;        /* CertGateRedisMasterName */
+    const char *sentinel_user, *sentinel_password;   /* CertGateRedisSentinelAuth */
+    int sentinel_timeout_ms;        /* CertGateRedisSentinelTimeout */
+    int wait_replicas, wait_timeout_ms;     /* CertGateAdminWaitReplicas */
     int addr_set;           /* CertGateRedis given here */
     int own_store;          /* this vhost changes store or cache settings: own instances */
     cg_gate_t *gate;        /* per child, created in child_init: store, cache, threads */

@@ -10,6 +10,7 @@
 #include "cg_admin.h"
 #include "cg_httpd.h"
 #include "cg_reg.h"
+#include "cg_sentinel.h"
 #include "cg_store.h"
 
 /* Log lines of this file are certgate's: LogLevel certgate:... applies. */
@@ -32,6 +33,8 @@ void *cgh_create_srv(apr_pool_t *p, server_rec *s)
     c->usage_interval = UNSET;
     c->expiry_interval = UNSET;
     c->clock_offset = UNSET;
+    c->sentinel_timeout_ms = UNSET;
+    c->wait_replicas = UNSET;
     return c;
 }
 
@@ -50,6 +53,7 @@ void *cgh_merge_srv(apr_pool_t *p, void *basev, void *addv)
     c->prefix = add->prefix ? add->prefix : base->prefix;
     c->on_store_error_allow = add->on_store_error_allow != UNSET
         ? add->on_store_error_allow : base->on_store_error_allow;
+    c->stale_s = add->on_store_error_allow != UNSET ? add->stale_s : base->stale_s;
     c->max_idle = add->max_idle != UNSET ? add->max_idle : base->max_idle;
     c->cache_on = add->cache_on != UNSET ? add->cache_on : base->cache_on;
     c->cache_entries = add->cache_entries != UNSET ? add->cache_entries : base->cache_entries;
@@ -59,6 +63,16 @@ void *cgh_merge_srv(apr_pool_t *p, void *basev, void *addv)
     c->expiry_interval = add->expiry_interval != UNSET ? add->expiry_interval
                                                        : base->expiry_interval;
     c->clock_offset = add->clock_offset != UNSET ? add->clock_offset : base->clock_offset;
+    c->sentinels = add->sentinels ? add->sentinels : base->sentinels;
+    c->master_name = add->master_name ? add->master_name : base->master_name;
+    c->sentinel_user = add->sentinel_password ? add->sentinel_user : base->sentinel_user;
+    c->sentinel_password = add->sentinel_password ? add->sentinel_password
+                                                  : base->sentinel_password;
+    c->sentinel_timeout_ms = add->sentinel_timeout_ms != UNSET ? add->sentinel_timeout_ms
+                                                               : base->sentinel_timeout_ms;
+    c->wait_replicas = add->wait_replicas != UNSET ? add->wait_replicas : base->wait_replicas;
+    c->wait_timeout_ms = add->wait_replicas != UNSET ? add->wait_timeout_ms
+                                                     : base->wait_timeout_ms;
     return c;
 }
 
@@ -158,6 +172,17 @@ void cgh_gate_cfg(const cg_srv_t *c, cg_gate_cfg_t *out)
         out->cache_max_age_s = c->cache_max_age;
     if (c->usage_interval != UNSET)
         out->usage_interval_s = c->usage_interval;
+    out->store.sentinels = c->sentinels;
+    out->store.master_name = c->master_name;
+    out->store.sentinel_user = c->sentinel_user;
+    out->store.sentinel_password = c->sentinel_password;
+    if (c->sentinel_timeout_ms != UNSET)
+        out->store.sentinel_timeout_ms = c->sentinel_timeout_ms;
+    out->stale_keep_s = c->stale_s > 0 ? c->stale_s : 0;
+    if (c->wait_replicas != UNSET) {
+        out->store.wait_replicas = c->wait_replicas;
+        out->store.wait_timeout_ms = c->wait_timeout_ms;
+    }
 }
 
 static const char *set_redis(cmd_parms *cmd, void *d, const char *arg)
@@ -328,18 +353,86 @@ static const char *add_expiry_day(cmd_parms *cmd, void *d, const char *arg)
     return NULL;
 }
 
-static const char *set_on_store_error(cmd_parms *cmd, void *d, const char *arg)
+static const char *set_on_store_error(cmd_parms *cmd, void *d, const char *arg,
+                                      const char *secs)
 {
     cg_srv_t *c = cgh_srv_conf(cmd->server);
     (void)d;
+    c->stale_s = 0;
+    if (strcasecmp(arg, "stale") == 0) {
+        if (secs == NULL)
+            return "CertGateOnStoreError: stale needs a number of seconds, e.g. stale 30";
+        c->on_store_error_allow = 0;
+        return parse_int(cmd, secs, 1, CG_GATE_STALE_MAX_S, &c->stale_s);
+    }
+    if (secs != NULL)
+        return "CertGateOnStoreError: only stale takes a number";
     if (strcasecmp(arg, "deny") == 0)
         c->on_store_error_allow = 0;
     else if (strcasecmp(arg, "allow") == 0)
         c->on_store_error_allow = 1;
     else
-        return apr_psprintf(cmd->pool, "CertGateOnStoreError: expected deny or allow, got '%s'",
-                            arg);
+        return apr_psprintf(cmd->pool, "CertGateOnStoreError: expected deny, allow or "
+                            "stale SECONDS, got '%s'", arg);
     return NULL;
+}
+
+/* Sentinel discovery (cg_sentinel.h): the list, the name, their own credentials. */
+static const char *set_sentinels(cmd_parms *cmd, void *d, const char *arg)
+{
+    cg_srv_t *c = cgh_srv_conf(cmd->server);
+    char err[160];
+    (void)d;
+    c->own_store = 1;
+    if (cg_sentinel_cfg_check(arg, "x", CG_SENTINEL_TIMEOUT_MS_DEFAULT, err, sizeof(err)) != 0)
+        return apr_psprintf(cmd->pool, "CertGateRedisSentinels: %s", err);
+    c->sentinels = c->sentinels ? apr_pstrcat(cmd->pool, c->sentinels, " ", arg, NULL) : arg;
+    return NULL;
+}
+
+static const char *set_master_name(cmd_parms *cmd, void *d, const char *arg)
+{
+    cg_srv_t *c = cgh_srv_conf(cmd->server);
+    char err[160];
+    (void)d;
+    c->own_store = 1;
+    if (cg_sentinel_cfg_check("h:1", arg, CG_SENTINEL_TIMEOUT_MS_DEFAULT, err, sizeof(err)) != 0)
+        return apr_psprintf(cmd->pool, "CertGateRedisMasterName: %s", err);
+    c->master_name = arg;
+    return NULL;
+}
+
+static const char *set_sentinel_auth(cmd_parms *cmd, void *d, const char *a1, const char *a2)
+{
+    cg_srv_t *c = cgh_srv_conf(cmd->server);
+    (void)d;
+    c->own_store = 1;
+    c->sentinel_user = a2 ? a1 : NULL;
+    c->sentinel_password = a2 ? a2 : a1;
+    if (c->sentinel_password[0] == '\0')
+        return "CertGateRedisSentinelAuth: the password is empty";
+    return NULL;
+}
+
+static const char *set_sentinel_timeout(cmd_parms *cmd, void *d, const char *arg)
+{
+    cg_srv_t *c = cgh_srv_conf(cmd->server);
+    (void)d;
+    c->own_store = 1;
+    return parse_int(cmd, arg, 1, 60000, &c->sentinel_timeout_ms);
+}
+
+/* Admin writes wait for replicas (WAIT): 'N [timeout-ms]'. */
+static const char *set_wait_replicas(cmd_parms *cmd, void *d, const char *n, const char *ms)
+{
+    cg_srv_t *c = cgh_srv_conf(cmd->server);
+    const char *e;
+    (void)d;
+    c->own_store = 1;
+    if ((e = parse_int(cmd, n, 0, CG_STORE_WAIT_REPLICAS_MAX, &c->wait_replicas)) != NULL)
+        return e;
+    c->wait_timeout_ms = CG_STORE_WAIT_TIMEOUT_MS_DEFAULT;
+    return ms ? parse_int(cmd, ms, 1, CG_STORE_TIMEOUT_MS_MAX, &c->wait_timeout_ms) : NULL;
 }
 
 static const char *set_gate(cmd_parms *cmd, void *dv, int on)
@@ -532,8 +625,20 @@ const command_rec cgh_cmds[] = {
                   "Idle Redis connections kept per child process (default 16)"),
     AP_INIT_TAKE1("CertGateKeyPrefix", set_prefix, NULL, RSRC_CONF,
                   "Prefix of every Redis key (default certgate:)"),
-    AP_INIT_TAKE1("CertGateOnStoreError", set_on_store_error, NULL, RSRC_CONF,
-                  "deny (default): 503 when the store fails; allow: let requests pass, loudly"),
+    AP_INIT_ITERATE("CertGateRedisSentinels", set_sentinels, NULL, RSRC_CONF,
+                    "Find the Redis master through these sentinels: host:port ..."),
+    AP_INIT_TAKE1("CertGateRedisMasterName", set_master_name, NULL, RSRC_CONF,
+                  "The master name the sentinels monitor (needed with CertGateRedisSentinels)"),
+    AP_INIT_TAKE12("CertGateRedisSentinelAuth", set_sentinel_auth, NULL, RSRC_CONF,
+                   "AUTH to the sentinels: 'password' or 'user password'"),
+    AP_INIT_TAKE1("CertGateRedisSentinelTimeout", set_sentinel_timeout, NULL, RSRC_CONF,
+                  "Bound on asking one sentinel in milliseconds (default 300)"),
+    AP_INIT_TAKE12("CertGateAdminWaitReplicas", set_wait_replicas, NULL, RSRC_CONF,
+                   "Admin writes are done once N replicas acknowledged them: 'N [timeout-ms]' "
+                   "(default 0: no wait; timeout 500)"),
+    AP_INIT_TAKE12("CertGateOnStoreError", set_on_store_error, NULL, RSRC_CONF,
+                   "deny (default): 503 when the store fails; allow: let requests pass, loudly; "
+                   "stale N: allow what a registration read less than N s ago allows"),
     AP_INIT_FLAG("CertGateCache", set_cache, NULL, RSRC_CONF,
                  "On (default): cache registrations per connection and per process"),
     AP_INIT_TAKE1("CertGateCacheEntries", set_cache_entries, NULL, RSRC_CONF,

@@ -81,7 +81,7 @@ def test_fail_open_is_loud(pki):
     ("CertGateRedisDB -1", "CertGateRedisDB: expected a whole number"),
     ("CertGateKeyPrefix 'a b'", "CertGateKeyPrefix: printable ASCII"),
     ("CertGateKeyPrefix ''", "CertGateKeyPrefix takes one argument"),
-    ("CertGateOnStoreError maybe", "CertGateOnStoreError: expected deny or allow"),
+    ("CertGateOnStoreError maybe", "CertGateOnStoreError: expected deny, allow or stale SECONDS"),
     ("CertGateAppFrom cookie x", "CertGateAppFrom: expected"),
     ("CertGateRedisAuth", "CertGateRedisAuth takes 1-2 arguments"),
     ("CertGateRedisMaxIdle 5000", "CertGateRedisMaxIdle: expected a whole number from 0 to 1024"),

@@ -66,7 +66,7 @@ NGINX_BAD = [
     ("certgate_redis localhost;", "expected host:port or unix:/path"),
     ("certgate_redis localhost:;", "expected host:port or unix:/path"),
     ("certgate_redis localhost:99999;", "the port must be a number from 1 to 65535"),
-    ("certgate_on_store_error sometimes;", "expected deny or allow"),
+    ("certgate_on_store_error sometimes;", "expected deny, allow or stale SECONDS"),
     ("certgate_key_prefix '';", "expected 1 to 64 printable ASCII characters without spaces"),
     ("certgate_key_prefix \"a b\";", "expected 1 to 64 printable ASCII characters without spaces"),
     ("certgate_key_prefix %s;" % ("x" * 65), "expected 1 to 64 printable ASCII characters"),
@@ -142,7 +142,7 @@ def test_nginx_log_lines_name_no_httpd_directive(pki):
 # The same refusal in the same words on both servers: (httpd line, nginx line, words).
 SAME_WORDS = [
     ("CertGateOnStoreError sometimes", "certgate_on_store_error sometimes;",
-     "expected deny or allow, got"),
+     "expected deny, allow or stale SECONDS, got"),
     ("CertGateRedis unix:", "certgate_redis unix:;",
      "unix: needs an absolute socket path, e.g. unix:/run/redis/redis.sock, got"),
     ("CertGateRedis localhost", "certgate_redis localhost;",

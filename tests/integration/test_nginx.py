@@ -171,7 +171,7 @@ HTTP_HEAD = ("load_module %s;\nerror_log stderr;\npid %s/nginx.pid;\nevents {}\n
     ("certgate_redis_timeout 0ms;", "certgate_redis_timeout: expected a time"),
     ("certgate_redis_db -1;", "certgate_redis_db"),
     ("certgate_key_prefix \"a b\";", "printable ASCII characters without spaces"),
-    ("certgate_on_store_error maybe;", "certgate_on_store_error: expected deny or allow, got \"maybe\""),
+    ("certgate_on_store_error maybe;", "certgate_on_store_error: expected deny, allow or stale SECONDS, got \"maybe\""),
     ("certgate_cache_entries 0;", "expected a whole number from 1 to 10000000"),
     ("server { certgate_app_from cookie x; }", "wants \"header NAME\""),
     ("certgate_redis_auth;", "invalid number of arguments in \"certgate_redis_auth\""),
