@@ -78,6 +78,9 @@ typedef struct {
     unsigned too_large:1;
     unsigned replaced:1;          /* nginx's 413 page became ours */
     unsigned done:1;              /* the task finished */
+    /* A timer while the task runs: a quitting worker (reload) waits for timers,
+     * not for thread tasks, and would exit with this request unanswered. */
+    ngx_event_t guard;
     ngx_chain_t *bufs;            /* the body nginx read, for the task */
     int body_failed;              /* the task could not read the body */
     const char *deny_store[CG_POLICY_DENY_MAX];
@@ -665,6 +668,8 @@ static void cg_adm_log(ngx_http_request_t *r, cg_adm_ctx_t *ctx)
 static void cg_adm_resp_cleanup(void *data)
 {
     cg_adm_ctx_t *ctx = data;
+    if (ctx->guard.timer_set)
+        ngx_del_timer(&ctx->guard);
     cg_admin_resp_free(&ctx->resp);
     if (ctx->req.body != NULL) {
         OPENSSL_cleanse(ctx->req.body, ctx->req.body_len);
@@ -839,12 +844,22 @@ static void cg_adm_finish(ngx_http_request_t *r)
     ngx_http_finalize_request(r, cg_adm_send(r, ctx));
 }
 
+/* Re-armed until the task is done: keeps a quitting worker alive for it. */
+static void cg_adm_guard(ngx_event_t *ev)
+{
+    cg_adm_ctx_t *ctx = ev->data;
+    if (!ctx->done)
+        ngx_add_timer(ev, 1000);
+}
+
 static void cg_adm_task_done(ngx_event_t *ev)
 {
     cg_adm_ctx_t *ctx = ev->data;
     ngx_http_request_t *r = ctx->r;
     ngx_connection_t *c = r->connection;
 
+    if (ctx->guard.timer_set)
+        ngx_del_timer(&ctx->guard);
     ngx_http_set_log_request(c->log, r);
     r->main->blocked--;
     r->aio = 0;
@@ -894,6 +909,10 @@ static void cg_adm_body_read(ngx_http_request_t *r)
         ngx_http_finalize_request(r, cg_adm_send(r, ctx));
         return;
     }
+    ctx->guard.handler = cg_adm_guard;
+    ctx->guard.data = ctx;
+    ctx->guard.log = r->connection->log;
+    ngx_add_timer(&ctx->guard, 1000);
 }
 
 static ngx_int_t cg_adm_handler(ngx_http_request_t *r)

@@ -2,6 +2,7 @@
 answers at its usual speed while big admin work (an 8 MB upload, a 10,000-event
 audit export) or an admin request stuck on Redis runs on the same worker."""
 import os
+import signal
 import statistics
 import subprocess
 import threading
@@ -171,6 +172,36 @@ def test_admin_work_leaves_no_alert_at_worker_exit(pki):
         s.close()
     assert "[alert]" not in log and "[emerg]" not in log, log[-2000:]
     assert "exited with code 0" in log or "exiting" in log
+
+
+def test_reload_answers_an_admin_request_in_flight(pki):
+    # A reload (SIGHUP) makes the old worker quit once no timer is left. The
+    # admin task runs in a thread with no timer of its own: without one the
+    # worker exited mid-task, the client got no answer and nginx logged
+    # "[alert] open socket ... left" and "aborting".
+    s = Stack(pki, server="nginx", nginx_args={"workers": 1, "timeout_ms": 3000})
+    try:
+        seed(s.r)
+        api = Admin(s)
+        assert api.call("GET", "/certs", "aud1").status_code == 200   # a pooled connection
+        s.redis.pause()
+        try:
+            with ThreadPoolExecutor(1) as ex:
+                slow = ex.submit(api.call, "GET", "/certs", "aud1")
+                time.sleep(0.4)                  # the task now waits on Redis
+                os.kill(s.server.proc.pid, signal.SIGHUP)
+                time.sleep(0.5)                  # the old worker is quitting
+                s.redis.resume()
+                resp = slow.result()
+        finally:
+            s.redis.resume()
+        assert resp.status_code == 200, resp.text
+        assert harness.wait_for_line(s.server.error_log, "gracefully shutting down")
+        assert harness.wait_for_line(s.server.error_log, "exited with code 0")
+        log = s.server.read_log()
+    finally:
+        s.close()
+    assert "[alert]" not in log, log[-2000:]
 
 
 @pytest.mark.parametrize("directive, words", [
