@@ -1029,6 +1029,11 @@ static ngx_int_t cg_adm_header_filter(ngx_http_request_t *r)
     r->headers_out.content_type.len = ctl;
     r->headers_out.content_type_len = ctl;
     r->headers_out.content_length_n = (off_t) ctx->resp.body_len;
+    /* The headers every admin answer has (cg_adm_send). */
+    if (cg_adm_set_header(r, "Cache-Control", "no-store", 8) != NGX_OK
+        || cg_adm_set_header(r, "X-Content-Type-Options", "nosniff", 7) != NGX_OK
+        || cg_adm_set_header(r, "Referrer-Policy", "no-referrer", 11) != NGX_OK)
+        return NGX_ERROR;
     return cg_adm_next_header_filter(r);
 }
 
