@@ -11,6 +11,7 @@
 #include <ngx_core.h>
 #include <ngx_http.h>
 
+#include <ctype.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -215,6 +216,24 @@ static void *cg_adm_create_loc_conf(ngx_conf_t *cf)
     return c;
 }
 
+/* Does a certgate_admin_user value read $remote_user (names are case-blind)? */
+static int cg_adm_names_remote_user(const ngx_str_t *v)
+{
+    static const char name[] = "remote_user";
+    size_t nl = sizeof(name) - 1;
+    for (size_t i = 0; i < v->len; i++) {
+        if (v->data[i] != '$')
+            continue;
+        size_t at = i + 1 + (i + 1 < v->len && v->data[i + 1] == '{');
+        if (at + nl > v->len || ngx_strncasecmp(v->data + at, (u_char *) name, nl) != 0)
+            continue;
+        u_char next = at + nl < v->len ? v->data[at + nl] : '\0';
+        if (!(isalnum(next) || next == '_'))
+            return 1;
+    }
+    return 0;
+}
+
 static char *cg_adm_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
 {
     cg_adm_loc_t *prev = parent, *c = child;
@@ -256,6 +275,17 @@ static char *cg_adm_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
 #endif
     if (clcf->named) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "CG09050: certgate_admin needs a prefix location");
+        return NGX_CONF_ERROR;
+    }
+    /* With satisfy any, a client the access rules let in skips auth_basic,
+     * and nginx still fills $remote_user from its unchecked Authorization
+     * header: anyone there could name himself a manager. */
+    if (clcf->satisfy == NGX_HTTP_SATISFY_ANY && c->user != NULL
+        && cg_adm_names_remote_user(&c->user->value)) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "CG09050: certgate_admin_user $remote_user in "
+                           "location \"%V\" with satisfy any: a client that allow lets in skips "
+                           "auth_basic and names any user; use satisfy all, or a variable only "
+                           "authentication sets (auth_request_set)", &clcf->name);
         return NGX_CONF_ERROR;
     }
     /* An inner location is an API of its own, based at its own prefix (as an

@@ -228,6 +228,31 @@ def test_admin_directive_errors_name_the_directive_and_line(tmp_path, directive,
     assert words in out.stderr and "%s:7" % conf in out.stderr, out.stderr
 
 
+@pytest.mark.parametrize("user, refused", [
+    ("$remote_user", True), ("${REMOTE_USER}", True), ("$cg_user", False),
+    ("$remote_user_x", False)])
+def test_remote_user_with_satisfy_any_is_refused(tmp_path, user, refused):
+    # satisfy any: a client that "allow" lets in skips auth_basic, yet nginx fills
+    # $remote_user from its unchecked Authorization header (mgr1 with any
+    # password was a manager). Refused at startup.
+    conf = tmp_path / "nginx.conf"
+    conf.write_text("load_module %s;\nevents {}\nhttp {\n  server {\n    location /a {\n"
+                    "      satisfy any; allow 127.0.0.1; deny all;\n"
+                    "      auth_basic x; auth_basic_user_file /dev/null;\n"
+                    "      set $cg_user \"\"; set $remote_user_x \"\";\n"
+                    "      certgate_admin; certgate_admin_user %s;\n    }\n  }\n}\n"
+                    % (harness.NGX_MODULE, user))
+    out = subprocess.run([harness.NGINX, "-t", "-c", str(conf), "-p", str(tmp_path),
+                          "-g", "error_log stderr;"], capture_output=True, text=True, timeout=30,
+                         env=harness.server_env(str(tmp_path)))
+    if refused:
+        assert out.returncode != 0
+        assert "certgate_admin_user $remote_user in location \"/a\" with satisfy any" \
+            in out.stderr, out.stderr
+    else:
+        assert out.returncode == 0, out.stderr
+
+
 def test_certgate_admin_wants_a_prefix_location(tmp_path):
     conf = tmp_path / "nginx.conf"
     conf.write_text("load_module %s;\nevents {}\nhttp {\n  server {\n"
