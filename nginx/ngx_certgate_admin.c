@@ -297,6 +297,8 @@ static char *cg_adm_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     /* The body stays in memory (it may hold a private key) and
      * certgate_admin_max_body is the limit, answered in JSON. */
     clcf->client_max_body_size = 0;
+    /* Not even an inherited client_body_in_file_only puts a key on disk. */
+    clcf->client_body_in_file_only = 0;    /* off */
     if (clcf->client_body_buffer_size < c->max_body + 1)
         clcf->client_body_buffer_size = c->max_body + 1;
     c->pool = ngx_thread_pool_add(cf, &c->pool_name);

@@ -204,6 +204,21 @@ def test_reload_answers_an_admin_request_in_flight(pki):
     assert "[alert]" not in log, log[-2000:]
 
 
+def test_an_upload_with_a_key_never_goes_to_a_body_file(pki):
+    # A server-wide client_body_in_file_only would have nginx write the body,
+    # private key included, to client_body_temp_path (logged at notice).
+    s = Stack(pki, server="nginx", nginx_args={"extra_server": "client_body_in_file_only on;"})
+    try:
+        seed(s.r)
+        resp = Admin(s).upload(pki.leaf, privateKey=pki.leaf.key_pem().decode())
+        assert resp.status_code == 201, resp.text
+        assert harness.wait_for_line(s.server.error_log, "CG06001: admin POST /certs -> 201")
+        log = s.server.read_log()
+    finally:
+        s.close()
+    assert "buffered to a temporary file" not in log, log[-2000:]
+
+
 @pytest.mark.parametrize("directive, words", [
     ("certgate_admin_role boss dev1;", 'certgate_admin_role: unknown role "boss"'),
     ("certgate_admin_customer 'a b' dev1;", "certgate_admin_customer: the customer id"),
