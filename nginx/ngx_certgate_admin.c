@@ -11,6 +11,7 @@
 #include <ngx_core.h>
 #include <ngx_http.h>
 
+#include <ctype.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -78,6 +79,9 @@ typedef struct {
     unsigned too_large:1;
     unsigned replaced:1;          /* nginx's 413 page became ours */
     unsigned done:1;              /* the task finished */
+    /* A timer while the task runs: a quitting worker (reload) waits for timers,
+     * not for thread tasks, and would exit with this request unanswered. */
+    ngx_event_t guard;
     ngx_chain_t *bufs;            /* the body nginx read, for the task */
     int body_failed;              /* the task could not read the body */
     const char *deny_store[CG_POLICY_DENY_MAX];
@@ -212,6 +216,24 @@ static void *cg_adm_create_loc_conf(ngx_conf_t *cf)
     return c;
 }
 
+/* Does a certgate_admin_user value read $remote_user (names are case-blind)? */
+static int cg_adm_names_remote_user(const ngx_str_t *v)
+{
+    static const char name[] = "remote_user";
+    size_t nl = sizeof(name) - 1;
+    for (size_t i = 0; i < v->len; i++) {
+        if (v->data[i] != '$')
+            continue;
+        size_t at = i + 1 + (i + 1 < v->len && v->data[i + 1] == '{');
+        if (at + nl > v->len || ngx_strncasecmp(v->data + at, (u_char *) name, nl) != 0)
+            continue;
+        u_char next = at + nl < v->len ? v->data[at + nl] : '\0';
+        if (!(isalnum(next) || next == '_'))
+            return 1;
+    }
+    return 0;
+}
+
 static char *cg_adm_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
 {
     cg_adm_loc_t *prev = parent, *c = child;
@@ -255,6 +277,17 @@ static char *cg_adm_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "CG09050: certgate_admin needs a prefix location");
         return NGX_CONF_ERROR;
     }
+    /* With satisfy any, a client the access rules let in skips auth_basic,
+     * and nginx still fills $remote_user from its unchecked Authorization
+     * header: anyone there could name himself a manager. */
+    if (clcf->satisfy == NGX_HTTP_SATISFY_ANY && c->user != NULL
+        && cg_adm_names_remote_user(&c->user->value)) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "CG09050: certgate_admin_user $remote_user in "
+                           "location \"%V\" with satisfy any: a client that allow lets in skips "
+                           "auth_basic and names any user; use satisfy all, or a variable only "
+                           "authentication sets (auth_request_set)", &clcf->name);
+        return NGX_CONF_ERROR;
+    }
     /* An inner location is an API of its own, based at its own prefix (as an
      * inner <Location> is on httpd). */
     c->base = clcf->name;
@@ -264,6 +297,8 @@ static char *cg_adm_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     /* The body stays in memory (it may hold a private key) and
      * certgate_admin_max_body is the limit, answered in JSON. */
     clcf->client_max_body_size = 0;
+    /* Not even an inherited client_body_in_file_only puts a key on disk. */
+    clcf->client_body_in_file_only = 0;    /* off */
     if (clcf->client_body_buffer_size < c->max_body + 1)
         clcf->client_body_buffer_size = c->max_body + 1;
     c->pool = ngx_thread_pool_add(cf, &c->pool_name);
@@ -665,6 +700,8 @@ static void cg_adm_log(ngx_http_request_t *r, cg_adm_ctx_t *ctx)
 static void cg_adm_resp_cleanup(void *data)
 {
     cg_adm_ctx_t *ctx = data;
+    if (ctx->guard.timer_set)
+        ngx_del_timer(&ctx->guard);
     cg_admin_resp_free(&ctx->resp);
     if (ctx->req.body != NULL) {
         OPENSSL_cleanse(ctx->req.body, ctx->req.body_len);
@@ -839,12 +876,22 @@ static void cg_adm_finish(ngx_http_request_t *r)
     ngx_http_finalize_request(r, cg_adm_send(r, ctx));
 }
 
+/* Re-armed until the task is done: keeps a quitting worker alive for it. */
+static void cg_adm_guard(ngx_event_t *ev)
+{
+    cg_adm_ctx_t *ctx = ev->data;
+    if (!ctx->done)
+        ngx_add_timer(ev, 1000);
+}
+
 static void cg_adm_task_done(ngx_event_t *ev)
 {
     cg_adm_ctx_t *ctx = ev->data;
     ngx_http_request_t *r = ctx->r;
     ngx_connection_t *c = r->connection;
 
+    if (ctx->guard.timer_set)
+        ngx_del_timer(&ctx->guard);
     ngx_http_set_log_request(c->log, r);
     r->main->blocked--;
     r->aio = 0;
@@ -894,6 +941,10 @@ static void cg_adm_body_read(ngx_http_request_t *r)
         ngx_http_finalize_request(r, cg_adm_send(r, ctx));
         return;
     }
+    ctx->guard.handler = cg_adm_guard;
+    ctx->guard.data = ctx;
+    ctx->guard.log = r->connection->log;
+    ngx_add_timer(&ctx->guard, 1000);
 }
 
 static ngx_int_t cg_adm_handler(ngx_http_request_t *r)
@@ -1010,6 +1061,11 @@ static ngx_int_t cg_adm_header_filter(ngx_http_request_t *r)
     r->headers_out.content_type.len = ctl;
     r->headers_out.content_type_len = ctl;
     r->headers_out.content_length_n = (off_t) ctx->resp.body_len;
+    /* The headers every admin answer has (cg_adm_send). */
+    if (cg_adm_set_header(r, "Cache-Control", "no-store", 8) != NGX_OK
+        || cg_adm_set_header(r, "X-Content-Type-Options", "nosniff", 7) != NGX_OK
+        || cg_adm_set_header(r, "Referrer-Policy", "no-referrer", 11) != NGX_OK)
+        return NGX_ERROR;
     return cg_adm_next_header_filter(r);
 }
 

@@ -245,6 +245,8 @@ def test_body_over_8mb_is_413_by_content_length(stack, api, pki):
                     headers={"Content-Type": "application/json"})
     assert resp.status_code == 413
     assert error_code(resp) == "Upload.TooLarge"
+    assert resp.headers.get("Cache-Control") == "no-store"
+    assert resp.headers.get("X-Content-Type-Options") == "nosniff"
     assert redis_snapshot(stack.r) == before
 
 
@@ -256,6 +258,10 @@ def test_chunked_body_over_8mb_is_413(stack, api):
                     headers={"Content-Type": "application/json"})
     assert resp.status_code == 413
     assert error_code(resp) == "Upload.TooLarge"
+    # The headers of every admin answer (nginx answers this one from a filter).
+    assert resp.headers.get("Cache-Control") == "no-store"
+    assert resp.headers.get("X-Content-Type-Options") == "nosniff"
+    assert resp.headers.get("Referrer-Policy") == "no-referrer"
 
 
 def test_raw_pem_bundle_der_and_pkcs7_uploads(stack, api, pki):

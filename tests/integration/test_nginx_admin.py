@@ -2,6 +2,7 @@
 answers at its usual speed while big admin work (an 8 MB upload, a 10,000-event
 audit export) or an admin request stuck on Redis runs on the same worker."""
 import os
+import signal
 import statistics
 import subprocess
 import threading
@@ -173,6 +174,51 @@ def test_admin_work_leaves_no_alert_at_worker_exit(pki):
     assert "exited with code 0" in log or "exiting" in log
 
 
+def test_reload_answers_an_admin_request_in_flight(pki):
+    # A reload (SIGHUP) makes the old worker quit once no timer is left. The
+    # admin task runs in a thread with no timer of its own: without one the
+    # worker exited mid-task, the client got no answer and nginx logged
+    # "[alert] open socket ... left" and "aborting".
+    s = Stack(pki, server="nginx", nginx_args={"workers": 1, "timeout_ms": 3000})
+    try:
+        seed(s.r)
+        api = Admin(s)
+        assert api.call("GET", "/certs", "aud1").status_code == 200   # a pooled connection
+        s.redis.pause()
+        try:
+            with ThreadPoolExecutor(1) as ex:
+                slow = ex.submit(api.call, "GET", "/certs", "aud1")
+                time.sleep(0.4)                  # the task now waits on Redis
+                os.kill(s.server.proc.pid, signal.SIGHUP)
+                time.sleep(0.5)                  # the old worker is quitting
+                s.redis.resume()
+                resp = slow.result()
+        finally:
+            s.redis.resume()
+        assert resp.status_code == 200, resp.text
+        assert harness.wait_for_line(s.server.error_log, "gracefully shutting down")
+        assert harness.wait_for_line(s.server.error_log, "exited with code 0")
+        log = s.server.read_log()
+    finally:
+        s.close()
+    assert "[alert]" not in log, log[-2000:]
+
+
+def test_an_upload_with_a_key_never_goes_to_a_body_file(pki):
+    # A server-wide client_body_in_file_only would have nginx write the body,
+    # private key included, to client_body_temp_path (logged at notice).
+    s = Stack(pki, server="nginx", nginx_args={"extra_server": "client_body_in_file_only on;"})
+    try:
+        seed(s.r)
+        resp = Admin(s).upload(pki.leaf, privateKey=pki.leaf.key_pem().decode())
+        assert resp.status_code == 201, resp.text
+        assert harness.wait_for_line(s.server.error_log, "CG06001: admin POST /certs -> 201")
+        log = s.server.read_log()
+    finally:
+        s.close()
+    assert "buffered to a temporary file" not in log, log[-2000:]
+
+
 @pytest.mark.parametrize("directive, words", [
     ("certgate_admin_role boss dev1;", 'certgate_admin_role: unknown role "boss"'),
     ("certgate_admin_customer 'a b' dev1;", "certgate_admin_customer: the customer id"),
@@ -195,6 +241,31 @@ def test_admin_directive_errors_name_the_directive_and_line(tmp_path, directive,
                          env=harness.server_env(str(tmp_path)))
     assert out.returncode != 0
     assert words in out.stderr and "%s:7" % conf in out.stderr, out.stderr
+
+
+@pytest.mark.parametrize("user, refused", [
+    ("$remote_user", True), ("${REMOTE_USER}", True), ("$cg_user", False),
+    ("$remote_user_x", False)])
+def test_remote_user_with_satisfy_any_is_refused(tmp_path, user, refused):
+    # satisfy any: a client that "allow" lets in skips auth_basic, yet nginx fills
+    # $remote_user from its unchecked Authorization header (mgr1 with any
+    # password was a manager). Refused at startup.
+    conf = tmp_path / "nginx.conf"
+    conf.write_text("load_module %s;\nevents {}\nhttp {\n  server {\n    location /a {\n"
+                    "      satisfy any; allow 127.0.0.1; deny all;\n"
+                    "      auth_basic x; auth_basic_user_file /dev/null;\n"
+                    "      set $cg_user \"\"; set $remote_user_x \"\";\n"
+                    "      certgate_admin; certgate_admin_user %s;\n    }\n  }\n}\n"
+                    % (harness.NGX_MODULE, user))
+    out = subprocess.run([harness.NGINX, "-t", "-c", str(conf), "-p", str(tmp_path),
+                          "-g", "error_log stderr;"], capture_output=True, text=True, timeout=30,
+                         env=harness.server_env(str(tmp_path)))
+    if refused:
+        assert out.returncode != 0
+        assert "certgate_admin_user $remote_user in location \"/a\" with satisfy any" \
+            in out.stderr, out.stderr
+    else:
+        assert out.returncode == 0, out.stderr
 
 
 def test_certgate_admin_wants_a_prefix_location(tmp_path):
