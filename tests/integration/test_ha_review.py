@@ -1,0 +1,46 @@
+"""Review of the ha merge: durable admin writes. A retry of a write that answered
+503 Store.NotDurable must not report the state as settled (409) while no replica
+has acknowledged it: the 409 would be read as "done", and a failover would lose it."""
+import pytest
+
+from admin import Admin, error_code, seed
+from conftest import make_workdir
+from ha import HASet
+from pki import make_cert
+from test_ha import View
+
+
+@pytest.fixture(scope="module")
+def ha1():
+    s = HASet(make_workdir(), replicas=1)
+    yield s
+    s.close()
+
+
+def test_retry_of_not_durable_inactivation_is_not_409_while_replicas_lag(ha1, pki):
+    old = ha1.primary()
+    r = old.client()
+    r.flushdb()
+    seed(r)
+    view = View(ha1, pki, extra_server="CertGateCache Off\nCertGateAdminWaitReplicas 1 300")
+    try:
+        api = Admin(view)
+        c = make_cert("review inactivated without replicas", issuer=pki.inter)
+        cid = api.approved(c)
+        replicas = [n for n in ha1.nodes if n is not old]
+        for n in replicas:
+            n.pause()
+        try:
+            first = api.call("POST", "/certs/%s/inactivate" % cid, "mgr2", json={"reason": "x"})
+            retry = api.call("POST", "/certs/%s/inactivate" % cid, "mgr2", json={"reason": "x"})
+        finally:
+            for n in replicas:
+                n.resume()
+        assert first.status_code == 503 and error_code(first) == "Store.NotDurable", first.text
+        # Still on the master only: the retry must not say the inactivation is in place.
+        assert retry.status_code == 503 and error_code(retry) == "Store.NotDurable", retry.text
+        assert r.execute_command("WAIT", 1, 2000) == 1
+        resp = api.call("POST", "/certs/%s/inactivate" % cid, "mgr2", json={"reason": "x"})
+        assert resp.status_code == 409 and error_code(resp) == "Transition.Illegal", resp.text
+    finally:
+        view.close()
