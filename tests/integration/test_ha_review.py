@@ -44,3 +44,29 @@ def test_retry_of_not_durable_inactivation_is_not_409_while_replicas_lag(ha1, pk
         assert resp.status_code == 409 and error_code(resp) == "Transition.Illegal", resp.text
     finally:
         view.close()
+
+
+def test_nginx_admin_inactivation_waits_for_replicas(ha1, pki):
+    """The nginx admin API (thread pool, the same core handler) must not report an
+    inactivation done that no replica acknowledged: certgate_admin_wait_replicas."""
+    old = ha1.primary()
+    r = old.client()
+    r.flushdb()
+    seed(r)
+    view = View(ha1, pki, kind="nginx",
+                extra_server="certgate_admin_wait_replicas 1 300;")
+    try:
+        api = Admin(view)
+        c = make_cert("review nginx inactivated without replicas", issuer=pki.inter)
+        cid = api.approved(c)
+        replicas = [n for n in ha1.nodes if n is not old]
+        for n in replicas:
+            n.pause()
+        try:
+            resp = api.call("POST", "/certs/%s/inactivate" % cid, "mgr2", json={"reason": "x"})
+        finally:
+            for n in replicas:
+                n.resume()
+        assert resp.status_code == 503 and error_code(resp) == "Store.NotDurable", resp.text
+    finally:
+        view.close()
