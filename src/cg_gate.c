@@ -392,6 +392,9 @@ void cg_gate_decide(cg_gate_t *g, const cg_gate_in_t *in, cg_store_rc_t rc,
             v->reason = CG_R_STORE_UNAVAILABLE;
             log_store_error(in, failed, err ? err : "", v->fp_hex);
             cg_metrics_decision(g->metrics, CG_R_STORE_UNAVAILABLE);
+            /* As without stale mode: shadow never refuses a store failure. */
+            if (in->shadow)
+                shadow_pass(g, in, NULL, v);
             return;
         }
         count(&g->metrics->stale_allows, 1);

@@ -70,3 +70,44 @@ def test_nginx_admin_inactivation_waits_for_replicas(ha1, pki):
         assert resp.status_code == 503 and error_code(resp) == "Store.NotDurable", resp.text
     finally:
         view.close()
+
+
+SHADOW_STALE = {
+    "httpd": dict(extra_server="CertGateOnStoreError stale 30\nCertGateCacheMaxAge 1\n"
+                               "StartServers 1\nServerLimit 1\nMaxRequestWorkers 16",
+                  extra_vhost='<Location "/shadow/">\n  CertGate On\n  CertGateMode Shadow\n'
+                              '</Location>\n'),
+    "nginx": dict(nginx_args={"workers": 1,
+                              "extra_http": "certgate_on_store_error stale 30;\n"
+                                            "certgate_cache_max_age 1;",
+                              "extra_server": "location /shadow/ { certgate on; "
+                                              "certgate_mode shadow; }"}),
+}
+
+
+@pytest.mark.parametrize("server", ["httpd", "nginx"])
+def test_shadow_never_refuses_with_stale_mode(pki, server):
+    """Shadow never refuses, stale mode or not: a registration read before the outage
+    that denies (PENDING) must still pass under shadow while Redis is down."""
+    import os
+    import time
+    from clients import session
+    from conftest import Stack
+    from harness import register
+    stack = Stack(pki, server=server, **SHADOW_STALE[server])
+    try:
+        os.makedirs(os.path.join(stack.work, "htdocs", "shadow"), exist_ok=True)
+        with open(os.path.join(stack.work, "htdocs", "shadow", "ok.txt"), "w") as f:
+            f.write("ok\n")
+        stack.r.flushdb()
+        register(stack.r, pki.leaf_b, "app1", status="PENDING")
+        url = stack.server.url("/shadow/ok.txt")
+        assert session(stack, pki.leaf_b).get(url, timeout=5).status_code == 200
+        stack.redis.stop()
+        time.sleep(1.3)     # past the cache max age: the store is asked, and fails
+        assert session(stack, pki.leaf_b).get(url, timeout=5).status_code == 200
+        # Never read: shadow passes it too (the existing store-error path).
+        assert session(stack, pki.leaf).get(url, timeout=5).status_code == 200
+    finally:
+        stack.redis.start()
+        stack.close()
