@@ -111,3 +111,31 @@ def test_shadow_never_refuses_with_stale_mode(pki, server):
     finally:
         stack.redis.start()
         stack.close()
+
+
+@pytest.mark.parametrize("server", ["httpd", "nginx"])
+def test_stale_mode_only_when_the_store_fails_to_answer(pki, server):
+    """Stale mode is for a store that cannot be asked. A store that answers that the
+    record is damaged (WRONGTYPE: corrupt) is no outage: no stale allow."""
+    import time
+    from clients import session
+    from conftest import Stack
+    from harness import register
+    from test_ha import STALE_CONF
+    stack = Stack(pki, server=server, **STALE_CONF[server])
+    try:
+        r = stack.r
+        r.flushdb()
+        reg = register(r, pki.leaf, "app1")
+        url = stack.server.url("/gated/ok.txt")
+        assert session(stack, pki.leaf).get(url, timeout=5).status_code == 200
+        p = r.pipeline(transaction=True)
+        p.delete("certgate:reg:" + reg)
+        p.set("certgate:reg:" + reg, "damaged")
+        p.execute()
+        time.sleep(1.3)     # past the cache max age: the store is asked
+        st = session(stack, pki.leaf).get(url, timeout=5).status_code
+        assert st == 503, st
+        assert "STALE ALLOW" not in stack.server.read_log()
+    finally:
+        stack.close()
