@@ -139,3 +139,89 @@ def test_stale_mode_only_when_the_store_fails_to_answer(pki, server):
         assert "STALE ALLOW" not in stack.server.read_log()
     finally:
         stack.close()
+
+
+class LyingSentinel:
+    """A sentinel that always names `port` (a live replica): what a stale sentinel says
+    once the old primary is back as a replica. Only ROLE can tell the gate."""
+
+    def __init__(self, port):
+        import socket
+        import threading
+        self.answer = b"*2\r\n$9\r\n127.0.0.1\r\n$%d\r\n%d\r\n" % (len(str(port)), port)
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        import threading
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, c):
+        with c:
+            while True:
+                try:
+                    data = c.recv(4096)
+                except OSError:
+                    return
+                if not data:
+                    return
+                c.sendall(b"+OK\r\n" if b"AUTH" in data.upper() else self.answer)
+
+    def close(self):
+        self.sock.close()
+
+
+@pytest.mark.parametrize("kind", ["httpd", "nginx"])
+def test_sentinel_naming_a_live_replica_is_refused_by_role(ha1, pki, kind):
+    """The first sentinel names a live replica. The gate must check ROLE, refuse it
+    (CG11003) and use the master the next sentinel names: no lookup and no subscriber
+    ever on the replica. (The stale-sentinel test in test_ha.py names a killed node, so
+    a refused connection hides a missing ROLE check there.)"""
+    from clients import session
+    from ha import MASTER_NAME, SENTINEL_PASSWORD
+    from harness import Redis
+    from test_ha import GATED, commandstats, seed_certs
+    primary = ha1.primary()
+    replica = next(n for n in ha1.nodes if n is not primary)
+    seed_certs(primary.client(), pki)
+    liar = LyingSentinel(replica.port)
+    sentinels = "127.0.0.1:%d %s" % (liar.port, ha1.sentinel_list())
+    replica.client().execute_command("CONFIG", "RESETSTAT")
+    if kind == "httpd":
+        view = View(ha1, pki, extra_server="CertGateCache Off",
+                    store_conf=ha1.store_conf(sentinels=sentinels))
+    else:
+        conf = ("certgate_redis_sentinels %s;\n    certgate_redis_master_name %s;\n"
+                "    certgate_redis_sentinel_auth %s;\n    certgate_redis_auth %s;\n"
+                "    certgate_redis_db %d;" % (sentinels, MASTER_NAME, SENTINEL_PASSWORD,
+                                              Redis.PASSWORD, Redis.DB))
+        view = View(ha1, pki, kind="nginx", extra_server="certgate_cache off;")
+        view.close()
+        import harness
+        view.server = view.httpd = harness.Nginx(view.work, view.pki_dir, None, store_conf=conf,
+                                                 extra_http="certgate_cache off;").start()
+    try:
+        got = []
+        for _ in range(20):
+            got.append(session(view, pki.leaf).get(view.httpd.url(GATED),
+                                                   timeout=5).status_code)
+        assert got[-5:] == [200] * 5, got
+        assert session(view, pki.leaf_b).get(view.httpd.url(GATED), timeout=5).status_code == 403
+        stats = commandstats(replica)
+        # nginx pipelines the lookup behind ROLE on a new connection: the replica runs
+        # that GET, but its answer is dropped with the connection (never used).
+        reads = ("hgetall", "hget", "subscribe") + (("get",) if kind == "httpd" else ())
+        assert not any(stats.get(c) for c in reads), stats
+        assert stats.get("role"), stats     # the check ran on it
+        assert "CG11003" in view.httpd.read_log()
+    finally:
+        view.close()
+        liar.close()
