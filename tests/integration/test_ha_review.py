@@ -1,6 +1,7 @@
-"""Review of the ha merge: durable admin writes. A retry of a write that answered
-503 Store.NotDurable must not report the state as settled (409) while no replica
-has acknowledged it: the 409 would be read as "done", and a failover would lose it."""
+"""Review of the ha merge (issue 12): durable admin writes (a retry's 409 is waited for
+too; the nginx admin API waits for replicas), stale mode (never under shadow refuses,
+only when Redis gives no usable answer), and the ROLE check against a sentinel that
+names a live replica."""
 import pytest
 
 from admin import Admin, error_code, seed
