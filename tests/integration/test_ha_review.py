@@ -2,6 +2,8 @@
 too; the nginx admin API waits for replicas), stale mode (never under shadow refuses,
 only when Redis gives no usable answer), and the ROLE check against a sentinel that
 names a live replica."""
+import time
+
 import pytest
 
 from admin import Admin, error_code, seed
@@ -226,3 +228,37 @@ def test_sentinel_naming_a_live_replica_is_refused_by_role(ha1, pki, kind):
     finally:
         view.close()
         liar.close()
+
+
+def test_nginx_admin_follows_a_failover_without_errors(ha1, pki):
+    """SIGSTOP the primary until a replica is promoted, then SIGCONT: the old primary
+    still answers ROLE master for seconds. The nginx admin API's store must have
+    followed the sentinels meanwhile (as the gate's does): its next write goes to the
+    new primary, never to the old one. Runs last: it moves ha1's primary."""
+    from test_ha import commandstats
+    old = ha1.primary()
+    r = old.client()
+    r.flushdb()
+    seed(r)
+    view = View(ha1, pki, kind="nginx")
+    try:
+        api = Admin(view)
+        c = make_cert("review nginx admin across a partition", issuer=pki.inter)
+        cid = api.approved(c)
+        for _ in range(6):      # pooled admin connections in the workers
+            assert api.call("GET", "/certs/%s" % cid, "mgr1").status_code == 200
+        old.pause()
+        try:
+            new = ha1.wait_new_primary(old.port)
+            time.sleep(1.5)     # a refresh of the sentinels' answer happens every second
+        finally:
+            old.resume()
+        old.client().execute_command("CONFIG", "RESETSTAT")
+        assert old.role() == "master", "old primary already demoted: test void"
+        resp = api.call("POST", "/certs/%s/inactivate" % cid, "mgr2", json={"reason": "x"})
+        stats = commandstats(old)
+        assert not any(k.startswith("eval") for k in stats), stats
+        assert resp.status_code == 200, resp.text
+        assert new.client().hget("certgate:reg:" + cid, "status") == b"INACTIVATED"
+    finally:
+        view.close()
