@@ -21,6 +21,7 @@
 #include "cg_cert.h"
 #include "cg_policy.h"
 #include "cg_reg.h"
+#include "cg_sentinel.h"
 #include "cg_store.h"
 #include "ngx_certgate_admin.h"
 
@@ -534,9 +535,16 @@ static ngx_int_t cg_adm_init_process(ngx_cycle_t *cycle)
         return NGX_OK;
     gcfg.store.max_idle = CG_ADM_MAX_IDLE;
     cg_adm_store = cg_store_new(&gcfg.store, err, sizeof(err));
-    if (cg_adm_store == NULL)
+    if (cg_adm_store == NULL) {
         ngx_log_error(NGX_LOG_ERR, cycle->log, 0, "CG06050: admin API: cannot set up the "
                       "Redis store: %s; admin requests get 503", err);
+    } else if (cg_store_sentinel(cg_adm_store) != NULL &&
+               cg_sentinel_watch(cg_store_sentinel(cg_adm_store)) != 0) {
+        /* As the gate's: re-ask the sentinels every second, or a primary back from a
+         * partition, still saying master, keeps getting the admin writes. */
+        ngx_log_error(NGX_LOG_ERR, cycle->log, 0, "CG11006: admin API: cannot start the "
+                      "sentinel thread; the master address is only checked after errors");
+    }
     return NGX_OK;
 }
 

@@ -44,6 +44,8 @@ typedef struct {
     ngx_str_t master_name;
     ngx_str_t sentinel_user, sentinel_password;
     ngx_msec_t sentinel_timeout;
+    ngx_int_t wait_replicas;      /* certgate_admin_wait_replicas N [ms]; unset: 0 */
+    ngx_int_t wait_ms;
 } cg_main_conf_t;
 
 /* Where a directive was written, for checks made after parsing. */
@@ -120,6 +122,7 @@ static char *cg_set_redis_auth(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 static char *cg_set_app_from(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 static char *cg_set_sentinels(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 static char *cg_set_sentinel_auth(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+static char *cg_set_wait_replicas(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 static char *cg_set_gate(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 static char *cg_set_metrics(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 static char *cg_set_number(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
@@ -172,6 +175,8 @@ static ngx_command_t cg_commands[] = {
       NULL },
     { ngx_string("certgate_redis_sentinel_auth"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE12,
       cg_set_sentinel_auth, NGX_HTTP_MAIN_CONF_OFFSET, 0, NULL },
+    { ngx_string("certgate_admin_wait_replicas"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE12,
+      cg_set_wait_replicas, NGX_HTTP_MAIN_CONF_OFFSET, 0, NULL },
     { ngx_string("certgate_redis_sentinel_timeout"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
       ngx_conf_set_msec_slot, NGX_HTTP_MAIN_CONF_OFFSET,
       offsetof(cg_main_conf_t, sentinel_timeout), NULL },
@@ -238,6 +243,7 @@ static void *cg_create_main_conf(ngx_conf_t *cf)
     c->cache_max_age = NGX_CONF_UNSET_UINT;
     c->usage_interval = NGX_CONF_UNSET_UINT;
     c->sentinel_timeout = NGX_CONF_UNSET_MSEC;
+    c->wait_replicas = NGX_CONF_UNSET;
     cg_stale_keep_max = 0;    /* a reload counts the windows of the new config only */
     return c;
 }
@@ -267,6 +273,10 @@ static void cg_gate_cfg(const cg_main_conf_t *c, cg_gate_cfg_t *out)
                                    ? (const char *) c->sentinel_password.data : NULL;
     out->store.sentinel_timeout_ms = c->sentinel_timeout == NGX_CONF_UNSET_MSEC ? 0
                                      : (int) c->sentinel_timeout;
+    if (c->wait_replicas != NGX_CONF_UNSET) {
+        out->store.wait_replicas = (int) c->wait_replicas;
+        out->store.wait_timeout_ms = (int) c->wait_ms;
+    }
 }
 
 /* The admin module's blocking store talks to the same Redis as the gate. */
@@ -517,6 +527,26 @@ static char *cg_set_sentinel_auth(ngx_conf_t *cf, ngx_command_t *cmd, void *conf
     }
     if (c->sentinel_password.len == 0)
         return "wants a non-empty password";
+    return NGX_CONF_OK;
+}
+
+/* Admin writes wait for replicas (WAIT), as CertGateAdminWaitReplicas: N [ms]. */
+static char *cg_set_wait_replicas(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    cg_main_conf_t *c = conf;
+    ngx_str_t *v = cf->args->elts;
+    (void) cmd;
+    if (c->wait_replicas != NGX_CONF_UNSET)
+        return "is duplicate";
+    c->wait_replicas = ngx_atoi(v[1].data, v[1].len);
+    if (c->wait_replicas < 0 || c->wait_replicas > CG_STORE_WAIT_REPLICAS_MAX)
+        return "expects a number of replicas from 0 to " CG_STORE_STR(CG_STORE_WAIT_REPLICAS_MAX);
+    c->wait_ms = CG_STORE_WAIT_TIMEOUT_MS_DEFAULT;
+    if (cf->args->nelts == 3) {
+        c->wait_ms = ngx_atoi(v[2].data, v[2].len);
+        if (c->wait_ms < 1 || c->wait_ms > CG_STORE_TIMEOUT_MS_MAX)
+            return "expects milliseconds from 1 to " CG_STORE_STR(CG_STORE_TIMEOUT_MS_MAX);
+    }
     return NGX_CONF_OK;
 }
 

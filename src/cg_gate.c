@@ -346,10 +346,12 @@ void cg_gate_decide(cg_gate_t *g, const cg_gate_in_t *in, cg_store_rc_t rc,
         cg_fp_to_hex(&peer->leaf, v->fp_hex);
         if (rc == CG_STORE_OK) {
             regp = reg;
-        } else if (cg_store_failed(rc) && in->stale_s > 0 && !in->fail_open && g->cache != NULL &&
+        } else if (cg_store_failed(rc) && rc != CG_STORE_CORRUPT && rc != CG_STORE_PERM &&
+                   in->stale_s > 0 && !in->fail_open && g->cache != NULL &&
                    cg_cache_get_recent(g->cache, &peer->leaf, cg_now_ms(),
                                        (int64_t)in->stale_s * 1000, &stale, &stale_at)) {
-            /* Stale mode: decide on the record read before; only an allow is used. */
+            /* Stale mode: decide on the record read before; only an allow is used.
+             * Not when Redis answered (a damaged record, an ACL refusal): no outage. */
             regp = &stale;
             failed = rc;
         } else if (cg_store_failed(rc)) {
@@ -392,6 +394,9 @@ void cg_gate_decide(cg_gate_t *g, const cg_gate_in_t *in, cg_store_rc_t rc,
             v->reason = CG_R_STORE_UNAVAILABLE;
             log_store_error(in, failed, err ? err : "", v->fp_hex);
             cg_metrics_decision(g->metrics, CG_R_STORE_UNAVAILABLE);
+            /* As without stale mode: shadow never refuses a store failure. */
+            if (in->shadow)
+                shadow_pass(g, in, NULL, v);
             return;
         }
         count(&g->metrics->stale_allows, 1);

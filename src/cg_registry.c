@@ -543,7 +543,14 @@ int cg_registry_run_reply(cg_store_t *st, int timeout_ms, const char *script, in
 #pragma GCC diagnostic ignored "-Wformat-nonliteral"
         snprintf(msg, sizeof(msg), e->message, rest);
 #pragma GCC diagnostic pop
-        failf(f, e->status, e->code, "%s", msg);
+        if (acked >= 0 && acked < wanted)
+            /* Our refusal (a retry's 409) reports the state an earlier write left on
+             * the master: not as settled while no replica is known to have it. */
+            failf(f, 503, "Store.NotDurable", "the current state is on the Redis master but "
+                  "only %d of %d replicas acknowledged it in time; it may be lost if the master "
+                  "fails now. Retry later", acked, wanted);
+        else
+            failf(f, e->status, e->code, "%s", msg);
     }
     cg_store_reply_free(r);
     return -1;

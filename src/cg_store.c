@@ -830,9 +830,12 @@ cg_store_rc_t cg_store_cmd_durable(cg_store_t *st, int timeout_ms, int argc, con
     cg_store_rc_t rc = cg_store_pipeline(st, timeout_ms, 2, argcs, argvs, lensv, r, err, errlen);
     if (rc != CG_STORE_OK)
         return rc;
-    if (r[0]->type != REDIS_REPLY_ERROR && r[1]->type == REDIS_REPLY_INTEGER)
+    /* Also after a refusal: a retry's 409 reports the state an earlier write left,
+     * and Redis 7 moves the connection's WAIT offset on any command, so WAIT
+     * covers that write too. */
+    if (r[1]->type == REDIS_REPLY_INTEGER)
         *acked = r[1]->integer > INT32_MAX ? INT32_MAX : (int)r[1]->integer;
-    else if (r[0]->type != REDIS_REPLY_ERROR)
+    else
         *acked = 0;     /* WAIT refused (ACL): count it as not acknowledged */
     freeReplyObject(r[1]);
     *out = r[0];

@@ -111,8 +111,9 @@ void cg_store_reply_free(struct redisReply *r);
 /*
  * A write command followed by WAIT on the same connection when the store is
  * configured to wait (wait_replicas > 0). As cg_store_cmd; *acked gets how
- * many replicas acknowledged, or -1 when no WAIT was asked (or the command
- * answered an error). *wanted gets wait_replicas.
+ * many replicas acknowledged (also when the command answered an error: the
+ * state it reports must be durable too), or -1 when no WAIT was asked.
+ * *wanted gets wait_replicas.
  */
 cg_store_rc_t cg_store_cmd_durable(cg_store_t *st, int timeout_ms, int argc, const char **argv,
                                    const size_t *lens, struct redisReply **out, int *acked,

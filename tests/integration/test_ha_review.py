@@ -1,0 +1,264 @@
+"""Review of the ha merge (issue 12): durable admin writes (a retry's 409 is waited for
+too; the nginx admin API waits for replicas), stale mode (never under shadow refuses,
+only when Redis gives no usable answer), and the ROLE check against a sentinel that
+names a live replica."""
+import time
+
+import pytest
+
+from admin import Admin, error_code, seed
+from conftest import make_workdir
+from ha import HASet
+from pki import make_cert
+from test_ha import View
+
+
+@pytest.fixture(scope="module")
+def ha1():
+    s = HASet(make_workdir(), replicas=1)
+    yield s
+    s.close()
+
+
+def test_retry_of_not_durable_inactivation_is_not_409_while_replicas_lag(ha1, pki):
+    old = ha1.primary()
+    r = old.client()
+    r.flushdb()
+    seed(r)
+    view = View(ha1, pki, extra_server="CertGateCache Off\nCertGateAdminWaitReplicas 1 300")
+    try:
+        api = Admin(view)
+        c = make_cert("review inactivated without replicas", issuer=pki.inter)
+        cid = api.approved(c)
+        replicas = [n for n in ha1.nodes if n is not old]
+        for n in replicas:
+            n.pause()
+        try:
+            first = api.call("POST", "/certs/%s/inactivate" % cid, "mgr2", json={"reason": "x"})
+            retry = api.call("POST", "/certs/%s/inactivate" % cid, "mgr2", json={"reason": "x"})
+        finally:
+            for n in replicas:
+                n.resume()
+        assert first.status_code == 503 and error_code(first) == "Store.NotDurable", first.text
+        # Still on the master only: the retry must not say the inactivation is in place.
+        assert retry.status_code == 503 and error_code(retry) == "Store.NotDurable", retry.text
+        assert r.execute_command("WAIT", 1, 2000) == 1
+        resp = api.call("POST", "/certs/%s/inactivate" % cid, "mgr2", json={"reason": "x"})
+        assert resp.status_code == 409 and error_code(resp) == "Transition.Illegal", resp.text
+    finally:
+        view.close()
+
+
+def test_nginx_admin_inactivation_waits_for_replicas(ha1, pki):
+    """The nginx admin API (thread pool, the same core handler) must not report an
+    inactivation done that no replica acknowledged: certgate_admin_wait_replicas."""
+    old = ha1.primary()
+    r = old.client()
+    r.flushdb()
+    seed(r)
+    view = View(ha1, pki, kind="nginx",
+                extra_server="certgate_admin_wait_replicas 1 300;")
+    try:
+        api = Admin(view)
+        c = make_cert("review nginx inactivated without replicas", issuer=pki.inter)
+        cid = api.approved(c)
+        replicas = [n for n in ha1.nodes if n is not old]
+        for n in replicas:
+            n.pause()
+        try:
+            resp = api.call("POST", "/certs/%s/inactivate" % cid, "mgr2", json={"reason": "x"})
+        finally:
+            for n in replicas:
+                n.resume()
+        assert resp.status_code == 503 and error_code(resp) == "Store.NotDurable", resp.text
+    finally:
+        view.close()
+
+
+SHADOW_STALE = {
+    "httpd": dict(extra_server="CertGateOnStoreError stale 30\nCertGateCacheMaxAge 1\n"
+                               "StartServers 1\nServerLimit 1\nMaxRequestWorkers 16",
+                  extra_vhost='<Location "/shadow/">\n  CertGate On\n  CertGateMode Shadow\n'
+                              '</Location>\n'),
+    "nginx": dict(nginx_args={"workers": 1,
+                              "extra_http": "certgate_on_store_error stale 30;\n"
+                                            "certgate_cache_max_age 1;",
+                              "extra_server": "location /shadow/ { certgate on; "
+                                              "certgate_mode shadow; }"}),
+}
+
+
+@pytest.mark.parametrize("server", ["httpd", "nginx"])
+def test_shadow_never_refuses_with_stale_mode(pki, server):
+    """Shadow never refuses, stale mode or not: a registration read before the outage
+    that denies (PENDING) must still pass under shadow while Redis is down."""
+    import os
+    import time
+    from clients import session
+    from conftest import Stack
+    from harness import register
+    stack = Stack(pki, server=server, **SHADOW_STALE[server])
+    try:
+        os.makedirs(os.path.join(stack.work, "htdocs", "shadow"), exist_ok=True)
+        with open(os.path.join(stack.work, "htdocs", "shadow", "ok.txt"), "w") as f:
+            f.write("ok\n")
+        stack.r.flushdb()
+        register(stack.r, pki.leaf_b, "app1", status="PENDING")
+        url = stack.server.url("/shadow/ok.txt")
+        assert session(stack, pki.leaf_b).get(url, timeout=5).status_code == 200
+        stack.redis.stop()
+        time.sleep(1.3)     # past the cache max age: the store is asked, and fails
+        assert session(stack, pki.leaf_b).get(url, timeout=5).status_code == 200
+        # Never read: shadow passes it too (the existing store-error path).
+        assert session(stack, pki.leaf).get(url, timeout=5).status_code == 200
+    finally:
+        stack.redis.start()
+        stack.close()
+
+
+@pytest.mark.parametrize("server", ["httpd", "nginx"])
+def test_stale_mode_only_when_the_store_fails_to_answer(pki, server):
+    """Stale mode is for a store that cannot be asked. A store that answers that the
+    record is damaged (WRONGTYPE: corrupt) is no outage: no stale allow."""
+    import time
+    from clients import session
+    from conftest import Stack
+    from harness import register
+    from test_ha import STALE_CONF
+    stack = Stack(pki, server=server, **STALE_CONF[server])
+    try:
+        r = stack.r
+        r.flushdb()
+        reg = register(r, pki.leaf, "app1")
+        url = stack.server.url("/gated/ok.txt")
+        assert session(stack, pki.leaf).get(url, timeout=5).status_code == 200
+        p = r.pipeline(transaction=True)
+        p.delete("certgate:reg:" + reg)
+        p.set("certgate:reg:" + reg, "damaged")
+        p.execute()
+        time.sleep(1.3)     # past the cache max age: the store is asked
+        st = session(stack, pki.leaf).get(url, timeout=5).status_code
+        assert st == 503, st
+        assert "STALE ALLOW" not in stack.server.read_log()
+    finally:
+        stack.close()
+
+
+class LyingSentinel:
+    """A sentinel that always names `port` (a live replica): what a stale sentinel says
+    once the old primary is back as a replica. Only ROLE can tell the gate."""
+
+    def __init__(self, port):
+        import socket
+        import threading
+        self.answer = b"*2\r\n$9\r\n127.0.0.1\r\n$%d\r\n%d\r\n" % (len(str(port)), port)
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        import threading
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, c):
+        with c:
+            while True:
+                try:
+                    data = c.recv(4096)
+                except OSError:
+                    return
+                if not data:
+                    return
+                c.sendall(b"+OK\r\n" if b"AUTH" in data.upper() else self.answer)
+
+    def close(self):
+        self.sock.close()
+
+
+@pytest.mark.parametrize("kind", ["httpd", "nginx"])
+def test_sentinel_naming_a_live_replica_is_refused_by_role(ha1, pki, kind):
+    """The first sentinel names a live replica. The gate must check ROLE, refuse it
+    (CG11003) and use the master the next sentinel names: no lookup and no subscriber
+    ever on the replica. (The stale-sentinel test in test_ha.py names a killed node, so
+    a refused connection hides a missing ROLE check there.)"""
+    from clients import session
+    from ha import MASTER_NAME, SENTINEL_PASSWORD
+    from harness import Redis
+    from test_ha import GATED, commandstats, seed_certs
+    primary = ha1.primary()
+    replica = next(n for n in ha1.nodes if n is not primary)
+    seed_certs(primary.client(), pki)
+    liar = LyingSentinel(replica.port)
+    sentinels = "127.0.0.1:%d %s" % (liar.port, ha1.sentinel_list())
+    replica.client().execute_command("CONFIG", "RESETSTAT")
+    if kind == "httpd":
+        view = View(ha1, pki, extra_server="CertGateCache Off",
+                    store_conf=ha1.store_conf(sentinels=sentinels))
+    else:
+        conf = ("certgate_redis_sentinels %s;\n    certgate_redis_master_name %s;\n"
+                "    certgate_redis_sentinel_auth %s;\n    certgate_redis_auth %s;\n"
+                "    certgate_redis_db %d;" % (sentinels, MASTER_NAME, SENTINEL_PASSWORD,
+                                              Redis.PASSWORD, Redis.DB))
+        view = View(ha1, pki, kind="nginx", extra_server="certgate_cache off;")
+        view.close()
+        import harness
+        view.server = view.httpd = harness.Nginx(view.work, view.pki_dir, None, store_conf=conf,
+                                                 extra_http="certgate_cache off;").start()
+    try:
+        got = []
+        for _ in range(20):
+            got.append(session(view, pki.leaf).get(view.httpd.url(GATED),
+                                                   timeout=5).status_code)
+        assert got[-5:] == [200] * 5, got
+        assert session(view, pki.leaf_b).get(view.httpd.url(GATED), timeout=5).status_code == 403
+        stats = commandstats(replica)
+        # nginx pipelines the lookup behind ROLE on a new connection: the replica runs
+        # that GET, but its answer is dropped with the connection (never used).
+        reads = ("hgetall", "hget", "subscribe") + (("get",) if kind == "httpd" else ())
+        assert not any(stats.get(c) for c in reads), stats
+        assert stats.get("role"), stats     # the check ran on it
+        assert "CG11003" in view.httpd.read_log()
+    finally:
+        view.close()
+        liar.close()
+
+
+def test_nginx_admin_follows_a_failover_without_errors(ha1, pki):
+    """SIGSTOP the primary until a replica is promoted, then SIGCONT: the old primary
+    still answers ROLE master for seconds. The nginx admin API's store must have
+    followed the sentinels meanwhile (as the gate's does): its next write goes to the
+    new primary, never to the old one. Runs last: it moves ha1's primary."""
+    from test_ha import commandstats
+    old = ha1.primary()
+    r = old.client()
+    r.flushdb()
+    seed(r)
+    view = View(ha1, pki, kind="nginx")
+    try:
+        api = Admin(view)
+        c = make_cert("review nginx admin across a partition", issuer=pki.inter)
+        cid = api.approved(c)
+        for _ in range(6):      # pooled admin connections in the workers
+            assert api.call("GET", "/certs/%s" % cid, "mgr1").status_code == 200
+        old.pause()
+        try:
+            new = ha1.wait_new_primary(old.port)
+            time.sleep(1.5)     # a refresh of the sentinels' answer happens every second
+        finally:
+            old.resume()
+        old.client().execute_command("CONFIG", "RESETSTAT")
+        assert old.role() == "master", "old primary already demoted: test void"
+        resp = api.call("POST", "/certs/%s/inactivate" % cid, "mgr2", json={"reason": "x"})
+        stats = commandstats(old)
+        assert not any(k.startswith("eval") for k in stats), stats
+        assert resp.status_code == 200, resp.text
+        assert new.client().hget("certgate:reg:" + cid, "status") == b"INACTIVATED"
+    finally:
+        view.close()
