@@ -387,6 +387,8 @@ void cg_sentinel_distrust(cg_sentinel_t *s, uint64_t gen, const char *why)
         }
         snprintf(addr, sizeof(addr), "%s:%d", s->master.host, s->master.port);
         said = 1;
+        /* Wake the watcher now: nginx workers only read its answer, and serve 503 until then. */
+        pthread_cond_broadcast(&s->wake);
     }
     pthread_mutex_unlock(&s->lock);
     if (said)
