@@ -441,14 +441,15 @@ static void follow_master(cg_store_t *st, int64_t deadline)
     char host[CG_SENTINEL_HOST_MAX], err[CG_SENTINEL_HOST_MAX];
     int port, unreachable;
     uint64_t gen = cg_sentinel_gen(st->sentinel);
+    int known = 1;
     if (!cg_sentinel_trusted(st->sentinel) &&
         cg_sentinel_master(st->sentinel, deadline, host, sizeof(host), &port, &gen, &unreachable,
                            err, sizeof(err)) != 0)
-        return;
+        known = 0;  /* distrusted and no answer: its pooled connections may reach a replica now */
     pthread_mutex_lock(&st->lock);
     int kept = 0;
     for (int i = 0; i < st->n_idle; i++) {
-        if (st->idle_gen[i] == gen) {
+        if (known && st->idle_gen[i] == gen) {
             st->idle_gen[kept] = st->idle_gen[i];
             st->idle[kept++] = st->idle[i];
         } else {
