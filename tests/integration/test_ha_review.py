@@ -262,3 +262,75 @@ def test_nginx_admin_follows_a_failover_without_errors(ha1, pki):
         assert new.client().hget("certgate:reg:" + cid, "status") == b"INACTIVATED"
     finally:
         view.close()
+
+
+def gate_conns(node):
+    """The clients of node that are the gate's store connections (lookups, ROLE)."""
+    return [c for c in node.client().client_list()
+            if c.get("cmd") in ("get", "hgetall", "hget", "role", "auth", "select")
+            and "S" not in c.get("flags", "")]
+
+
+def test_distrusted_master_pool_dropped_when_no_sentinel_answers(pki):
+    """Sentinels all down, then a lookup times out on the master (distrust): httpd must
+    drop its pooled connections to that master, not read them again once it has become
+    a replica (REPLICAOF). Fail closed: 503 until a sentinel confirms a master."""
+    import threading
+    from clients import session
+    from test_ha import GATED, seed_certs
+    ha = HASet(make_workdir(), replicas=1)
+    view = None
+    try:
+        m = ha.primary()
+        other = next(n for n in ha.nodes if n is not m)
+        seed_certs(m.client(), pki)
+        view = View(ha, pki, extra_server="CertGateCache Off\nCertGateUsageFlushInterval off\n"
+                                          "StartServers 1\nServerLimit 1\nMaxRequestWorkers 16")
+        url = view.httpd.url(GATED)
+        # Lookups at once, so that the child pools more than one connection to the master.
+        for _ in range(10):
+            go = threading.Barrier(8)
+            got = []
+
+            def ask():
+                s = session(view, pki.leaf)
+                go.wait()
+                got.append(s.get(url, timeout=5).status_code)
+            ts = [threading.Thread(target=ask) for _ in range(8)]
+            for t in ts:
+                t.start()
+            for t in ts:
+                t.join()
+            assert got == [200] * 8, got
+            if len(gate_conns(m)) >= 2:
+                break
+        assert len(gate_conns(m)) >= 2, m.client().client_list()
+        for s in ha.sentinels:
+            s.stop()
+        m.pause()
+        try:
+            # One pooled connection times out (CertGateRedisTimeout): the master is distrusted.
+            st = session(view, pki.leaf).get(url, timeout=5).status_code
+            time.sleep(0.3)
+        finally:
+            m.resume()
+        assert st == 503, st
+        assert len(gate_conns(m)) >= 1, "no pooled connection left: test void"
+        # The old master becomes a replica that still holds the registrations.
+        other.client().execute_command("REPLICAOF", "NO", "ONE")
+        m.client().execute_command("REPLICAOF", "127.0.0.1", str(other.port))
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            info = m.client().info("replication")
+            if info.get("master_link_status") == "up" and m.client().dbsize() > 0:
+                break
+            time.sleep(0.05)
+        assert m.role() == "slave" and m.client().dbsize() > 0
+        got = [session(view, pki.leaf).get(url, timeout=5).status_code for _ in range(3)]
+        assert got == [503] * 3, got
+        log = view.httpd.read_log()
+        assert "store_unavailable" in log, log[-2000:]
+    finally:
+        if view is not None:
+            view.close()
+        ha.close()
