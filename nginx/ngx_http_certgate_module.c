@@ -683,6 +683,15 @@ static void cg_log(void *ctx, int level, const char *msg)
     ngx_log_error(lv, (ngx_log_t *) ctx, 0, "%s", msg);
 }
 
+/* The admin API's store logs its sentinel events through the core even with no
+ * gate; they count in the gate's shared counters (NULL when there is none). */
+cg_metrics_t *cg_ngx_core_events(ngx_cycle_t *cycle)
+{
+    cg_main_conf_t *c = ngx_http_cycle_get_module_main_conf(cycle, ngx_http_certgate_module);
+    cg_gate_set_log(cg_log);
+    return c != NULL && c->used ? cg_ngx_metrics_shared(c->metrics_zone) : NULL;
+}
+
 /*
  * Handlers of a phase run in reverse order of registration, so a module loaded
  * after us could still answer (return) or admit (satisfy any) before the gate.

@@ -334,3 +334,30 @@ def test_distrusted_master_pool_dropped_when_no_sentinel_answers(pki):
         if view is not None:
             view.close()
         ha.close()
+
+
+def test_nginx_admin_store_sentinel_events_logged_and_counted(ha1, pki):
+    """The nginx admin API's store has its own sentinel client: its events are logged
+    (CG11001..CG11005) and counted as the gate's. At start each worker's gate store and
+    admin store both find the master: two CG11004 and two switches per worker."""
+    import harness
+    from clients import session
+    view = View(ha1, pki, kind="nginx")
+    view.close()
+    before = len(view.httpd.read_log())     # the same log file: only the next start's lines
+    view.server = view.httpd = harness.Nginx(
+        view.work, view.pki_dir, None, store_conf=ha1.nginx_store_conf(), workers=2,
+        extra_server="location = /metrics { certgate_metrics; }").start()
+    try:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            found = [l for l in view.httpd.read_log()[before:].splitlines()
+                     if "CG11004" in l and "(was none)" in l]
+            if len(found) >= 4:
+                break
+            time.sleep(0.1)
+        assert len(found) == 4, found
+        text = session(view, pki.leaf).get(view.httpd.url("/metrics"), timeout=5).text
+        assert 'certgate_sentinel_events_total{event="switch"} 4' in text, text
+    finally:
+        view.close()
