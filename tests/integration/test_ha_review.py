@@ -361,3 +361,68 @@ def test_nginx_admin_store_sentinel_events_logged_and_counted(ha1, pki):
         assert 'certgate_sentinel_events_total{event="switch"} 4' in text, text
     finally:
         view.close()
+
+
+def test_nginx_stale_window_survives_a_rejected_reload(pki):
+    """certgate_on_store_error stale 30: a reload whose config is rejected (and has no
+    stale window) must not change the window the workers of the running config use.
+    A worker the master starts again afterwards still keeps the cached allow."""
+    import os
+    import signal
+    import subprocess
+    from clients import session
+    from conftest import Stack
+    from harness import register
+    from test_ha import STALE_CONF
+
+    def worker_pids(master):
+        out = subprocess.run(["pgrep", "-P", str(master)], capture_output=True, text=True)
+        return set(int(p) for p in out.stdout.split())
+
+    stack = Stack(pki, server="nginx", **STALE_CONF["nginx"])
+    try:
+        nginx = stack.server
+        register(stack.r, pki.leaf, "app1")
+        url = nginx.url("/gated/ok.txt")
+        with open(nginx.conf) as f:
+            good = f.read()
+        assert "certgate_on_store_error stale 30;" in good
+        with open(nginx.conf, "w") as f:
+            f.write(good.replace("certgate_on_store_error stale 30;",
+                                 "certgate_no_such_directive on;"))
+        try:
+            nginx.proc.send_signal(signal.SIGHUP)
+            deadline = time.monotonic() + 10
+            while "certgate_no_such_directive" not in nginx.read_log():
+                assert time.monotonic() < deadline, nginx.read_log()[-2000:]
+                time.sleep(0.05)
+        finally:
+            with open(nginx.conf, "w") as f:
+                f.write(good)
+        # The master starts a worker again, with the config it runs (not the rejected one).
+        old = worker_pids(nginx.proc.pid)
+        assert len(old) == 1, old
+        os.kill(next(iter(old)), signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while True:
+            now = worker_pids(nginx.proc.pid)
+            if now and not now & old:
+                break
+            assert time.monotonic() < deadline, "no new worker"
+            time.sleep(0.05)
+        got = None
+        while time.monotonic() < deadline:
+            try:
+                got = session(stack, pki.leaf).get(url, timeout=5).status_code
+                break
+            except Exception:
+                time.sleep(0.1)
+        assert got == 200, got
+        stack.redis.stop()
+        time.sleep(1.3)     # past the cache max age: the store is asked, and fails
+        assert session(stack, pki.leaf).get(url, timeout=5).status_code == 200
+        assert "STALE ALLOW" in nginx.read_log()
+    finally:
+        if stack.redis.proc is None:
+            stack.redis.start()
+        stack.close()
