@@ -1,7 +1,8 @@
 """Review of the ha merge (issue 12): durable admin writes (a retry's 409 is waited for
 too; the nginx admin API waits for replicas), stale mode (never under shadow refuses,
 only when Redis gives no usable answer), and the ROLE check against a sentinel that
-names a live replica."""
+names a live replica. Then: a distrusted master's pool dropped when no sentinel answers,
+the nginx admin store's sentinel events, nginx's stale window across a rejected reload."""
 import time
 
 import pytest
