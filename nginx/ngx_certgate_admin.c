@@ -180,6 +180,7 @@ ngx_module_t ngx_http_certgate_admin_module = {
 /* Per worker; the thread pool's exit (a core module's) has joined its threads
  * before our exit_process frees it. */
 static cg_store_t *cg_adm_store;
+static cg_gate_events_t cg_adm_events;     /* its sentinel events: log, counters */
 
 static ngx_http_request_body_filter_pt cg_adm_next_body_filter;
 static ngx_http_output_header_filter_pt cg_adm_next_header_filter;
@@ -534,6 +535,10 @@ static ngx_int_t cg_adm_init_process(ngx_cycle_t *cycle)
     if (cg_ngx_store_cfg(cycle, &gcfg) != NGX_OK)
         return NGX_OK;
     gcfg.store.max_idle = CG_ADM_MAX_IDLE;
+    cg_adm_events.metrics = cg_ngx_core_events(cycle);
+    cg_adm_events.log_ctx = cycle->log;
+    gcfg.store.sentinel_event = cg_gate_sentinel_event;
+    gcfg.store.sentinel_arg = &cg_adm_events;
     cg_adm_store = cg_store_new(&gcfg.store, err, sizeof(err));
     if (cg_adm_store == NULL) {
         ngx_log_error(NGX_LOG_ERR, cycle->log, 0, "CG06050: admin API: cannot set up the "

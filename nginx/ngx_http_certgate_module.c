@@ -46,6 +46,9 @@ typedef struct {
     ngx_msec_t sentinel_timeout;
     ngx_int_t wait_replicas;      /* certgate_admin_wait_replicas N [ms]; unset: 0 */
     ngx_int_t wait_ms;
+    /* The longest stale window of this config: the worker's cache keeps entries that
+     * long. Here, not in a static: a rejected reload must not leave its value. */
+    ngx_int_t stale_keep_max;
 } cg_main_conf_t;
 
 /* Where a directive was written, for checks made after parsing. */
@@ -66,9 +69,6 @@ typedef struct {
     cg_conf_at_t *on_store_error_at;
     ngx_int_t stale_s;            /* certgate_on_store_error stale N: N; else 0 */
 } cg_loc_conf_t;
-
-/* The longest stale window configured: the worker's cache keeps entries that long. */
-static ngx_int_t cg_stale_keep_max;
 
 /* Per TLS connection (HTTP/2 streams share the real connection's). */
 typedef struct {
@@ -244,7 +244,6 @@ static void *cg_create_main_conf(ngx_conf_t *cf)
     c->usage_interval = NGX_CONF_UNSET_UINT;
     c->sentinel_timeout = NGX_CONF_UNSET_MSEC;
     c->wait_replicas = NGX_CONF_UNSET;
-    cg_stale_keep_max = 0;    /* a reload counts the windows of the new config only */
     return c;
 }
 
@@ -452,8 +451,9 @@ static char *cg_set_store_error(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
                              &v[2]);
         lc->on_store_error = 0;
         lc->stale_s = n;
-        if (n > cg_stale_keep_max)
-            cg_stale_keep_max = n;
+        cg_main_conf_t *mc = ngx_http_conf_get_module_main_conf(cf, ngx_http_certgate_module);
+        if (n > mc->stale_keep_max)
+            mc->stale_keep_max = n;
         return NGX_CONF_OK;
     }
     if (cf->args->nelts != 2)
@@ -683,6 +683,15 @@ static void cg_log(void *ctx, int level, const char *msg)
     ngx_log_error(lv, (ngx_log_t *) ctx, 0, "%s", msg);
 }
 
+/* The admin API's store logs its sentinel events through the core even with no
+ * gate; they count in the gate's shared counters (NULL when there is none). */
+cg_metrics_t *cg_ngx_core_events(ngx_cycle_t *cycle)
+{
+    cg_main_conf_t *c = ngx_http_cycle_get_module_main_conf(cycle, ngx_http_certgate_module);
+    cg_gate_set_log(cg_log);
+    return c != NULL && c->used ? cg_ngx_metrics_shared(c->metrics_zone) : NULL;
+}
+
 /*
  * Handlers of a phase run in reverse order of registration, so a module loaded
  * after us could still answer (return) or admit (satisfy any) before the gate.
@@ -724,7 +733,7 @@ static ngx_int_t cg_init_process(ngx_cycle_t *cycle)
         return NGX_OK;
     cg_gate_set_log(cg_log);
     cg_gate_cfg(cg_mcf, &gcfg);
-    gcfg.stale_keep_s = (int) cg_stale_keep_max;
+    gcfg.stale_keep_s = (int) cg_mcf->stale_keep_max;
     /* The counters every worker shares (certgate_metrics reads them). */
     cg_gate_p = cg_gate_new(&gcfg, cg_ngx_metrics_shared(cg_mcf->metrics_zone), cycle->log);
     if (cg_gate_p == NULL) {

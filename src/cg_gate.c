@@ -105,30 +105,41 @@ static void free_cfg(cg_store_cfg_t *c)
 
 /* Sentinel events (store and subscriber): counted always, logged at most once
  * a second per kind so an outage does not flood the log. */
-static void sentinel_event(void *arg, int ev, const char *msg)
+static void sentinel_report(cg_metrics_t *m, void *log_ctx, int ev, const char *msg)
 {
     static _Atomic int64_t last[8];
-    cg_gate_t *g = arg;
-    _Atomic uint64_t *c = ev == CG_SENTINEL_EV_UNREACHABLE ? &g->metrics->sentinel_unreachable
-                          : ev == CG_SENTINEL_EV_UNKNOWN_MASTER ? &g->metrics->sentinel_unknown
-                          : ev == CG_SENTINEL_EV_NOT_MASTER ? &g->metrics->sentinel_not_master
-                          : ev == CG_SENTINEL_EV_SWITCHED ? &g->metrics->sentinel_switches
-                          : &g->metrics->sentinel_distrusts;
-    count(c, 1);
+    if (m != NULL)
+        count(ev == CG_SENTINEL_EV_UNREACHABLE ? &m->sentinel_unreachable
+              : ev == CG_SENTINEL_EV_UNKNOWN_MASTER ? &m->sentinel_unknown
+              : ev == CG_SENTINEL_EV_NOT_MASTER ? &m->sentinel_not_master
+              : ev == CG_SENTINEL_EV_SWITCHED ? &m->sentinel_switches
+              : &m->sentinel_distrusts, 1);
     int64_t now = cg_now_ms(), was = atomic_load(&last[ev & 7]);
     if (ev != CG_SENTINEL_EV_SWITCHED &&
         (now - was < 1000 || !atomic_compare_exchange_strong(&last[ev & 7], &was, now)))
         return;
     if (ev == CG_SENTINEL_EV_UNREACHABLE)
-        glog(g->log_ctx, CG_LOG_ERR, "CG11001: %s; gated requests get the store-error answer", msg);
+        glog(log_ctx, CG_LOG_ERR, "CG11001: %s; gated requests get the store-error answer", msg);
     else if (ev == CG_SENTINEL_EV_UNKNOWN_MASTER)
-        glog(g->log_ctx, CG_LOG_ERR, "CG11002: %s; check CertGateRedisMasterName", msg);
+        glog(log_ctx, CG_LOG_ERR, "CG11002: %s; check CertGateRedisMasterName", msg);
     else if (ev == CG_SENTINEL_EV_NOT_MASTER)
-        glog(g->log_ctx, CG_LOG_WARN, "CG11003: %s", msg);
+        glog(log_ctx, CG_LOG_WARN, "CG11003: %s", msg);
     else if (ev == CG_SENTINEL_EV_SWITCHED)
-        glog(g->log_ctx, CG_LOG_WARN, "CG11004: %s; connections to the old one are closed", msg);
+        glog(log_ctx, CG_LOG_WARN, "CG11004: %s; connections to the old one are closed", msg);
     else
-        glog(g->log_ctx, CG_LOG_INFO, "CG11005: %s", msg);
+        glog(log_ctx, CG_LOG_INFO, "CG11005: %s", msg);
+}
+
+static void sentinel_event(void *arg, int ev, const char *msg)
+{
+    cg_gate_t *g = arg;
+    sentinel_report(g->metrics, g->log_ctx, ev, msg);
+}
+
+void cg_gate_sentinel_event(void *events, int ev, const char *msg)
+{
+    const cg_gate_events_t *e = events;
+    sentinel_report(e->metrics, e->log_ctx, ev, msg);
 }
 
 cg_gate_t *cg_gate_new(const cg_gate_cfg_t *cfg, cg_metrics_t *metrics, void *log_ctx)

@@ -83,6 +83,16 @@ void cg_gate_start(cg_gate_t *g);
 /* Stop the threads (last usage flush included), then free everything. */
 void cg_gate_free(cg_gate_t *g);
 
+/* Sentinel events of a store made outside a gate (nginx's admin API), logged
+ * (CG11001..CG11005) and counted as a gate's: cfg.sentinel_event =
+ * cg_gate_sentinel_event, cfg.sentinel_arg = one of these, outliving the store.
+ * metrics NULL: logged only. */
+typedef struct {
+    cg_metrics_t *metrics;
+    void *log_ctx;
+} cg_gate_events_t;
+void cg_gate_sentinel_event(void *events, int ev, const char *msg);
+
 cg_store_t *cg_gate_store(cg_gate_t *g);          /* NULL if it could not be set up */
 cg_cache_t *cg_gate_cache(cg_gate_t *g);          /* NULL with the cache off */
 cg_metrics_t *cg_gate_metrics(cg_gate_t *g);

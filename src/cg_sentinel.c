@@ -43,14 +43,29 @@ static int64_t mono_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+/* An event composed under s->lock and reported once it is released: the
+ * caller's log write and metrics are I/O. */
+typedef struct {
+    int ev;                         /* 0: none */
+    char msg[512];
+} pending_t;
+
+static void pend(pending_t *p, int ev, const char *fmt, const char *a, const char *b)
+{
+    p->ev = snprintf(p->msg, sizeof(p->msg), fmt, a ? a : "", b ? b : "") < 0 ? 0 : ev;
+}
+
+static void report(cg_sentinel_t *s, const pending_t *p)
+{
+    if (s->fn != NULL && p->ev != 0)
+        s->fn(s->arg, p->ev, p->msg);
+}
+
 static void event(cg_sentinel_t *s, int ev, const char *fmt, const char *a, const char *b)
 {
-    char msg[512];
-    if (s->fn == NULL)
-        return;
-    if (snprintf(msg, sizeof(msg), fmt, a ? a : "", b ? b : "") < 0)
-        return;
-    s->fn(s->arg, ev, msg);
+    pending_t p;
+    pend(&p, ev, fmt, a, b);
+    report(s, &p);
 }
 
 /* Parse "host:port" items separated by spaces or commas. -1 and err on a bad one. */
@@ -274,6 +289,7 @@ static int resolve(cg_sentinel_t *s, int64_t deadline_ms, int refresh, char *hos
     char one[256] = "";
     int rc = -1, unknown = 0, n;
     addr_t order[CG_SENTINEL_MAX];
+    pending_t said = { 0, "" };
     pthread_mutex_lock(&s->lock);
     if (s->have && s->trusted && !refresh)
         goto found;
@@ -328,7 +344,7 @@ static int resolve(cg_sentinel_t *s, int64_t deadline_ms, int refresh, char *hos
             s->master = got;
             s->have = 1;
             s->gen++;
-            event(s, CG_SENTINEL_EV_SWITCHED, "master address %s (was %s)", now, was);
+            pend(&said, CG_SENTINEL_EV_SWITCHED, "master address %s (was %s)", now, was);
         }
         s->trusted = 1;
         s->asked_ms = mono_ms();
@@ -344,13 +360,14 @@ static int resolve(cg_sentinel_t *s, int64_t deadline_ms, int refresh, char *hos
     }
     /* Both kinds apart, for the operator: a wrong name is a config error. */
     if (unknown > 0)
-        event(s, CG_SENTINEL_EV_UNKNOWN_MASTER, "master name unknown to the sentinels "
-              "that answered (%s); last: %s", s->name, one);
+        pend(&said, CG_SENTINEL_EV_UNKNOWN_MASTER, "master name unknown to the sentinels "
+             "that answered (%s); last: %s", s->name, one);
     else
-        event(s, CG_SENTINEL_EV_UNREACHABLE, "sentinels unreachable; last: %s%s", one, "");
+        pend(&said, CG_SENTINEL_EV_UNREACHABLE, "sentinels unreachable; last: %s%s", one, "");
     snprintf(err, errlen, "%s: %s", unknown > 0 ? "master name unknown" : "sentinels unreachable",
              one);
     pthread_mutex_unlock(&s->lock);
+    report(s, &said);
     return rc;
 found:
     if (strlen(s->master.host) >= cap) {
@@ -363,6 +380,7 @@ found:
         rc = 0;
     }
     pthread_mutex_unlock(&s->lock);
+    report(s, &said);
     return rc;
 }
 

@@ -1,7 +1,8 @@
 """Review of the ha merge (issue 12): durable admin writes (a retry's 409 is waited for
 too; the nginx admin API waits for replicas), stale mode (never under shadow refuses,
 only when Redis gives no usable answer), and the ROLE check against a sentinel that
-names a live replica."""
+names a live replica. Then: a distrusted master's pool dropped when no sentinel answers,
+the nginx admin store's sentinel events, nginx's stale window across a rejected reload."""
 import time
 
 import pytest
@@ -262,3 +263,167 @@ def test_nginx_admin_follows_a_failover_without_errors(ha1, pki):
         assert new.client().hget("certgate:reg:" + cid, "status") == b"INACTIVATED"
     finally:
         view.close()
+
+
+def gate_conns(node):
+    """The clients of node that are the gate's store connections (lookups, ROLE)."""
+    return [c for c in node.client().client_list()
+            if c.get("cmd") in ("get", "hgetall", "hget", "role", "auth", "select")
+            and "S" not in c.get("flags", "")]
+
+
+def test_distrusted_master_pool_dropped_when_no_sentinel_answers(pki):
+    """Sentinels all down, then a lookup times out on the master (distrust): httpd must
+    drop its pooled connections to that master, not read them again once it has become
+    a replica (REPLICAOF). Fail closed: 503 until a sentinel confirms a master."""
+    import threading
+    from clients import session
+    from test_ha import GATED, seed_certs
+    ha = HASet(make_workdir(), replicas=1)
+    view = None
+    try:
+        m = ha.primary()
+        other = next(n for n in ha.nodes if n is not m)
+        seed_certs(m.client(), pki)
+        view = View(ha, pki, extra_server="CertGateCache Off\nCertGateUsageFlushInterval off\n"
+                                          "StartServers 1\nServerLimit 1\nMaxRequestWorkers 16")
+        url = view.httpd.url(GATED)
+        # Lookups at once, so that the child pools more than one connection to the master.
+        for _ in range(10):
+            go = threading.Barrier(8)
+            got = []
+
+            def ask():
+                s = session(view, pki.leaf)
+                go.wait()
+                got.append(s.get(url, timeout=5).status_code)
+            ts = [threading.Thread(target=ask) for _ in range(8)]
+            for t in ts:
+                t.start()
+            for t in ts:
+                t.join()
+            assert got == [200] * 8, got
+            if len(gate_conns(m)) >= 2:
+                break
+        assert len(gate_conns(m)) >= 2, m.client().client_list()
+        for s in ha.sentinels:
+            s.stop()
+        m.pause()
+        try:
+            # One pooled connection times out (CertGateRedisTimeout): the master is distrusted.
+            st = session(view, pki.leaf).get(url, timeout=5).status_code
+            time.sleep(0.3)
+        finally:
+            m.resume()
+        assert st == 503, st
+        assert len(gate_conns(m)) >= 1, "no pooled connection left: test void"
+        # The old master becomes a replica that still holds the registrations.
+        other.client().execute_command("REPLICAOF", "NO", "ONE")
+        m.client().execute_command("REPLICAOF", "127.0.0.1", str(other.port))
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            info = m.client().info("replication")
+            if info.get("master_link_status") == "up" and m.client().dbsize() > 0:
+                break
+            time.sleep(0.05)
+        assert m.role() == "slave" and m.client().dbsize() > 0
+        got = [session(view, pki.leaf).get(url, timeout=5).status_code for _ in range(3)]
+        assert got == [503] * 3, got
+        log = view.httpd.read_log()
+        assert "store_unavailable" in log, log[-2000:]
+    finally:
+        if view is not None:
+            view.close()
+        ha.close()
+
+
+def test_nginx_admin_store_sentinel_events_logged_and_counted(ha1, pki):
+    """The nginx admin API's store has its own sentinel client: its events are logged
+    (CG11001..CG11005) and counted as the gate's. At start each worker's gate store and
+    admin store both find the master: two CG11004 and two switches per worker."""
+    import harness
+    from clients import session
+    view = View(ha1, pki, kind="nginx")
+    view.close()
+    before = len(view.httpd.read_log())     # the same log file: only the next start's lines
+    view.server = view.httpd = harness.Nginx(
+        view.work, view.pki_dir, None, store_conf=ha1.nginx_store_conf(), workers=2,
+        extra_server="location = /metrics { certgate_metrics; }").start()
+    try:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            found = [l for l in view.httpd.read_log()[before:].splitlines()
+                     if "CG11004" in l and "(was none)" in l]
+            if len(found) >= 4:
+                break
+            time.sleep(0.1)
+        assert len(found) == 4, found
+        text = session(view, pki.leaf).get(view.httpd.url("/metrics"), timeout=5).text
+        assert 'certgate_sentinel_events_total{event="switch"} 4' in text, text
+    finally:
+        view.close()
+
+
+def test_nginx_stale_window_survives_a_rejected_reload(pki):
+    """certgate_on_store_error stale 30: a reload whose config is rejected (and has no
+    stale window) must not change the window the workers of the running config use.
+    A worker the master starts again afterwards still keeps the cached allow."""
+    import os
+    import signal
+    import subprocess
+    from clients import session
+    from conftest import Stack
+    from harness import register
+    from test_ha import STALE_CONF
+
+    def worker_pids(master):
+        out = subprocess.run(["pgrep", "-P", str(master)], capture_output=True, text=True)
+        return set(int(p) for p in out.stdout.split())
+
+    stack = Stack(pki, server="nginx", **STALE_CONF["nginx"])
+    try:
+        nginx = stack.server
+        register(stack.r, pki.leaf, "app1")
+        url = nginx.url("/gated/ok.txt")
+        with open(nginx.conf) as f:
+            good = f.read()
+        assert "certgate_on_store_error stale 30;" in good
+        with open(nginx.conf, "w") as f:
+            f.write(good.replace("certgate_on_store_error stale 30;",
+                                 "certgate_no_such_directive on;"))
+        try:
+            nginx.proc.send_signal(signal.SIGHUP)
+            deadline = time.monotonic() + 10
+            while "certgate_no_such_directive" not in nginx.read_log():
+                assert time.monotonic() < deadline, nginx.read_log()[-2000:]
+                time.sleep(0.05)
+        finally:
+            with open(nginx.conf, "w") as f:
+                f.write(good)
+        # The master starts a worker again, with the config it runs (not the rejected one).
+        old = worker_pids(nginx.proc.pid)
+        assert len(old) == 1, old
+        os.kill(next(iter(old)), signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while True:
+            now = worker_pids(nginx.proc.pid)
+            if now and not now & old:
+                break
+            assert time.monotonic() < deadline, "no new worker"
+            time.sleep(0.05)
+        got = None
+        while time.monotonic() < deadline:
+            try:
+                got = session(stack, pki.leaf).get(url, timeout=5).status_code
+                break
+            except Exception:
+                time.sleep(0.1)
+        assert got == 200, got
+        stack.redis.stop()
+        time.sleep(1.3)     # past the cache max age: the store is asked, and fails
+        assert session(stack, pki.leaf).get(url, timeout=5).status_code == 200
+        assert "STALE ALLOW" in nginx.read_log()
+    finally:
+        if stack.redis.proc is None:
+            stack.redis.start()
+        stack.close()

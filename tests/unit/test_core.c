@@ -22,6 +22,8 @@
 #include "cg_metrics.h"
 #include "cg_store.h"
 #include "cg_tls.h"
+#include "cg_sentinel.h"
+#include <pthread.h>
 
 #define NOW 1750000000  /* 2025-06-15 */
 
@@ -1500,6 +1502,59 @@ static void test_admin_console_files(void **state)
     }
 }
 
+/* The sentinel client's event callback (a log write, metrics) must run with no
+ * lock of the client held: a helper thread reads its state while the callback
+ * waits for it. */
+typedef struct {
+    cg_sentinel_t *s;
+    int events, blocked;
+} sent_probe_t;
+
+static void *sent_probe_read(void *arg)
+{
+    (void)cg_sentinel_gen(((sent_probe_t *)arg)->s);
+    return NULL;
+}
+
+static void sent_probe_event(void *arg, int ev, const char *msg)
+{
+    sent_probe_t *p = arg;
+    pthread_t t;
+    struct timespec until;
+    (void)ev;
+    (void)msg;
+    p->events++;
+    assert_int_equal(pthread_create(&t, NULL, sent_probe_read, p), 0);
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += 1;
+    if (pthread_timedjoin_np(t, NULL, &until) != 0) {
+        p->blocked++;
+        pthread_detach(t);      /* it ends once the lock is released */
+    }
+}
+
+static void test_sentinel_event_outside_lock(void **state)
+{
+    (void)state;
+    char err[256], host[CG_SENTINEL_HOST_MAX];
+    int port, unreachable;
+    uint64_t gen;
+    sent_probe_t p = { NULL, 0, 0 };
+    /* Port 1 on loopback refuses: "sentinels unreachable" is reported. */
+    p.s = cg_sentinel_new("127.0.0.1:1", "m", NULL, NULL, 100, sent_probe_event, &p,
+                          err, sizeof(err));
+    assert_non_null(p.s);
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    int64_t deadline = (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000 + 500;
+    assert_int_equal(cg_sentinel_master(p.s, deadline, host, sizeof(host), &port, &gen,
+                                        &unreachable, err, sizeof(err)), -1);
+    assert_int_equal(unreachable, 1);
+    assert_int_equal(p.events, 1);
+    assert_int_equal(p.blocked, 0);
+    cg_sentinel_free(p.s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1546,6 +1601,7 @@ int main(void)
         cmocka_unit_test(test_admin_routes),
         cmocka_unit_test(test_admin_cross_site),
         cmocka_unit_test(test_admin_console_files),
+        cmocka_unit_test(test_sentinel_event_outside_lock),
     };
     return cmocka_run_group_tests_name("certgate core", tests, NULL, NULL);
 }
