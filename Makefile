@@ -104,7 +104,8 @@ build/wrk_client_cert.so: bench/wrk_client_cert.c
 	$(CC) -std=c11 -Wall -Wextra -Werror -O2 -shared -fPIC -o $@ $< -ldl -lssl
 
 # Not part of make test: minutes of load on both cores.
-bench: deps $(MODULE) $(NGX_MODULE) build/wrk_client_cert.so
+# Instructions per request need valgrind (callgrind) and ab (apache2-utils, in deps).
+bench: deps valgrind-deps $(MODULE) $(NGX_MODULE) build/wrk_client_cert.so
 	@command -v wrk >/dev/null || { echo "bench needs wrk (apt-get install wrk)"; exit 1; }
 	/usr/bin/python3 bench/run.py $(BENCH_ARGS)
 

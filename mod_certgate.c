@@ -14,6 +14,7 @@
 #include "http_config.h"
 #include "http_core.h"
 #include "http_log.h"
+#include "http_main.h"
 #include "http_protocol.h"
 #include "http_request.h"
 #include "mod_core.h"
@@ -73,6 +74,9 @@ typedef struct {
     char x5t[CG_X5T_S256_LEN + 1];  /* RFC 8705 thumbprint of peer's leaf, "" without one */
     /* The registration this connection last used, while the cache version holds. */
     cg_conn_entry_t dc;
+    /* The values an HTTP/1 allow exported last, in the connection's pool:
+     * they change only with the registration or the day. */
+    const char *x_app, *x_id, *x_fp, *x_days;
 } cg_conn_t;
 
 int cgh_gate_configured;
@@ -100,10 +104,62 @@ static int cg_pre_handshake(conn_rec *c, SSL *ssl, int is_proxy)
     return DECLINED;
 }
 
+/* Whether CertGate On can apply in v: in its configuration, or from a
+ * .htaccess that may set it (AllowOverride AuthConfig). */
+static int server_gated(server_rec *v)
+{
+    const cg_dir_t *dd = ap_get_module_config(v->lookup_defaults, &certgate_module);
+    const core_dir_config *cd = ap_get_core_module_config(v->lookup_defaults);
+    if ((dd != NULL && dd->enabled == 1) || (cd != NULL && (cd->override & OR_AUTHCFG)))
+        return 1;
+    core_server_config *core = ap_get_core_module_config(v->module_config);
+    if (core == NULL)
+        return 1;
+    const apr_array_header_t *secs[2] = { core->sec_dir, core->sec_url };
+    for (int k = 0; k < 2; k++) {
+        for (int i = 0; secs[k] != NULL && i < secs[k]->nelts; i++) {
+            ap_conf_vector_t *sec = APR_ARRAY_IDX(secs[k], i, ap_conf_vector_t *);
+            dd = ap_get_module_config(sec, &certgate_module);
+            cd = ap_get_core_module_config(sec);
+            if ((dd != NULL && dd->enabled == 1) || (k == 0 && cd != NULL &&
+                                                     (cd->override & OR_AUTHCFG)))
+                return 1;
+        }
+    }
+    return 0;
+}
+
+static int shares_port(const server_rec *a, const server_rec *b)
+{
+    for (const server_addr_rec *x = a->addrs; x != NULL; x = x->next)
+        for (const server_addr_rec *y = b->addrs; y != NULL; y = y->next)
+            if (x->host_port == y->host_port || x->host_port == 0 || y->host_port == 0)
+                return 1;
+    return 0;
+}
+
+/*
+ * The ticket callback costs a handshake two more digests: only where a gate
+ * can run. OpenSSL asks the connection's first SSL_CTX (of the vhost that
+ * took the connection, before SNI picks another), so every vhost that shares
+ * a port with a gated one gets it too.
+ */
+static int ticket_cb_wanted(server_rec *s)
+{
+    if (!cgh_gate_configured)
+        return 0;
+    if (server_gated(s))
+        return 1;
+    for (server_rec *v = ap_server_conf; v != NULL; v = v->next)
+        if (v != s && shares_port(s, v) && server_gated(v))
+            return 1;
+    return 0;
+}
+
 static int cg_init_server(server_rec *s, apr_pool_t *p, int is_proxy, SSL_CTX *ctx)
 {
     (void)p;
-    if (is_proxy || ctx == NULL)
+    if (is_proxy || ctx == NULL || !ticket_cb_wanted(s))
         return DECLINED;
     if (cg_tls_install_ticket_cb(ctx) != 0)
         ap_log_error(APLOG_MARK, APLOG_WARNING, 0, s,
@@ -326,11 +382,23 @@ static void gate_log(void *ctx, int level, const char *msg)
         ap_log_error(APLOG_MARK, lv, 0, lc ? lc->s : NULL, "%s", msg);
 }
 
+static int gate_log_check(void *ctx, int level)
+{
+    const log_ctx_t *lc = ctx;
+    int lv = level == CG_LOG_CRIT ? APLOG_CRIT : level == CG_LOG_ERR ? APLOG_ERR
+             : level == CG_LOG_WARN ? APLOG_WARNING : level == CG_LOG_INFO ? APLOG_INFO
+             : APLOG_DEBUG;
+    if (lc != NULL && lc->r != NULL)
+        return APLOG_R_IS_LEVEL(lc->r, lv);
+    return lc == NULL || lc->s == NULL || APLOG_IS_LEVEL(lc->s, lv);
+}
+
 static void cg_child_init(apr_pool_t *p, server_rec *s)
 {
     cg_srv_t *main_conf = cgh_srv_conf(s);
 
     cg_gate_set_log(gate_log);
+    cg_gate_set_log_check(gate_log_check);
     for (server_rec *v = s; v != NULL; v = v->next) {
         cg_srv_t *sc = cgh_srv_conf(v);
         if (v != s && !sc->own_store) {
@@ -407,17 +475,23 @@ static void build_forward_values(conn_rec *m, cg_conn_t *cc)
     cc->client_cert_chain = chain;
 }
 
-/* Read the peer once per connection (and again after a renegotiation). */
-static int load_peer(request_rec *r, cg_conn_t *cc, cg_peer_t *peer,
+/*
+ * Read the peer once per connection (and again after a renegotiation).
+ * *peer: the connection's own for HTTP/1 (one request at a time, no other
+ * thread touches cc), else a copy in buf made under the lock (HTTP/2 streams).
+ */
+static int load_peer(request_rec *r, cg_conn_t *cc, cg_peer_t *buf, const cg_peer_t **peer,
                      const char **cert_hdr, const char **chain_hdr, char *x5t)
 {
     conn_rec *m = r->connection->master ? r->connection->master : r->connection;
+    int shared = r->connection->master != NULL;
     char err[128];
     int rc = 0;
 
     if (cc->lock == NULL)
         return -1;
-    apr_thread_mutex_lock(cc->lock);
+    if (shared)
+        apr_thread_mutex_lock(cc->lock);
     X509 *leaf = SSL_get0_peer_certificate(cc->ssl);
     if (!cc->peer_ready || leaf != cc->seen_leaf) {
         cc->seen_leaf = leaf;
@@ -434,7 +508,12 @@ static int load_peer(request_rec *r, cg_conn_t *cc, cg_peer_t *peer,
     if (cc->peer_error) {
         rc = -1;
     } else {
-        *peer = cc->peer;
+        if (shared) {
+            *buf = cc->peer;
+            *peer = buf;
+        } else {
+            *peer = &cc->peer;
+        }
         memcpy(x5t, cc->x5t, sizeof(cc->x5t));
         if (cert_hdr != NULL) {
             build_forward_values(m, cc);
@@ -442,7 +521,8 @@ static int load_peer(request_rec *r, cg_conn_t *cc, cg_peer_t *peer,
             *chain_hdr = cc->client_cert_chain;
         }
     }
-    apr_thread_mutex_unlock(cc->lock);
+    if (shared)
+        apr_thread_mutex_unlock(cc->lock);
     return rc;
 }
 
@@ -488,28 +568,47 @@ static int respond_deny(request_rec *r, cg_reason_t reason)
     return DONE;
 }
 
-static void export_allow(request_rec *r, const cg_dir_t *d, const cg_gate_verdict_t *v,
-                         const char *cert_hdr, const char *chain_hdr)
+/* s, or a copy in p when it differs from *keep (then kept there). */
+static const char *kept(apr_pool_t *p, const char **keep, const char *s)
 {
-    const char *days = apr_pstrdup(r->pool, v->expire_in);
-    const char *app = apr_pstrdup(r->pool, v->reg.app_id);
-    const char *id = apr_pstrdup(r->pool, v->reg.id);
-    const char *fp = apr_pstrdup(r->pool, v->fp_hex);
+    if (*keep == NULL || strcmp(*keep, s) != 0)
+        *keep = apr_pstrdup(p, s);
+    return *keep;
+}
 
-    apr_table_setn(r->subprocess_env, "CERTGATE_APP_ID", app);
-    apr_table_setn(r->subprocess_env, "CERTGATE_CERT_ID", id);
-    apr_table_setn(r->subprocess_env, "CERTGATE_FINGERPRINT", fp);
-    apr_table_setn(r->subprocess_env, "CERTGATE_EXPIRE_IN", days);
-    apr_table_setn(r->subprocess_env, "CERTGATE_REASON", "allow");
+/* strip_incoming ran before: none of these is in the tables, so add, not set. */
+static void export_allow(request_rec *r, const cg_dir_t *d, const cg_gate_verdict_t *v,
+                         cg_conn_t *cc, const char *cert_hdr, const char *chain_hdr)
+{
+    const char *days, *app, *id, *fp;
+    if (cc != NULL && r->connection->master == NULL) {
+        /* HTTP/1: one request at a time; the copies live with the connection. */
+        apr_pool_t *cp = r->connection->pool;
+        days = kept(cp, &cc->x_days, v->expire_in);
+        app = kept(cp, &cc->x_app, v->reg.app_id);
+        id = kept(cp, &cc->x_id, v->reg.id);
+        fp = kept(cp, &cc->x_fp, v->fp_hex);
+    } else {
+        days = apr_pstrdup(r->pool, v->expire_in);
+        app = apr_pstrdup(r->pool, v->reg.app_id);
+        id = apr_pstrdup(r->pool, v->reg.id);
+        fp = apr_pstrdup(r->pool, v->fp_hex);
+    }
+
+    apr_table_addn(r->subprocess_env, "CERTGATE_APP_ID", app);
+    apr_table_addn(r->subprocess_env, "CERTGATE_CERT_ID", id);
+    apr_table_addn(r->subprocess_env, "CERTGATE_FINGERPRINT", fp);
+    apr_table_addn(r->subprocess_env, "CERTGATE_EXPIRE_IN", days);
+    apr_table_addn(r->subprocess_env, "CERTGATE_REASON", "allow");
     if (d->forward_headers == 1) {
-        apr_table_setn(r->headers_in, "CertGate-App-Id", app);
-        apr_table_setn(r->headers_in, "CertGate-Cert-Id", id);
-        apr_table_setn(r->headers_in, "CertGate-Fingerprint", fp);
-        apr_table_setn(r->headers_in, "CertGate-Expire-In", days);
+        apr_table_addn(r->headers_in, "CertGate-App-Id", app);
+        apr_table_addn(r->headers_in, "CertGate-Cert-Id", id);
+        apr_table_addn(r->headers_in, "CertGate-Fingerprint", fp);
+        apr_table_addn(r->headers_in, "CertGate-Expire-In", days);
         if (cert_hdr != NULL)
-            apr_table_setn(r->headers_in, "Client-Cert", cert_hdr);
+            apr_table_addn(r->headers_in, "Client-Cert", cert_hdr);
         if (chain_hdr != NULL)
-            apr_table_setn(r->headers_in, "Client-Cert-Chain", chain_hdr);
+            apr_table_addn(r->headers_in, "Client-Cert-Chain", chain_hdr);
     }
 }
 
@@ -524,24 +623,49 @@ static int is_forward_header(const char *name)
     return 0;
 }
 
-static void strip_incoming(request_rec *r)
+/* Whether name is one of export_vars (tables compare names without case). */
+static int is_export_var(const char *name)
 {
-    const apr_array_header_t *arr = apr_table_elts(r->headers_in);
+    if (strncasecmp(name, "CERTGATE_", 9) != 0)
+        return 0;
+    for (int i = 0; export_vars[i] != NULL; i++)
+        if (strcasecmp(name, export_vars[i]) == 0)
+            return 1;
+    return 0;
+}
+
+/* Unset the entries of t that match, in one walk (apr_table_unset walks the
+ * whole table each time: only names found are unset). */
+static void unset_matching(apr_pool_t *p, apr_table_t *t, int (*match)(const char *))
+{
+    const apr_array_header_t *arr = apr_table_elts(t);
     const apr_table_entry_t *e = (const apr_table_entry_t *)arr->elts;
-    apr_array_header_t *drop = NULL;
+    const char *one = NULL;
+    apr_array_header_t *more = NULL;
 
     /* Collect first: unsetting while walking the table would skip entries. */
     for (int i = 0; i < arr->nelts; i++) {
-        if (e[i].key == NULL || !is_forward_header(e[i].key))
+        /* Every name of ours starts with C: most names end here. */
+        if (e[i].key == NULL || (e[i].key[0] | 0x20) != 'c' || !match(e[i].key))
             continue;
-        if (drop == NULL)
-            drop = apr_array_make(r->pool, 4, sizeof(const char *));
-        *(const char **)apr_array_push(drop) = e[i].key;
+        if (one == NULL) {
+            one = e[i].key;
+            continue;
+        }
+        if (more == NULL)
+            more = apr_array_make(p, 4, sizeof(const char *));
+        *(const char **)apr_array_push(more) = e[i].key;
     }
-    for (int i = 0; drop != NULL && i < drop->nelts; i++)
-        apr_table_unset(r->headers_in, ((const char **)drop->elts)[i]);
-    for (int i = 0; export_vars[i] != NULL; i++)
-        apr_table_unset(r->subprocess_env, export_vars[i]);
+    if (one != NULL)
+        apr_table_unset(t, one);
+    for (int i = 0; more != NULL && i < more->nelts; i++)
+        apr_table_unset(t, ((const char **)more->elts)[i]);
+}
+
+static void strip_incoming(request_rec *r)
+{
+    unset_matching(r->pool, r->headers_in, is_forward_header);
+    unset_matching(r->pool, r->subprocess_env, is_export_var);
 }
 
 /* After an internal redirect or in a subrequest, repeat what the first request exported. */
@@ -616,20 +740,21 @@ static int cg_fixups(request_rec *r)
     strip_incoming(r);
     cg_srv_t *sc = cgh_srv_conf(r->server);
     cg_conn_t *cc = conn_state(r->connection);
-    cg_peer_t peer;
+    cg_peer_t peer_buf;
+    static const cg_peer_t no_peer;
+    const cg_peer_t *peer = &no_peer;
     const char *cert_hdr = NULL, *chain_hdr = NULL;
     const char *app = NULL;
     int app_ambiguous = 0;
     char x5t[CG_X5T_S256_LEN + 1] = "";
 
-    memset(&peer, 0, sizeof(peer));
     if (cc == NULL) {
         ap_log_rerror(APLOG_MARK, APLOG_DEBUG, 0, r,
                       "CG03002: gated location reached without TLS from mod_ssl");
-    } else if (load_peer(r, cc, &peer,
+    } else if (load_peer(r, cc, &peer_buf, &peer,
                          d->forward_headers == 1 ? &cert_hdr : NULL, &chain_hdr, x5t) != 0) {
         /* Treat an unreadable certificate like a missing one: deny. */
-        memset(&peer, 0, sizeof(peer));
+        peer = &no_peer;
     }
     if (d->app_from == APP_FROM_HEADER || d->app_from == APP_FROM_ENV) {
         app = request_app(r, d, &app_ambiguous);
@@ -649,8 +774,10 @@ static int cg_fixups(request_rec *r)
 
     log_ctx_t lc = { r->server, r };
     int with_conn = cc != NULL && cc->lock != NULL;
+    /* Only HTTP/2 streams (secondary connections) share the entry. */
+    int shared = with_conn && r->connection->master != NULL;
     cg_gate_in_t in = {
-        .peer = &peer,
+        .peer = peer,
         .app = app,
         .app_ambiguous = app_ambiguous,
         .fail_open = sc->on_store_error_allow == 1,
@@ -659,15 +786,15 @@ static int cg_fixups(request_rec *r)
         .client = r->useragent_ip,
         .log_ctx = &lc,
         .conn = with_conn ? &cc->dc : NULL,
-        .lock = with_conn ? conn_lock : NULL,
-        .lock_arg = with_conn ? cc->lock : NULL,
+        .lock = shared ? conn_lock : NULL,
+        .lock_arg = shared ? cc->lock : NULL,
         .shadow = d->shadow == 1,
     };
     cg_gate_verdict_t v;
     cg_gate_run(sc->gate, &in, &v);
     apr_table_setn(r->notes, NOTE_DECISION, cg_reason_name(v.reason));
     if (v.reason == CG_ALLOW) {
-        export_allow(r, d, &v, cert_hdr, chain_hdr);
+        export_allow(r, d, &v, cc, cert_hdr, chain_hdr);
         apr_table_setn(r->subprocess_env, "CERTGATE_ENFORCED", "1");
         if (x5t[0] != '\0')
             apr_table_setn(r->subprocess_env, "CERTGATE_X5T_S256", apr_pstrdup(r->pool, x5t));

@@ -49,6 +49,10 @@ typedef struct {
     /* The longest stale window of this config: the worker's cache keeps entries that
      * long. Here, not in a static: a rejected reload must not leave its value. */
     ngx_int_t stale_keep_max;
+    /* Where certgate on is set: the servers (core srv confs), or all if at
+     * http level. Only they, and servers sharing a port, need the ticket callback. */
+    ngx_array_t *gated_servers;
+    ngx_flag_t gated_all;
 } cg_main_conf_t;
 
 /* Where a directive was written, for checks made after parsing. */
@@ -77,6 +81,9 @@ typedef struct {
     unsigned peer_error:1;
     cg_peer_t peer;
     ngx_str_t client_cert, client_cert_chain;   /* RFC 9440, built on first use */
+    /* The values the last allow exported, in the connection's pool: they
+     * change only with the registration or the day. */
+    ngx_str_t x_app, x_id, x_fp, x_days;
     /* The registration this connection last used, while the cache version holds. */
     cg_conn_entry_t dc;
     char x5t[CG_X5T_S256_LEN + 1];  /* RFC 8705 thumbprint of the leaf, "" without one */
@@ -94,6 +101,7 @@ typedef struct {
     int state;
     cg_lookup_t *lookup;          /* in flight, or NULL */
     ngx_event_t ev;               /* the timeout, and the resume once the reply is in */
+    /* lk then v: cg_req_new leaves the two (not read before written) unzeroed. */
     cg_gate_lookup_t lk;          /* the lookup's state, and its answer once in */
     cg_gate_verdict_t v;          /* ST_CERT_OK: the certificate's verdict */
     /* The decision, for variables and for redirects after it. */
@@ -576,6 +584,19 @@ static char *cg_set_gate(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     if (rv == NGX_CONF_OK && lc->enabled == 1) {
         cg_main_conf_t *mc = ngx_http_conf_get_module_main_conf(cf, ngx_http_certgate_module);
         mc->used = 1;
+        if (cf->cmd_type == NGX_HTTP_MAIN_CONF) {
+            mc->gated_all = 1;
+        } else {
+            if (mc->gated_servers == NULL) {
+                mc->gated_servers = ngx_array_create(cf->pool, 4, sizeof(void *));
+                if (mc->gated_servers == NULL)
+                    return NGX_CONF_ERROR;
+            }
+            void **slot = ngx_array_push(mc->gated_servers);
+            if (slot == NULL)
+                return NGX_CONF_ERROR;
+            *slot = ngx_http_conf_get_module_srv_conf(cf, ngx_http_core_module);
+        }
     }
     return rv;
 }
@@ -675,6 +696,15 @@ static char *cg_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
 
 /* The core's lines: ctx is the request's or the cycle's log. The subscriber
  * and usage threads write too: nginx's logger only writes to an fd. */
+/* Whether cg_log would write a line of level (ngx_log_error's own test). */
+static int cg_log_check(void *ctx, int level)
+{
+    ngx_uint_t lv = level == CG_LOG_CRIT ? NGX_LOG_CRIT : level == CG_LOG_ERR ? NGX_LOG_ERR
+                    : level == CG_LOG_WARN ? NGX_LOG_WARN : level == CG_LOG_INFO ? NGX_LOG_INFO
+                    : NGX_LOG_DEBUG;
+    return ctx == NULL || ((ngx_log_t *) ctx)->log_level >= lv;
+}
+
 static void cg_log(void *ctx, int level, const char *msg)
 {
     ngx_uint_t lv = level == CG_LOG_CRIT ? NGX_LOG_CRIT : level == CG_LOG_ERR ? NGX_LOG_ERR
@@ -732,6 +762,7 @@ static ngx_int_t cg_init_process(ngx_cycle_t *cycle)
         || (ngx_process != NGX_PROCESS_WORKER && ngx_process != NGX_PROCESS_SINGLE))
         return NGX_OK;
     cg_gate_set_log(cg_log);
+    cg_gate_set_log_check(cg_log_check);
     cg_gate_cfg(cg_mcf, &gcfg);
     gcfg.stale_keep_s = (int) cg_mcf->stale_keep_max;
     /* The counters every worker shares (certgate_metrics reads them). */
@@ -750,6 +781,10 @@ static ngx_int_t cg_init_process(ngx_cycle_t *cycle)
         cg_mcf->redis.sentinel = NULL;
         cg_mcf->redis.host.len = 0;     /* never the fixed address instead */
     }
+    /* Connect now, without waiting: the worker's first lookup must not pay
+     * the connect (and AUTH, SELECT) within its timeout. A failure is logged
+     * (CG09001) and the first lookup tries again. */
+    (void) cg_ngx_redis_get(&cg_mcf->redis, cycle->log);
     return NGX_OK;
 }
 
@@ -838,7 +873,11 @@ static cg_req_t *cg_req_new(ngx_http_request_t *r)
     if (cln == NULL)
         return NULL;
     cg_req_t *req = cln->data;
-    ngx_memzero(req, sizeof(*req));
+    /* lk and v (over 2 kB) are written before they are read: cg_gate_begin
+     * sets lk up for a lookup, and v is copied in for ST_CERT_OK. */
+    size_t after_v = offsetof(cg_req_t, v) + sizeof(req->v);
+    ngx_memzero(req, offsetof(cg_req_t, lk));
+    ngx_memzero((u_char *) req + after_v, sizeof(*req) - after_v);
     req->r = r;
     req->ev.data = req;
     req->ev.handler = cg_resume;
@@ -958,6 +997,9 @@ static ngx_int_t cg_header_is(const ngx_table_elt_t *h, const ngx_str_t *name)
 static ngx_int_t cg_is_forward_header(const ngx_table_elt_t *h)
 {
     const ngx_uint_t nf = sizeof(cg_forward_headers) / sizeof(cg_forward_headers[0]);
+    /* Every name of ours starts with C: most headers end here. */
+    if (h->key.len == 0 || (h->key.data[0] | 0x20) != 'c')
+        return 0;
     for (ngx_uint_t k = 0; k < nf; k++)
         if (cg_header_name_same((const char *) h->key.data, h->key.len,
                                 (const char *) cg_forward_headers[k].data,
@@ -1189,10 +1231,34 @@ static ngx_int_t cg_pdup(ngx_pool_t *p, const char *s, size_t len, ngx_str_t *ou
     return NGX_OK;
 }
 
+/* s as kept in *keep (c's pool), copied there when it differs. */
+static ngx_int_t cg_kept(ngx_pool_t *p, ngx_str_t *keep, const char *s, size_t len,
+                         ngx_str_t *out)
+{
+    if (keep->data == NULL || keep->len != len || ngx_memcmp(keep->data, s, len) != 0) {
+        ngx_str_t copy;
+        if (cg_pdup(p, s, len, &copy) != NGX_OK)
+            return NGX_ERROR;
+        *keep = copy;
+    }
+    *out = *keep;
+    return NGX_OK;
+}
+
 static ngx_int_t cg_export_allow(ngx_http_request_t *r, cg_loc_conf_t *lc, cg_req_t *req,
                                  const cg_gate_verdict_t *v, ngx_connection_t *c, cg_conn_t *cc)
 {
-    if (cg_pdup(r->pool, v->reg.app_id, ngx_strlen(v->reg.app_id), &req->app_id) != NGX_OK ||
+    /* One thread per worker: the connection's copies serve its every request. */
+    if (cc != NULL) {
+        if (cg_kept(c->pool, &cc->x_app, v->reg.app_id, ngx_strlen(v->reg.app_id),
+                    &req->app_id) != NGX_OK ||
+            cg_kept(c->pool, &cc->x_id, v->reg.id, ngx_strlen(v->reg.id),
+                    &req->cert_id) != NGX_OK ||
+            cg_kept(c->pool, &cc->x_fp, v->fp_hex, CG_FP_HEX_LEN, &req->fingerprint) != NGX_OK ||
+            cg_kept(c->pool, &cc->x_days, v->expire_in, ngx_strlen(v->expire_in),
+                    &req->expire_in) != NGX_OK)
+            return NGX_ERROR;
+    } else if (cg_pdup(r->pool, v->reg.app_id, ngx_strlen(v->reg.app_id), &req->app_id) != NGX_OK ||
         cg_pdup(r->pool, v->reg.id, ngx_strlen(v->reg.id), &req->cert_id) != NGX_OK ||
         cg_pdup(r->pool, v->fp_hex, CG_FP_HEX_LEN, &req->fingerprint) != NGX_OK ||
         cg_pdup(r->pool, v->expire_in, ngx_strlen(v->expire_in), &req->expire_in) != NGX_OK)
@@ -1312,9 +1378,8 @@ static ngx_int_t cg_gate(ngx_http_request_t *r, int in_rewrite)
 
     ngx_connection_t *c = cg_real_connection(r);
     cg_conn_t *cc = NULL;
-    cg_peer_t none;
+    static const cg_peer_t none;
     const cg_peer_t *peer = &none;
-    ngx_memzero(&none, sizeof(none));
     if (c->ssl != NULL && c->ssl->connection != NULL) {
         cc = cg_conn_state(c);
         if (cc == NULL)
@@ -1514,6 +1579,49 @@ static ngx_int_t cg_add_variables(ngx_conf_t *cf)
 
 /* ------------------------------------------------------------ init */
 
+static int cg_server_gated(const cg_main_conf_t *mc, const ngx_http_core_srv_conf_t *cscf)
+{
+    void **g = mc->gated_servers != NULL ? mc->gated_servers->elts : NULL;
+    for (ngx_uint_t i = 0; g != NULL && i < mc->gated_servers->nelts; i++)
+        if (g[i] == cscf)
+            return 1;
+    return 0;
+}
+
+/* Whether a port lists cscf among its servers (gated: one of them is gated). */
+static int cg_port_has(const ngx_http_conf_port_t *port, const cg_main_conf_t *mc,
+                       const ngx_http_core_srv_conf_t *cscf, int gated)
+{
+    const ngx_http_conf_addr_t *addr = port->addrs.elts;
+    for (ngx_uint_t a = 0; a < port->addrs.nelts; a++) {
+        ngx_http_core_srv_conf_t **sv = addr[a].servers.elts;
+        for (ngx_uint_t k = 0; k < addr[a].servers.nelts; k++)
+            if (gated ? cg_server_gated(mc, sv[k]) : sv[k] == cscf)
+                return 1;
+    }
+    return 0;
+}
+
+/*
+ * The ticket callback costs a handshake more digests: only where a gate can
+ * run. OpenSSL asks the SSL_CTX of the server that took the connection
+ * (before SNI picks another), so a server sharing a port with a gated one
+ * gets it too.
+ */
+static int cg_ticket_cb_wanted(ngx_http_core_main_conf_t *cmcf, const cg_main_conf_t *mc,
+                               const ngx_http_core_srv_conf_t *cscf)
+{
+    if (mc->gated_all || cg_server_gated(mc, cscf))
+        return 1;
+    if (cmcf->ports == NULL)
+        return 1;
+    const ngx_http_conf_port_t *port = cmcf->ports->elts;
+    for (ngx_uint_t p = 0; p < cmcf->ports->nelts; p++)
+        if (cg_port_has(&port[p], mc, cscf, 0) && cg_port_has(&port[p], mc, cscf, 1))
+            return 1;
+    return 0;
+}
+
 static ngx_int_t cg_init(ngx_conf_t *cf)
 {
     ngx_http_core_main_conf_t *cmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_core_module);
@@ -1541,7 +1649,8 @@ static ngx_int_t cg_init(ngx_conf_t *cf)
     ngx_http_core_srv_conf_t **cscf = cmcf->servers.elts;
     for (ngx_uint_t i = 0; i < cmcf->servers.nelts; i++) {
         ngx_http_ssl_srv_conf_t *sscf = cscf[i]->ctx->srv_conf[ngx_http_ssl_module.ctx_index];
-        if (sscf != NULL && sscf->ssl.ctx != NULL && cg_tls_install_ticket_cb(sscf->ssl.ctx) != 0)
+        if (sscf != NULL && sscf->ssl.ctx != NULL && cg_ticket_cb_wanted(cmcf, mc, cscf[i]) &&
+            cg_tls_install_ticket_cb(sscf->ssl.ctx) != 0)
             ngx_conf_log_error(NGX_LOG_WARN, cf, 0, "CG04003: the session ticket callback "
                                "could not be installed; resumed sessions get chain_mismatch");
     }

@@ -253,6 +253,16 @@ int cg_conn_entry_get(const cg_conn_entry_t *e, const cg_cache_t *c, const cg_fp
     return 1;
 }
 
+int cg_conn_entry_ref(const cg_conn_entry_t *e, const cg_cache_t *c, const cg_fp_t *fp,
+                      int64_t now_ms, const cg_reg_t **reg)
+{
+    if (!e->valid || e->version != cg_cache_version(c) ||
+        now_ms - e->fetched_ms >= cg_cache_max_age_ms(c) || !cg_fp_eq(&e->fp, fp))
+        return 0;
+    *reg = e->found ? &e->reg : NULL;
+    return 1;
+}
+
 void cg_conn_entry_set(cg_conn_entry_t *e, const cg_fp_t *fp, int found, const cg_reg_t *reg,
                        uint64_t version, int64_t fetched_ms)
 {

@@ -68,6 +68,10 @@ typedef struct {
 /* 1 and *found (and *reg when found) if e still answers for fp; 0 otherwise. */
 int cg_conn_entry_get(const cg_conn_entry_t *e, const cg_cache_t *c, const cg_fp_t *fp,
                       int64_t now_ms, int *found, cg_reg_t *reg);
+/* As cg_conn_entry_get without the copy: *reg is e's record, NULL when not
+ * found. Only for an entry no other thread can change meanwhile. */
+int cg_conn_entry_ref(const cg_conn_entry_t *e, const cg_cache_t *c, const cg_fp_t *fp,
+                      int64_t now_ms, const cg_reg_t **reg);
 /* Remember an answer read at cache version `version`, fetched at fetched_ms. */
 void cg_conn_entry_set(cg_conn_entry_t *e, const cg_fp_t *fp, int found, const cg_reg_t *reg,
                        uint64_t version, int64_t fetched_ms);

@@ -1,6 +1,7 @@
 #include "cg_fp.h"
 
 #include <string.h>
+#include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/x509.h>
 
@@ -14,11 +15,26 @@ int cg_fp_der(const unsigned char *der, size_t len, cg_fp_t *out)
     return 0;
 }
 
+/* SHA-256 fetched once: EVP_sha256() makes OpenSSL 3 look the digest up in
+ * its provider store on every use. Kept for the process's life. */
+static EVP_MD *sha256_md;
+static CRYPTO_ONCE sha256_once = CRYPTO_ONCE_STATIC_INIT;
+
+static void sha256_fetch(void)
+{
+    sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL);
+}
+
 int cg_fp_x509(X509 *x, cg_fp_t *out)
 {
     unsigned int n = 0;
-    /* X509_digest hashes the DER encoding OpenSSL keeps; no parsing. */
-    if (X509_digest(x, EVP_sha256(), out->b, &n) != 1 || n != CG_FP_LEN)
+    const EVP_MD *md = NULL;
+    if (CRYPTO_THREAD_run_once(&sha256_once, sha256_fetch))
+        md = sha256_md;
+    /* X509_digest re-encodes the certificate (OpenSSL 3 keeps only the
+     * to-be-signed part's DER) and hashes that; callers on a hot path keep
+     * the result (cg_tls.c digests each certificate once per connection). */
+    if (X509_digest(x, md != NULL ? md : EVP_sha256(), out->b, &n) != 1 || n != CG_FP_LEN)
         return -1;
     return 0;
 }

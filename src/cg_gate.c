@@ -26,10 +26,40 @@ struct cg_gate {
 };
 
 static cg_gate_log_fn sink;
+static cg_gate_log_check_fn sink_check;
 
 void cg_gate_set_log(cg_gate_log_fn fn)
 {
     sink = fn;
+}
+
+void cg_gate_set_log_check(cg_gate_log_check_fn fn)
+{
+    sink_check = fn;
+}
+
+/* Whether a line at level would be written: formatting one costs more than
+ * the rest of an allowed request. */
+static int log_wanted(void *ctx, int level)
+{
+    return sink != NULL && (sink_check == NULL || sink_check(ctx, level));
+}
+
+/* Decimal of v into out (at least 21 bytes): snprintf costs more than the gate. */
+static void i64_to_dec(int64_t v, char *out)
+{
+    char tmp[24];
+    size_t n = 0, o = 0;
+    uint64_t u = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
+    do {
+        tmp[n++] = (char)('0' + u % 10);
+        u /= 10;
+    } while (u != 0);
+    if (v < 0)
+        out[o++] = '-';
+    while (n > 0)
+        out[o++] = tmp[--n];
+    out[o] = '\0';
 }
 
 static void glog(void *ctx, int level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -354,7 +384,10 @@ void cg_gate_decide(cg_gate_t *g, const cg_gate_in_t *in, cg_store_rc_t rc,
     v->final = 1;
     /* An ambiguous request is refused whatever the registration: no lookup. */
     if (peer != NULL && !in->app_ambiguous) {
-        cg_fp_to_hex(&peer->leaf, v->fp_hex);
+        if (peer->leaf_hex[0] != '\0')     /* made once per connection */
+            memcpy(v->fp_hex, peer->leaf_hex, sizeof(v->fp_hex));
+        else
+            cg_fp_to_hex(&peer->leaf, v->fp_hex);
         if (rc == CG_STORE_OK) {
             regp = reg;
         } else if (cg_store_failed(rc) && rc != CG_STORE_CORRUPT && rc != CG_STORE_PERM &&
@@ -428,11 +461,11 @@ void cg_gate_decide(cg_gate_t *g, const cg_gate_in_t *in, cg_store_rc_t rc,
     cg_metrics_decision(g->metrics, v->reason);
     if (v->reason == CG_ALLOW) {
         v->pass = 1;
-        snprintf(v->expire_in, sizeof(v->expire_in), "%" PRId64,
-                 cg_expire_in_days(regp, in->now));
+        i64_to_dec(cg_expire_in_days(regp, in->now), v->expire_in);
         cg_usage_hit(g->usage, regp->id, in->now, client);
-        glog(in->log_ctx, CG_LOG_DEBUG, "CG01002: allow app=%s cert=%s fingerprint=%s client=%s",
-             regp->app_id, regp->id, v->fp_hex, client);
+        if (log_wanted(in->log_ctx, CG_LOG_DEBUG))
+            glog(in->log_ctx, CG_LOG_DEBUG, "CG01002: allow app=%s cert=%s fingerprint=%s "
+                 "client=%s", regp->app_id, regp->id, v->fp_hex, client);
         return;
     }
     if (v->reason == CG_R_CHAIN_MISMATCH && peer != NULL && !peer->chain_known)
@@ -492,7 +525,15 @@ int cg_gate_begin(cg_gate_t *g, const cg_gate_in_t *in, cg_gate_lookup_t *lk,
 
     if (g->cache != NULL) {
         ver = cg_cache_version(g->cache);
-        if (in->conn != NULL) {
+        if (in->conn != NULL && in->lock == NULL) {
+            /* No other thread uses this entry: decide on it in place. */
+            const cg_reg_t *rp = NULL;
+            if (cg_conn_entry_ref(in->conn, g->cache, fp, now, &rp)) {
+                count(&g->metrics->cache_conn_hits, 1);
+                cg_gate_decide(g, in, rp != NULL ? CG_STORE_OK : CG_STORE_NOTFOUND, rp, NULL, v);
+                return CG_GATE_DONE;
+            }
+        } else if (in->conn != NULL) {
             conn_lock(in, 1);
             int hit = cg_conn_entry_get(in->conn, g->cache, fp, now, &found, &reg);
             conn_lock(in, 0);

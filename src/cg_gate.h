@@ -68,6 +68,10 @@ enum { CG_LOG_CRIT = 2, CG_LOG_ERR = 3, CG_LOG_WARN = 4, CG_LOG_INFO = 6, CG_LOG
  */
 typedef void (*cg_gate_log_fn)(void *ctx, int level, const char *msg);
 void cg_gate_set_log(cg_gate_log_fn fn);
+/* Optional: whether the sink would write a line of level for ctx (ctx as for
+ * the sink); lines it would drop are then not formatted. NULL: always. */
+typedef int (*cg_gate_log_check_fn)(void *ctx, int level);
+void cg_gate_set_log_check(cg_gate_log_check_fn fn);
 
 typedef struct cg_gate cg_gate_t;
 

@@ -2,6 +2,7 @@
 
 #include <stdio.h>
 #include <string.h>
+#include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/x509.h>
 
@@ -9,12 +10,81 @@
 static const unsigned char ticket_magic[4] = { 'C', 'G', 'C', '1' };
 #define TICKET_MAX (sizeof(ticket_magic) + 1 + (CG_MAX_CHAIN + 1) * CG_FP_LEN)
 
-static int chain_from_stack(STACK_OF(X509) *sk, cg_peer_t *peer)
+/*
+ * The digests of a connection's certificates, kept on its SSL: the ticket
+ * callback (twice per TLS 1.3 handshake) and the first request need the same
+ * ones, and each costs a re-encoding and a SHA-256. Each certificate is held
+ * (up-ref) while remembered, so a pointer cannot be reused for another one.
+ * One thread at a time uses an SSL, so no lock.
+ */
+#define MEMO_MAX (CG_MAX_CHAIN + 2)
+typedef struct {
+    size_t n;
+    X509 *x[MEMO_MAX];
+    cg_fp_t fp[MEMO_MAX];
+} fp_memo_t;
+
+static int memo_idx = -1;
+static CRYPTO_ONCE memo_once = CRYPTO_ONCE_STATIC_INIT;
+
+static void memo_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl,
+                      void *argp)
+{
+    fp_memo_t *m = ptr;
+    (void)parent; (void)ad; (void)idx; (void)argl; (void)argp;
+    if (m == NULL)
+        return;
+    for (size_t i = 0; i < m->n; i++)
+        X509_free(m->x[i]);
+    OPENSSL_free(m);
+}
+
+static void memo_init(void)
+{
+    memo_idx = SSL_get_ex_new_index(0, NULL, NULL, NULL, memo_free);
+}
+
+/* cg_fp_x509 of x, a certificate of ssl's peer, digested once per connection. */
+static int fp_of(SSL *ssl, X509 *x, cg_fp_t *out)
+{
+    fp_memo_t *m = NULL;
+    int have_idx = CRYPTO_THREAD_run_once(&memo_once, memo_init) && memo_idx >= 0;
+    if (have_idx) {
+        m = SSL_get_ex_data(ssl, memo_idx);
+        for (size_t i = 0; m != NULL && i < m->n; i++) {
+            if (m->x[i] == x) {
+                *out = m->fp[i];
+                return 0;
+            }
+        }
+    }
+    if (cg_fp_x509(x, out) != 0)
+        return -1;
+    if (!have_idx)
+        return 0;   /* no memo: digest again next time */
+    if (m == NULL) {
+        m = OPENSSL_zalloc(sizeof(*m));
+        if (m == NULL)
+            return 0;
+        if (SSL_set_ex_data(ssl, memo_idx, m) != 1) {
+            OPENSSL_free(m);
+            return 0;
+        }
+    }
+    if (m->n < MEMO_MAX && X509_up_ref(x) == 1) {
+        m->x[m->n] = x;
+        m->fp[m->n] = *out;
+        m->n++;
+    }
+    return 0;
+}
+
+static int chain_from_stack(SSL *ssl, STACK_OF(X509) *sk, cg_peer_t *peer)
 {
     int n = sk ? sk_X509_num(sk) : 0;
     peer->chain_len = 0;
     for (int i = 0; i < n && peer->chain_len < CG_MAX_CHAIN + 1; i++) {
-        if (cg_fp_x509(sk_X509_value(sk, i), &peer->chain[peer->chain_len]) != 0)
+        if (fp_of(ssl, sk_X509_value(sk, i), &peer->chain[peer->chain_len]) != 0)
             return -1;
         peer->chain_len++;
     }
@@ -61,17 +131,18 @@ int cg_tls_peer(SSL *ssl, cg_peer_t *peer, char *err, size_t errlen)
     X509 *leaf = SSL_get0_peer_certificate(ssl);
     if (leaf == NULL)
         return 0;
-    if (cg_fp_x509(leaf, &peer->leaf) != 0) {
+    if (fp_of(ssl, leaf, &peer->leaf) != 0) {
         snprintf(err, errlen, "X509_digest of the client leaf failed");
         return -1;
     }
+    cg_fp_to_hex(&peer->leaf, peer->leaf_hex);
     peer->has_leaf = 1;
     long v = SSL_get_verify_result(ssl);
     peer->verify_failed = v != X509_V_OK && !issuer_unknown(v);
     peer->resumed = SSL_session_reused(ssl);
     STACK_OF(X509) *sk = SSL_get_peer_cert_chain(ssl);
     if (!peer->resumed || (sk != NULL && sk_X509_num(sk) > 0)) {
-        if (chain_from_stack(sk, peer) != 0) {
+        if (chain_from_stack(ssl, sk, peer) != 0) {
             snprintf(err, errlen, "X509_digest of a client chain certificate failed");
             return -1;
         }
@@ -96,7 +167,7 @@ static int gen_ticket(SSL *s, void *arg)
     STACK_OF(X509) *sk = SSL_get_peer_cert_chain(s);
     if (SSL_session_reused(s) && (sk == NULL || sk_X509_num(sk) == 0))
         return 1;
-    if (chain_from_stack(sk, &peer) != 0)
+    if (chain_from_stack(s, sk, &peer) != 0)
         return 1;   /* no app data: a resumption then answers chain_mismatch */
     memcpy(buf, ticket_magic, sizeof(ticket_magic));
     buf[sizeof(ticket_magic)] = (unsigned char)peer.chain_len;

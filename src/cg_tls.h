@@ -12,6 +12,8 @@
 typedef struct {
     int has_leaf;
     cg_fp_t leaf;
+    /* leaf in hex, made once per connection by cg_tls_peer; "" if not made */
+    char leaf_hex[CG_FP_HEX_LEN + 1];
     /* One more than a registration can hold, so an over-long chain never matches. */
     cg_fp_t chain[CG_MAX_CHAIN + 1];
     size_t chain_len;
@@ -22,7 +24,8 @@ typedef struct {
     int verify_failed;
 } cg_peer_t;
 
-/* cg_fp_x509 (cg_fp.h) hashes a decoded certificate. */
+/* cg_fp_x509 (cg_fp.h) hashes a decoded certificate; cg_tls_peer and the
+ * ticket callback digest each certificate of a connection once (kept on the SSL). */
 
 /* Fill peer from ssl. 0 on success, -1 on an OpenSSL failure (err says which). */
 int cg_tls_peer(SSL *ssl, cg_peer_t *peer, char *err, size_t errlen);

@@ -31,7 +31,16 @@ struct cg_usage {
     pthread_t thread;
     rec_t *recs, *spare;    /* swapped at flush, so hits never wait for Redis */
     size_t n, cap, dropped;
+    size_t last;            /* slot of the last hit: most hits repeat it */
 };
+
+/* Bounded copy; snprintf("%s") costs several times more per request. */
+static void set_str(char *dst, size_t cap, const char *src)
+{
+    size_t n = strnlen(src, cap - 1);
+    memcpy(dst, src, n);
+    dst[n] = '\0';
+}
 
 /* Count, and keep the newest last_seen (several processes write the same key). */
 static const char FLUSH_LUA[] =
@@ -47,23 +56,27 @@ void cg_usage_hit(cg_usage_t *u, const char *reg_id, int64_t now_s, const char *
     if (u == NULL)
         return;
     pthread_mutex_lock(&u->lock);
-    size_t i = 0;
-    /* Linear scan: the table holds the registrations seen in a few seconds. */
-    while (i < u->n && strcmp(u->recs[i].id, reg_id) != 0)
-        i++;
+    size_t i = u->last;
+    if (i >= u->n || strcmp(u->recs[i].id, reg_id) != 0) {
+        /* Linear scan: the table holds the registrations seen in a few seconds. */
+        i = 0;
+        while (i < u->n && strcmp(u->recs[i].id, reg_id) != 0)
+            i++;
+    }
     if (i == u->n) {
         if (u->n == u->cap) {
             u->dropped++;
             pthread_mutex_unlock(&u->lock);
             return;
         }
-        snprintf(u->recs[i].id, sizeof(u->recs[i].id), "%s", reg_id);
+        set_str(u->recs[i].id, sizeof(u->recs[i].id), reg_id);
         u->recs[i].count = 0;
         u->n++;
     }
+    u->last = i;
     u->recs[i].count++;
     u->recs[i].last_seen = now_s;
-    snprintf(u->recs[i].ip, sizeof(u->recs[i].ip), "%s", client_ip ? client_ip : "");
+    set_str(u->recs[i].ip, sizeof(u->recs[i].ip), client_ip ? client_ip : "");
     pthread_mutex_unlock(&u->lock);
 }
 
