@@ -354,9 +354,10 @@ cg_store_rc_t cg_registry_outcome(cg_store_rc_t rc, redisReply **r, const char *
     return rc;
 }
 
-cg_store_rc_t cg_registry_eval(cg_store_t *st, int timeout_ms, const char *script, int nkeys,
-                               const char **keys, int nargs, const char **args,
-                               redisReply **out, char *err, size_t errlen)
+/* EVAL script with its keys and args; with durable, WAIT after it (cg_store_cmd_durable). */
+static cg_store_rc_t eval_run(cg_store_t *st, int timeout_ms, const char *script, int nkeys,
+                              const char **keys, int nargs, const char **args, redisReply **out,
+                              int durable, int *acked, int *wanted, char *err, size_t errlen)
 {
     int argc = 3 + nkeys + nargs;
     const char **argv = calloc((size_t)argc, sizeof(*argv));
@@ -377,11 +378,21 @@ cg_store_rc_t cg_registry_eval(cg_store_t *st, int timeout_ms, const char *scrip
         argv[3 + nkeys + i] = args[i];
     for (int i = 0; i < argc; i++)
         lens[i] = strlen(argv[i]);
-    rc = cg_store_cmd(st, timeout_ms, argc, argv, lens, out, err, errlen);
+    rc = durable ? cg_store_cmd_durable(st, timeout_ms, argc, argv, lens, out, acked, wanted,
+                                        err, errlen)
+                 : cg_store_cmd(st, timeout_ms, argc, argv, lens, out, err, errlen);
 done:
     free(argv);
     free(lens);
     return rc;
+}
+
+cg_store_rc_t cg_registry_eval(cg_store_t *st, int timeout_ms, const char *script, int nkeys,
+                               const char **keys, int nargs, const char **args,
+                               redisReply **out, char *err, size_t errlen)
+{
+    return eval_run(st, timeout_ms, script, nkeys, keys, nargs, args, out, 0, NULL, NULL,
+                    err, errlen);
 }
 
 /* cg_registry_eval with WAIT after it, as the store is configured (cg_store_cmd_durable). */
@@ -390,30 +401,8 @@ static cg_store_rc_t registry_eval_durable(cg_store_t *st, int timeout_ms, const
                                            const char **args, redisReply **out, int *acked,
                                            int *wanted, char *err, size_t errlen)
 {
-    int argc = 3 + nkeys + nargs;
-    const char **argv = calloc((size_t)argc, sizeof(*argv));
-    size_t *lens = calloc((size_t)argc, sizeof(*lens));
-    char nk[16];
-    cg_store_rc_t rc = CG_STORE_ERROR;
-    if (argv == NULL || lens == NULL) {
-        snprintf(err, errlen, "out of memory");
-        goto done;
-    }
-    snprintf(nk, sizeof(nk), "%d", nkeys);
-    argv[0] = "EVAL";
-    argv[1] = script;
-    argv[2] = nk;
-    for (int i = 0; i < nkeys; i++)
-        argv[3 + i] = keys[i];
-    for (int i = 0; i < nargs; i++)
-        argv[3 + nkeys + i] = args[i];
-    for (int i = 0; i < argc; i++)
-        lens[i] = strlen(argv[i]);
-    rc = cg_store_cmd_durable(st, timeout_ms, argc, argv, lens, out, acked, wanted, err, errlen);
-done:
-    free(argv);
-    free(lens);
-    return rc;
+    return eval_run(st, timeout_ms, script, nkeys, keys, nargs, args, out, 1, acked, wanted,
+                    err, errlen);
 }
 
 cg_store_rc_t cg_registry_cmd2(cg_store_t *st, int timeout_ms, const char *c, const char *key,
