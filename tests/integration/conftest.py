@@ -1,5 +1,6 @@
 import os
 import shutil
+import subprocess
 import tempfile
 
 import pytest
@@ -27,6 +28,18 @@ def make_workdir():
     os.makedirs(os.path.join(work, "pki"))
     os.chmod(os.path.join(work, "pki"), 0o755)
     return work
+
+
+def httpd_config_test(line):
+    """`apache2 -t` on a minimal config with the module and LINE: (returncode, stderr)."""
+    work = make_workdir()
+    conf = os.path.join(work, "bad.conf")
+    with open(conf, "w") as f:
+        f.write('ServerRoot "%s"\nLoadModule mpm_event_module %s/mod_mpm_event.so\n'
+                "LoadModule certgate_module %s\n%s\n" % (work, harness.MODDIR, harness.MODULE, line))
+    res = subprocess.run([harness.APACHE, "-t", "-f", conf], capture_output=True, text=True,
+                         env=harness.server_env(work))
+    return res.returncode, res.stderr
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ import pytest
 
 import harness
 from clients import get, reason_of
-from conftest import Stack, make_workdir
+from conftest import Stack, httpd_config_test, make_workdir
 from harness import Redis, flush_store, register
 
 GATED = "/gated/ok.txt"
@@ -87,15 +87,9 @@ def test_fail_open_is_loud(pki):
     ("CertGateRedisMaxIdle 5000", "CertGateRedisMaxIdle: expected a whole number from 0 to 1024"),
 ])
 def test_bad_directive_values_stop_startup(line, message):
-    work = make_workdir()
-    conf = os.path.join(work, "bad.conf")
-    with open(conf, "w") as f:
-        f.write('ServerRoot "%s"\nLoadModule mpm_event_module %s/mod_mpm_event.so\n'
-                "LoadModule certgate_module %s\n%s\n" % (work, harness.MODDIR, harness.MODULE, line))
-    res = subprocess.run([harness.APACHE, "-t", "-f", conf], capture_output=True, text=True,
-                         env=harness.server_env(work))
-    assert res.returncode != 0
-    assert message in res.stderr, res.stderr
+    rc, err = httpd_config_test(line)
+    assert rc != 0
+    assert message in err, err
 
 
 def test_gate_without_mod_ssl_refuses_to_start():

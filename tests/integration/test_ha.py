@@ -14,7 +14,7 @@ import requests
 import harness
 from admin import Admin, error_code, seed
 from clients import files_for, session
-from conftest import make_workdir
+from conftest import httpd_config_test, make_workdir
 from ha import HASet
 from harness import register
 from pki import make_cert
@@ -481,15 +481,9 @@ def test_stale_mode_redis_down_10s(pki, server):
     ("CertGateOnStoreError deny 5", "only stale takes a number"),
 ])
 def test_bad_ha_directives_stop_startup(line, message):
-    work = make_workdir()
-    conf = os.path.join(work, "bad.conf")
-    with open(conf, "w") as f:
-        f.write('ServerRoot "%s"\nLoadModule mpm_event_module %s/mod_mpm_event.so\n'
-                "LoadModule certgate_module %s\n%s\n" % (work, harness.MODDIR, harness.MODULE, line))
-    res = subprocess.run([harness.APACHE, "-t", "-f", conf], capture_output=True, text=True,
-                         env=harness.server_env(work))
-    assert res.returncode != 0
-    assert message in res.stderr, res.stderr
+    rc, err = httpd_config_test(line)
+    assert rc != 0
+    assert message in err, err
 
 
 def test_sentinels_without_master_name_stop_startup():
