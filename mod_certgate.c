@@ -585,13 +585,13 @@ static void export_allow(request_rec *r, const cg_dir_t *d, const cg_gate_verdic
         /* HTTP/1: one request at a time; the copies live with the connection. */
         apr_pool_t *cp = r->connection->pool;
         days = kept(cp, &cc->x_days, v->expire_in);
-        app = kept(cp, &cc->x_app, v->reg.app_id);
-        id = kept(cp, &cc->x_id, v->reg.id);
+        app = kept(cp, &cc->x_app, v->regp->app_id);
+        id = kept(cp, &cc->x_id, v->regp->id);
         fp = kept(cp, &cc->x_fp, v->fp_hex);
     } else {
         days = apr_pstrdup(r->pool, v->expire_in);
-        app = apr_pstrdup(r->pool, v->reg.app_id);
-        id = apr_pstrdup(r->pool, v->reg.id);
+        app = apr_pstrdup(r->pool, v->regp->app_id);
+        id = apr_pstrdup(r->pool, v->regp->id);
         fp = apr_pstrdup(r->pool, v->fp_hex);
     }
 

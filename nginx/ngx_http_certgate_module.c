@@ -1250,16 +1250,16 @@ static ngx_int_t cg_export_allow(ngx_http_request_t *r, cg_loc_conf_t *lc, cg_re
 {
     /* One thread per worker: the connection's copies serve its every request. */
     if (cc != NULL) {
-        if (cg_kept(c->pool, &cc->x_app, v->reg.app_id, ngx_strlen(v->reg.app_id),
+        if (cg_kept(c->pool, &cc->x_app, v->regp->app_id, ngx_strlen(v->regp->app_id),
                     &req->app_id) != NGX_OK ||
-            cg_kept(c->pool, &cc->x_id, v->reg.id, ngx_strlen(v->reg.id),
+            cg_kept(c->pool, &cc->x_id, v->regp->id, ngx_strlen(v->regp->id),
                     &req->cert_id) != NGX_OK ||
             cg_kept(c->pool, &cc->x_fp, v->fp_hex, CG_FP_HEX_LEN, &req->fingerprint) != NGX_OK ||
             cg_kept(c->pool, &cc->x_days, v->expire_in, ngx_strlen(v->expire_in),
                     &req->expire_in) != NGX_OK)
             return NGX_ERROR;
-    } else if (cg_pdup(r->pool, v->reg.app_id, ngx_strlen(v->reg.app_id), &req->app_id) != NGX_OK ||
-        cg_pdup(r->pool, v->reg.id, ngx_strlen(v->reg.id), &req->cert_id) != NGX_OK ||
+    } else if (cg_pdup(r->pool, v->regp->app_id, ngx_strlen(v->regp->app_id), &req->app_id) != NGX_OK ||
+        cg_pdup(r->pool, v->regp->id, ngx_strlen(v->regp->id), &req->cert_id) != NGX_OK ||
         cg_pdup(r->pool, v->fp_hex, CG_FP_HEX_LEN, &req->fingerprint) != NGX_OK ||
         cg_pdup(r->pool, v->expire_in, ngx_strlen(v->expire_in), &req->expire_in) != NGX_OK)
         return NGX_ERROR;
@@ -1445,6 +1445,7 @@ static ngx_int_t cg_gate(ngx_http_request_t *r, int in_rewrite)
         req->app_var = lc->app_var;
         req->shadow = lc->shadow == 1;
         req->v = v;
+        req->v.regp = &req->v.reg;     /* a cert_only allow copies into reg */
         return NGX_DECLINED;
     }
     req->state = ST_DECIDED;

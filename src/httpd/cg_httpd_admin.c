@@ -172,7 +172,8 @@ static int read_body(request_rec *r, apr_off_t max, unsigned char **out, size_t 
 
 int cgh_admin_handler(request_rec *r)
 {
-    if (r->handler == NULL || strcmp(r->handler, "certgate-admin") != 0)
+    /* First byte first: every request passes here (text/html, default-handler...). */
+    if (r->handler == NULL || r->handler[0] != 'c' || strcmp(r->handler, "certgate-admin") != 0)
         return DECLINED;
     cg_dir_t *d = ap_get_module_config(r->per_dir_config, &certgate_module);
     cg_srv_t *sc = cgh_srv_conf(r->server);
@@ -248,7 +249,8 @@ int cgh_admin_handler(request_rec *r)
 
 int cgh_metrics_handler(request_rec *r)
 {
-    if (r->handler == NULL || strcmp(r->handler, "certgate-metrics") != 0)
+    /* First byte first: every request passes here (text/html, default-handler...). */
+    if (r->handler == NULL || r->handler[0] != 'c' || strcmp(r->handler, "certgate-metrics") != 0)
         return DECLINED;
     if (r->method_number != M_GET)
         return HTTP_METHOD_NOT_ALLOWED;
