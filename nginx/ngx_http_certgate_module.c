@@ -1011,7 +1011,8 @@ static ngx_int_t cg_is_forward_header(const ngx_table_elt_t *h)
     if (h->key.len == 0 || (h->key.data[0] | 0x20) != 'c')
         return 0;
     for (ngx_uint_t k = 0; k < nf; k++)
-        if (cg_header_name_same((const char *) h->key.data, h->key.len,
+        if (h->key.len == cg_forward_headers[k].len &&     /* "Connection": no call */
+            cg_header_name_same((const char *) h->key.data, h->key.len,
                                 (const char *) cg_forward_headers[k].data,
                                 cg_forward_headers[k].len))
             return 1;
