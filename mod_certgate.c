@@ -585,13 +585,13 @@ static void export_allow(request_rec *r, const cg_dir_t *d, const cg_gate_verdic
         /* HTTP/1: one request at a time; the copies live with the connection. */
         apr_pool_t *cp = r->connection->pool;
         days = kept(cp, &cc->x_days, v->expire_in);
-        app = kept(cp, &cc->x_app, v->reg.app_id);
-        id = kept(cp, &cc->x_id, v->reg.id);
+        app = kept(cp, &cc->x_app, v->regp->app_id);
+        id = kept(cp, &cc->x_id, v->regp->id);
         fp = kept(cp, &cc->x_fp, v->fp_hex);
     } else {
         days = apr_pstrdup(r->pool, v->expire_in);
-        app = apr_pstrdup(r->pool, v->reg.app_id);
-        id = apr_pstrdup(r->pool, v->reg.id);
+        app = apr_pstrdup(r->pool, v->regp->app_id);
+        id = apr_pstrdup(r->pool, v->regp->id);
         fp = apr_pstrdup(r->pool, v->fp_hex);
     }
 
@@ -712,12 +712,20 @@ static const char *request_app(request_rec *r, const cg_dir_t *d, int *ambiguous
     return v;
 }
 
+static int gate_fixups(request_rec *r, cg_dir_t *d);
+
+/* Every request passes here: the check alone, without the gate's frame (six
+ * saves, stack guard), where no gate is on. */
 static int cg_fixups(request_rec *r)
 {
     cg_dir_t *d = ap_get_module_config(r->per_dir_config, &certgate_module);
     if (d == NULL || d->enabled != 1)
         return DECLINED;
+    return gate_fixups(r, d);
+}
 
+__attribute__((noinline)) static int gate_fixups(request_rec *r, cg_dir_t *d)
+{
     /* The nearest earlier request that decided (redirects before subrequests). */
     request_rec *first = r->prev ? r->prev : r->main;
     while (first != NULL && apr_table_get(first->notes, NOTE_DECISION) == NULL)

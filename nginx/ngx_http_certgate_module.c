@@ -101,9 +101,10 @@ typedef struct {
     int state;
     cg_lookup_t *lookup;          /* in flight, or NULL */
     ngx_event_t ev;               /* the timeout, and the resume once the reply is in */
-    /* lk then v: cg_req_new leaves the two (not read before written) unzeroed. */
-    cg_gate_lookup_t lk;          /* the lookup's state, and its answer once in */
-    cg_gate_verdict_t v;          /* ST_CERT_OK: the certificate's verdict */
+    /* Over 2 kB together: from the request's pool only when needed (a cache miss,
+     * a cert_only allow), not for every request. */
+    cg_gate_lookup_t *lk;         /* the lookup's state, and its answer once in */
+    cg_gate_verdict_t *v;         /* ST_CERT_OK: the certificate's verdict */
     /* The decision, for variables and for redirects after it. */
     cg_reason_t reason;
     ngx_str_t app_id, cert_id, fingerprint, expire_in;
@@ -873,11 +874,7 @@ static cg_req_t *cg_req_new(ngx_http_request_t *r)
     if (cln == NULL)
         return NULL;
     cg_req_t *req = cln->data;
-    /* lk and v (over 2 kB) are written before they are read: cg_gate_begin
-     * sets lk up for a lookup, and v is copied in for ST_CERT_OK. */
-    size_t after_v = offsetof(cg_req_t, v) + sizeof(req->v);
-    ngx_memzero(req, offsetof(cg_req_t, lk));
-    ngx_memzero((u_char *) req + after_v, sizeof(*req) - after_v);
+    ngx_memzero(req, sizeof(*req));
     req->r = r;
     req->ev.data = req;
     req->ev.handler = cg_resume;
@@ -893,7 +890,7 @@ static void cg_lookup_done(cg_lookup_t *lk)
 {
     cg_req_t *req = lk->req;
     if (req != NULL)
-        req->lk = lk->lk;
+        *req->lk = lk->lk;
     ngx_free(lk);
     if (req == NULL)
         return;
@@ -931,26 +928,39 @@ static void cg_on_reply(redisAsyncContext *ac, void *reply, void *privdata)
     }
 }
 
+/* A lookup set up on the stack, moved to the request: its command's key
+ * argument points into it. */
+static void cg_lookup_move(cg_gate_lookup_t *dst, const cg_gate_lookup_t *src)
+{
+    *dst = *src;
+    for (int i = 0; i < src->argc && i < 3; i++) {
+        if (src->argv[i] == src->key)
+            dst->argv[i] = dst->key;
+        else if (src->argv[i] == src->reg_key)
+            dst->argv[i] = dst->reg_key;
+    }
+}
+
 /* Send the first command of req->lk. NGX_AGAIN: the reply or the timeout will resume the request. */
 static ngx_int_t cg_lookup_start(ngx_http_request_t *r, cg_req_t *req)
 {
     redisAsyncContext *ac = cg_ngx_redis_get(&cg_mcf->redis, ngx_cycle->log);
     if (ac == NULL) {
-        cg_gate_lookup_fail(&req->lk, CG_STORE_CONN, "cannot connect to Redis");
+        cg_gate_lookup_fail(req->lk, CG_STORE_CONN, "cannot connect to Redis");
         return NGX_ERROR;
     }
     cg_lookup_t *lk = ngx_alloc(sizeof(*lk), r->connection->log);
     if (lk == NULL) {
-        cg_gate_lookup_fail(&req->lk, CG_STORE_CONN, "out of memory");
+        cg_gate_lookup_fail(req->lk, CG_STORE_CONN, "out of memory");
         return NGX_ERROR;
     }
     lk->req = req;
-    lk->lk = req->lk;
-    if (redisAsyncCommandArgv(ac, cg_on_reply, lk, req->lk.argc, req->lk.argv, req->lk.lens)
+    lk->lk = *req->lk;
+    if (redisAsyncCommandArgv(ac, cg_on_reply, lk, req->lk->argc, req->lk->argv, req->lk->lens)
         != REDIS_OK) {
         ngx_free(lk);
         cg_ngx_redis_drop(ac);
-        cg_gate_lookup_fail(&req->lk, CG_STORE_CONN, "Redis connection is closing");
+        cg_gate_lookup_fail(req->lk, CG_STORE_CONN, "Redis connection is closing");
         return NGX_ERROR;
     }
     req->lookup = lk;
@@ -973,7 +983,7 @@ static void cg_resume(ngx_event_t *ev)
             req->lookup = NULL;
         }
         snprintf(err, sizeof(err), "Redis timeout after %lu ms", (unsigned long) cg_mcf->timeout);
-        cg_gate_lookup_fail(&req->lk, CG_STORE_TIMEOUT, err);
+        cg_gate_lookup_fail(req->lk, CG_STORE_TIMEOUT, err);
         req->state = ST_LOOKED_UP;
         /* A connection that missed its deadline is in an unknown state. */
         cg_ngx_redis_distrust(&cg_mcf->redis, "timeout");
@@ -1001,7 +1011,8 @@ static ngx_int_t cg_is_forward_header(const ngx_table_elt_t *h)
     if (h->key.len == 0 || (h->key.data[0] | 0x20) != 'c')
         return 0;
     for (ngx_uint_t k = 0; k < nf; k++)
-        if (cg_header_name_same((const char *) h->key.data, h->key.len,
+        if (h->key.len == cg_forward_headers[k].len &&     /* "Connection": no call */
+            cg_header_name_same((const char *) h->key.data, h->key.len,
                                 (const char *) cg_forward_headers[k].data,
                                 cg_forward_headers[k].len))
             return 1;
@@ -1250,16 +1261,16 @@ static ngx_int_t cg_export_allow(ngx_http_request_t *r, cg_loc_conf_t *lc, cg_re
 {
     /* One thread per worker: the connection's copies serve its every request. */
     if (cc != NULL) {
-        if (cg_kept(c->pool, &cc->x_app, v->reg.app_id, ngx_strlen(v->reg.app_id),
+        if (cg_kept(c->pool, &cc->x_app, v->regp->app_id, ngx_strlen(v->regp->app_id),
                     &req->app_id) != NGX_OK ||
-            cg_kept(c->pool, &cc->x_id, v->reg.id, ngx_strlen(v->reg.id),
+            cg_kept(c->pool, &cc->x_id, v->regp->id, ngx_strlen(v->regp->id),
                     &req->cert_id) != NGX_OK ||
             cg_kept(c->pool, &cc->x_fp, v->fp_hex, CG_FP_HEX_LEN, &req->fingerprint) != NGX_OK ||
             cg_kept(c->pool, &cc->x_days, v->expire_in, ngx_strlen(v->expire_in),
                     &req->expire_in) != NGX_OK)
             return NGX_ERROR;
-    } else if (cg_pdup(r->pool, v->reg.app_id, ngx_strlen(v->reg.app_id), &req->app_id) != NGX_OK ||
-        cg_pdup(r->pool, v->reg.id, ngx_strlen(v->reg.id), &req->cert_id) != NGX_OK ||
+    } else if (cg_pdup(r->pool, v->regp->app_id, ngx_strlen(v->regp->app_id), &req->app_id) != NGX_OK ||
+        cg_pdup(r->pool, v->regp->id, ngx_strlen(v->regp->id), &req->cert_id) != NGX_OK ||
         cg_pdup(r->pool, v->fp_hex, CG_FP_HEX_LEN, &req->fingerprint) != NGX_OK ||
         cg_pdup(r->pool, v->expire_in, ngx_strlen(v->expire_in), &req->expire_in) != NGX_OK)
         return NGX_ERROR;
@@ -1430,21 +1441,33 @@ static ngx_int_t cg_gate(ngx_http_request_t *r, int in_rewrite)
                                            : lc->shadow == 1,
     };
     cg_gate_verdict_t v;
+    cg_gate_lookup_t lk;          /* written by cg_gate_begin only for a lookup */
     if (req->state == ST_CERT_OK) {
         /* The certificate was admitted before: now with the app. */
-        cg_gate_decide(cg_gate_p, &in, CG_STORE_OK, &req->v.reg, NULL, &v);
+        cg_gate_decide(cg_gate_p, &in, CG_STORE_OK, &req->v->reg, NULL, &v);
     } else if (req->state == ST_LOOKED_UP) {
-        cg_gate_finish(cg_gate_p, &in, &req->lk, &v);
-    } else if (cg_gate_begin(cg_gate_p, &in, &req->lk, &v) == CG_GATE_LOOKUP) {
-        if (cg_lookup_start(r, req) == NGX_AGAIN)
-            return NGX_AGAIN;
-        cg_gate_finish(cg_gate_p, &in, &req->lk, &v);
+        cg_gate_finish(cg_gate_p, &in, req->lk, &v);
+    } else if (cg_gate_begin(cg_gate_p, &in, &lk, &v) == CG_GATE_LOOKUP) {
+        req->lk = ngx_palloc(r->pool, sizeof(*req->lk));
+        if (req->lk == NULL) {
+            cg_gate_lookup_fail(&lk, CG_STORE_CONN, "out of memory");
+            cg_gate_finish(cg_gate_p, &in, &lk, &v);
+        } else {
+            cg_lookup_move(req->lk, &lk);
+            if (cg_lookup_start(r, req) == NGX_AGAIN)
+                return NGX_AGAIN;
+            cg_gate_finish(cg_gate_p, &in, req->lk, &v);
+        }
     }
     if (!v.final) {
         req->state = ST_CERT_OK;
         req->app_var = lc->app_var;
         req->shadow = lc->shadow == 1;
-        req->v = v;
+        req->v = ngx_palloc(r->pool, sizeof(*req->v));
+        if (req->v == NULL)
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        *req->v = v;
+        req->v->regp = &req->v->reg;   /* a cert_only allow copies into reg */
         return NGX_DECLINED;
     }
     req->state = ST_DECIDED;
@@ -1489,7 +1512,7 @@ static ngx_int_t cg_header_filter(ngx_http_request_t *r)
     char app[CG_APP_MAX + 2];
     cg_request_app(r, APP_FROM_VARIABLE, NULL, req->app_var, app, sizeof(app));
     req->state = ST_DECIDED;
-    if (app[0] != '\0' && ngx_strcmp(app, req->v.reg.app_id) == 0) {
+    if (app[0] != '\0' && ngx_strcmp(app, req->v->reg.app_id) == 0) {
         req->reason = CG_ALLOW;
         return cg_next_header_filter(r);
     }
@@ -1499,13 +1522,13 @@ static ngx_int_t cg_header_filter(ngx_http_request_t *r)
         cg_metrics_would_deny(cg_gate_metrics(cg_gate_p), CG_R_APP_MISMATCH);
         ngx_log_error(NGX_LOG_WARN, r->connection->log, 0, "CG01010: shadow deny (not "
                       "enforced) reason=app_mismatch fingerprint=- app=%s cert=%s client=%V "
-                      "(answer made before the app check)", req->v.reg.app_id, req->v.reg.id,
+                      "(answer made before the app check)", req->v->reg.app_id, req->v->reg.id,
                       &r->connection->addr_text);
         return cg_next_header_filter(r);
     }
     ngx_log_error(NGX_LOG_WARN, r->connection->log, 0, "CG01001: deny reason=app_mismatch "
                   "fingerprint=- app=%s cert=%s client=%V (answer made before the app check)",
-                  req->v.reg.app_id, req->v.reg.id, &r->connection->addr_text);
+                  req->v->reg.app_id, req->v->reg.id, &r->connection->addr_text);
     r->headers_out.status = NGX_HTTP_FORBIDDEN;
     r->headers_out.status_line.len = 0;
     ngx_http_clear_content_length(r);

@@ -369,8 +369,9 @@ static void shadow_pass(cg_gate_t *g, const cg_gate_in_t *in, const cg_reg_t *re
          in->peer && in->peer->verify_failed ? " (TLS verification failed)" : "");
 }
 
-void cg_gate_decide(cg_gate_t *g, const cg_gate_in_t *in, cg_store_rc_t rc,
-                    const cg_reg_t *reg, const char *err, cg_gate_verdict_t *v)
+/* in_place: reg is the connection's entry, which outlives the request's use of v. */
+static void decide(cg_gate_t *g, const cg_gate_in_t *in, cg_store_rc_t rc,
+                   const cg_reg_t *reg, const char *err, cg_gate_verdict_t *v, int in_place)
 {
     const cg_peer_t *peer = in->peer != NULL && in->peer->has_leaf ? in->peer : NULL;
     const char *client = in->client ? in->client : "-";
@@ -379,9 +380,15 @@ void cg_gate_decide(cg_gate_t *g, const cg_gate_in_t *in, cg_store_rc_t rc,
     int64_t stale_at = 0;
     cg_store_rc_t failed = CG_STORE_OK;
 
-    memset(v, 0, sizeof(*v));
-    strcpy(v->fp_hex, "-");
+    /* Not memset: the verdict holds a whole registration (about 1 kB). */
+    v->reason = CG_ALLOW;
+    v->pass = 0;
     v->final = 1;
+    v->has_reg = 0;
+    v->regp = NULL;
+    v->would_deny = 0;
+    v->expire_in[0] = '\0';
+    strcpy(v->fp_hex, "-");
     /* An ambiguous request is refused whatever the registration: no lookup. */
     if (peer != NULL && !in->app_ambiguous) {
         if (peer->leaf_hex[0] != '\0')     /* made once per connection */
@@ -451,7 +458,12 @@ void cg_gate_decide(cg_gate_t *g, const cg_gate_in_t *in, cg_store_rc_t rc,
     }
     if (regp != NULL) {
         v->has_reg = 1;
-        v->reg = *regp;
+        if (in_place && regp == reg && !in->cert_only) {
+            v->regp = regp;
+        } else {
+            v->reg = *regp;
+            v->regp = &v->reg;
+        }
     }
     if (v->reason == CG_ALLOW && in->cert_only) {
         v->pass = 1;
@@ -484,6 +496,12 @@ void cg_gate_decide(cg_gate_t *g, const cg_gate_in_t *in, cg_store_rc_t rc,
          "cert=%s client=%s%s", cg_reason_name(v->reason), v->fp_hex,
          regp != NULL ? regp->app_id : "-", asked, regp ? regp->id : "-", client,
          in->peer && in->peer->verify_failed ? " (TLS verification failed)" : "");
+}
+
+void cg_gate_decide(cg_gate_t *g, const cg_gate_in_t *in, cg_store_rc_t rc,
+                    const cg_reg_t *reg, const char *err, cg_gate_verdict_t *v)
+{
+    decide(g, in, rc, reg, err, v, 0);
 }
 
 /* ---------------------------------------------------------------- lookup */
@@ -530,7 +548,7 @@ int cg_gate_begin(cg_gate_t *g, const cg_gate_in_t *in, cg_gate_lookup_t *lk,
             const cg_reg_t *rp = NULL;
             if (cg_conn_entry_ref(in->conn, g->cache, fp, now, &rp)) {
                 count(&g->metrics->cache_conn_hits, 1);
-                cg_gate_decide(g, in, rp != NULL ? CG_STORE_OK : CG_STORE_NOTFOUND, rp, NULL, v);
+                decide(g, in, rp != NULL ? CG_STORE_OK : CG_STORE_NOTFOUND, rp, NULL, v, 1);
                 return CG_GATE_DONE;
             }
         } else if (in->conn != NULL) {

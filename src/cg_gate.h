@@ -145,7 +145,11 @@ typedef struct {
     int pass;                   /* let the request through: allow, fail-open or shadow */
     int final;                  /* 0: cert_only allow, the app is checked later */
     int has_reg;
-    cg_reg_t reg;
+    cg_reg_t reg;               /* filled only when regp points to it */
+    const cg_reg_t *regp;       /* has_reg: the registration decided on, either &reg or the
+                                 * connection entry read in place (HTTP/1 without lock; valid
+                                 * until the connection's next request). A cert_only allow
+                                 * always copies into reg. */
     char fp_hex[CG_FP_HEX_LEN + 1];     /* "-" without a leaf */
     char expire_in[24];         /* whole days, on allow */
     int would_deny;             /* shadow mode: reason is a deny that was not enforced (pass) */
@@ -165,7 +169,8 @@ void cg_gate_lookup_fail(cg_gate_lookup_t *lk, cg_store_rc_t rc, const char *err
 /* Count and cache the lookup's answer, then decide. */
 void cg_gate_finish(cg_gate_t *g, const cg_gate_in_t *in, cg_gate_lookup_t *lk,
                     cg_gate_verdict_t *v);
-/* Decide on a known store answer (a cert_only allow before, or a finished lookup). */
+/* Decide on a known store answer (a cert_only allow before, or a finished lookup).
+ * Of v only reason, pass, final, has_reg, regp, fp_hex, expire_in, would_deny are set. */
 void cg_gate_decide(cg_gate_t *g, const cg_gate_in_t *in, cg_store_rc_t rc,
                     const cg_reg_t *reg, const char *err, cg_gate_verdict_t *v);
 /* The whole sequence with the blocking store. */

@@ -3,6 +3,8 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,8 +27,10 @@ struct cg_usage {
     int interval_ms, timeout_ms;
     cg_usage_flush_fn on_flush;
     void *arg;
-    pthread_mutex_t lock;
+    pthread_mutex_t lock;   /* stop and wake only */
     pthread_cond_t wake;
+    atomic_int busy;        /* guards recs, spare, n, dropped, last: held briefly (no
+                             * I/O, no allocation): a spin, cheaper than the mutex */
     int stop;
     pthread_t thread;
     rec_t *recs, *spare;    /* swapped at flush, so hits never wait for Redis */
@@ -42,6 +46,17 @@ static void set_str(char *dst, size_t cap, const char *src)
     dst[n] = '\0';
 }
 
+static void tab_lock(cg_usage_t *u)
+{
+    while (atomic_exchange_explicit(&u->busy, 1, memory_order_acquire))
+        sched_yield();      /* the holder may be descheduled: do not burn its core */
+}
+
+static void tab_unlock(cg_usage_t *u)
+{
+    atomic_store_explicit(&u->busy, 0, memory_order_release);
+}
+
 /* Count, and keep the newest last_seen (several processes write the same key). */
 static const char FLUSH_LUA[] =
     "redis.call('HINCRBY', KEYS[1], 'count', ARGV[1])\n"
@@ -55,7 +70,7 @@ void cg_usage_hit(cg_usage_t *u, const char *reg_id, int64_t now_s, const char *
 {
     if (u == NULL)
         return;
-    pthread_mutex_lock(&u->lock);
+    tab_lock(u);
     size_t i = u->last;
     if (i >= u->n || strcmp(u->recs[i].id, reg_id) != 0) {
         /* Linear scan: the table holds the registrations seen in a few seconds. */
@@ -66,7 +81,7 @@ void cg_usage_hit(cg_usage_t *u, const char *reg_id, int64_t now_s, const char *
     if (i == u->n) {
         if (u->n == u->cap) {
             u->dropped++;
-            pthread_mutex_unlock(&u->lock);
+            tab_unlock(u);
             return;
         }
         set_str(u->recs[i].id, sizeof(u->recs[i].id), reg_id);
@@ -77,19 +92,19 @@ void cg_usage_hit(cg_usage_t *u, const char *reg_id, int64_t now_s, const char *
     u->recs[i].count++;
     u->recs[i].last_seen = now_s;
     set_str(u->recs[i].ip, sizeof(u->recs[i].ip), client_ip ? client_ip : "");
-    pthread_mutex_unlock(&u->lock);
+    tab_unlock(u);
 }
 
 static void flush(cg_usage_t *u)
 {
-    pthread_mutex_lock(&u->lock);
+    tab_lock(u);
     rec_t *batch = u->recs;
     size_t n = u->n, dropped = u->dropped;
     u->recs = u->spare;
     u->spare = batch;
     u->n = 0;
     u->dropped = 0;
-    pthread_mutex_unlock(&u->lock);
+    tab_unlock(u);
     if (n == 0) {
         if (dropped && u->on_flush)
             u->on_flush(u->arg, 0, dropped, NULL);
@@ -168,6 +183,7 @@ cg_usage_t *cg_usage_start(cg_store_t *st, size_t cap, int interval_ms, int time
     u->timeout_ms = timeout_ms;
     u->on_flush = on_flush;
     u->arg = arg;
+    atomic_init(&u->busy, 0);
     u->recs = calloc(u->cap, sizeof(rec_t));
     u->spare = calloc(u->cap, sizeof(rec_t));
     if (u->recs == NULL || u->spare == NULL || pthread_mutex_init(&u->lock, NULL) != 0)

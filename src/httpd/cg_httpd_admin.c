@@ -170,10 +170,19 @@ static int read_body(request_rec *r, apr_off_t max, unsigned char **out, size_t 
     return OK;
 }
 
+static int admin_handle(request_rec *r);
+
+/* Every request passes here (text/html, default-handler...): the check alone,
+ * first byte first, without the handler's frame (six saves, stack guard). */
 int cgh_admin_handler(request_rec *r)
 {
-    if (r->handler == NULL || strcmp(r->handler, "certgate-admin") != 0)
+    if (r->handler == NULL || r->handler[0] != 'c' || strcmp(r->handler, "certgate-admin") != 0)
         return DECLINED;
+    return admin_handle(r);
+}
+
+__attribute__((noinline)) static int admin_handle(request_rec *r)
+{
     cg_dir_t *d = ap_get_module_config(r->per_dir_config, &certgate_module);
     cg_srv_t *sc = cgh_srv_conf(r->server);
     cg_admin_resp_t resp;
@@ -246,10 +255,19 @@ int cgh_admin_handler(request_rec *r)
     return rc;
 }
 
+static int metrics_handle(request_rec *r);
+
+/* Every request passes here (text/html, default-handler...): the check alone,
+ * first byte first, without the handler's frame (six saves, stack guard). */
 int cgh_metrics_handler(request_rec *r)
 {
-    if (r->handler == NULL || strcmp(r->handler, "certgate-metrics") != 0)
+    if (r->handler == NULL || r->handler[0] != 'c' || strcmp(r->handler, "certgate-metrics") != 0)
         return DECLINED;
+    return metrics_handle(r);
+}
+
+__attribute__((noinline)) static int metrics_handle(request_rec *r)
+{
     if (r->method_number != M_GET)
         return HTTP_METHOD_NOT_ALLOWED;
     cg_srv_t *sc = cgh_srv_conf(r->server);

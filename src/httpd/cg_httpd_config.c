@@ -101,9 +101,44 @@ void *cgh_create_dir(apr_pool_t *p, char *dir)
 #define MERGE_INT(f) c->f = add->f != UNSET ? add->f : base->f
 #define MERGE_PTR(f) c->f = add->f != NULL ? add->f : base->f
 
+/* Whether a sets nothing but the admin base its section's path gives it (a
+ * <Location> without certgate directives): most merges per request. Checks
+ * every field of cg_dir_t but admin_base, app_name and cas (set with app_from,
+ * n_cas): a new field must be added here. */
+static int dir_unset(const cg_dir_t *a)
+{
+    return a->enabled == UNSET && a->app_from == APP_FROM_UNSET && a->forward_headers == UNSET &&
+           a->roles == NULL && a->customers == NULL && a->self_approve == UNSET &&
+           a->soon_days == UNSET && a->min_rsa_bits == UNSET && a->min_days == UNSET &&
+           a->max_days == UNSET && a->deny == NULL && a->ca_file == NULL && a->n_cas == UNSET &&
+           a->ev_only_new == UNSET && a->cn_contains_org == UNSET && a->max_body == UNSET &&
+           a->admin_timeout_ms == UNSET && a->user_ignore_case == UNSET && a->shadow == UNSET;
+}
+
 void *cgh_merge_dir(apr_pool_t *p, void *basev, void *addv)
 {
-    cg_dir_t *base = basev, *add = addv, *c = apr_pcalloc(p, sizeof(*c));
+    cg_dir_t *base = basev, *add = addv, *c;
+    if (dir_unset(add)) {
+        /* Same result as the field-by-field merge below, without it. */
+        c = apr_palloc(p, sizeof(*c));
+        *c = *base;
+        if (add->admin_base != NULL)
+            c->admin_base = add->admin_base;
+        return c;
+    }
+    if (dir_unset(base)) {
+        /* Every field add leaves unset would come from base, and is unset there too. */
+        c = apr_palloc(p, sizeof(*c));
+        *c = *add;
+        if (add->admin_base == NULL)
+            c->admin_base = base->admin_base;
+        if (add->app_from == APP_FROM_UNSET)
+            c->app_name = base->app_name;
+        if (add->n_cas == UNSET)
+            c->cas = base->cas;
+        return c;
+    }
+    c = apr_pcalloc(p, sizeof(*c));
     c->enabled = add->enabled != UNSET ? add->enabled : base->enabled;
     if (add->app_from != APP_FROM_UNSET) {
         c->app_from = add->app_from;
