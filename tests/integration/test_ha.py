@@ -187,6 +187,8 @@ def test_kill_primary_under_load(ha, gate, cached, ngate, ncached, pki):
     lives = [(v, session(v, pki.leaf_inter2)) for v in (cached, ncached)]
     for v, live in lives:
         assert live.get(v.httpd.url(GATED), timeout=5).status_code == 200
+    # Every gateway process's invalidation subscriber, before the fault.
+    subscribers = old.client().execute_command("PUBSUB", "NUMSUB", "certgate:invalidate")[1]
     certs = [(pki.leaf, True), (pki.leaf_b, False), (pki.leaf_other, False), (pki.app_leaf, False)]
     with Load(gate, certs) as load, Load(ngate, certs) as nload:
         time.sleep(1.0)
@@ -207,6 +209,12 @@ def test_kill_primary_under_load(ha, gate, cached, ngate, ncached, pki):
     for v, live in lives:
         assert live.get(v.httpd.url(GATED), timeout=5).status_code == 200
     r = new.client()
+    # The subscribers follow the failover (bounded), then a revocation is timed.
+    deadline = time.monotonic() + 5.0
+    while r.execute_command("PUBSUB", "NUMSUB", "certgate:invalidate")[1] < subscribers:
+        assert time.monotonic() < deadline, "subscribers did not follow the failover in 5 s"
+        time.sleep(0.05)
+    print("subscribers on the new primary %.2f s after the kill" % (time.monotonic() - t_kill))
     r.hset("certgate:reg:reg-" + pki.leaf_inter2.fingerprint[:16], "status", "INACTIVATED")
     t0 = time.monotonic()
     r.publish("certgate:invalidate", pki.leaf_inter2.fingerprint)
