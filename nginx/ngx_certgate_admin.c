@@ -80,6 +80,7 @@ typedef struct {
     unsigned too_large:1;
     unsigned replaced:1;          /* nginx's 413 page became ours */
     unsigned done:1;              /* the task finished */
+    unsigned posted:1;            /* the task was posted: never twice for one request */
     /* A timer while the task runs: a quitting worker (reload) waits for timers,
      * not for thread tasks, and would exit with this request unanswered. */
     ngx_event_t guard;
@@ -715,12 +716,8 @@ static void cg_adm_resp_cleanup(void *data)
     cg_adm_ctx_t *ctx = data;
     if (ctx->guard.timer_set)
         ngx_del_timer(&ctx->guard);
+    /* The body is the task's own (allocated, wiped and freed there). */
     cg_admin_resp_free(&ctx->resp);
-    if (ctx->req.body != NULL) {
-        OPENSSL_cleanse(ctx->req.body, ctx->req.body_len);
-        free(ctx->req.body);
-        ctx->req.body = NULL;
-    }
 }
 
 static ngx_int_t cg_adm_set_header(ngx_http_request_t *r, const char *name, const char *value,
@@ -815,6 +812,9 @@ static ngx_int_t cg_adm_send(ngx_http_request_t *r, cg_adm_ctx_t *ctx)
 static void cg_adm_task(void *data, ngx_log_t *log)
 {
     cg_adm_ctx_t *ctx = data;
+    /* The body lives only in this thread's copy of the request: nothing on the
+     * event loop can free it while the task runs. */
+    cg_admin_req_t req = ctx->req;
     size_t len = 0;
     static __thread int niced;
     (void) log;
@@ -868,14 +868,13 @@ static void cg_adm_task(void *data, ngx_log_t *log)
                            "the request body could not be read");
             return;
         }
-        ctx->req.body = body;
-        ctx->req.body_len = len;
+        req.body = body;
+        req.body_len = len;
     }
-    cg_admin_handle(&ctx->cfg, cg_adm_store, &ctx->req, &ctx->resp);
-    if (ctx->req.body != NULL) {
-        OPENSSL_cleanse(ctx->req.body, ctx->req.body_len);
-        free(ctx->req.body);
-        ctx->req.body = NULL;
+    cg_admin_handle(&ctx->cfg, cg_adm_store, &req, &ctx->resp);
+    if (req.body != NULL) {
+        OPENSSL_cleanse(req.body, req.body_len);
+        free(req.body);
     }
 }
 
@@ -923,6 +922,8 @@ static void cg_adm_body_read(ngx_http_request_t *r)
         /* The body filter refused it: nginx answers 413, we make it ours. */
         return;
     }
+    if (ctx->posted)
+        return;
     if (r->request_body != NULL)
         ctx->bufs = r->request_body->bufs;
     if (cg_adm_store == NULL) {
@@ -938,6 +939,7 @@ static void cg_adm_body_read(ngx_http_request_t *r)
         return;
     }
     task->ctx = ctx;
+    ctx->posted = 1;
     task->handler = cg_adm_task;
     task->event.data = ctx;
     task->event.handler = cg_adm_task_done;
