@@ -56,7 +56,11 @@ class Node:
                               socket_timeout=2)
 
     def role(self):
-        return self.client().execute_command("ROLE")[0].decode()
+        # A node that changes role closes its clients' connections: say so, the caller polls.
+        try:
+            return self.client().execute_command("ROLE")[0].decode()
+        except (redis_py.exceptions.ConnectionError, redis_py.exceptions.TimeoutError):
+            return "changing"
 
 
 class Sentinel:
