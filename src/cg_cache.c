@@ -273,6 +273,8 @@ void cg_conn_entry_set(cg_conn_entry_t *e, const cg_fp_t *fp, int found, const c
         e->reg = *reg;
     e->version = version;
     e->fetched_ms = fetched_ms;
+    e->gen++;
+    e->memo = 0;
 }
 
 void cg_cache_keep_expired(cg_cache_t *c, int64_t keep_ms)

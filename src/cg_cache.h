@@ -63,6 +63,17 @@ typedef struct {
     cg_reg_t reg;
     uint64_t version;
     int64_t fetched_ms;
+    uint64_t gen;               /* bumped by every set: the adapter's copies of reg's values
+                                 * (exports) are still right while it holds */
+    /* The last allow decided on this entry (cg_gate.c), reused for the same
+     * peer fill, second and app while the entry answers. Not for shared entries. */
+    int memo;
+    int64_t memo_now;
+    const void *memo_peer;
+    uint64_t memo_peer_gen;
+    int memo_app_set;           /* 0: the request named no app (NULL) */
+    char memo_app[CG_APP_MAX + 1];
+    char memo_expire_in[24];
 } cg_conn_entry_t;
 
 /* 1 and *found (and *reg when found) if e still answers for fp; 0 otherwise. */

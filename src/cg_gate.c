@@ -387,6 +387,7 @@ static void decide(cg_gate_t *g, const cg_gate_in_t *in, cg_store_rc_t rc,
     v->has_reg = 0;
     v->regp = NULL;
     v->would_deny = 0;
+    v->conn_gen = 0;
     v->expire_in[0] = '\0';
     strcpy(v->fp_hex, "-");
     /* An ambiguous request is refused whatever the registration: no lookup. */
@@ -460,6 +461,7 @@ static void decide(cg_gate_t *g, const cg_gate_in_t *in, cg_store_rc_t rc,
         v->has_reg = 1;
         if (in_place && regp == reg && !in->cert_only) {
             v->regp = regp;
+            v->conn_gen = in->conn->gen;
         } else {
             v->reg = *regp;
             v->regp = &v->reg;
@@ -528,9 +530,82 @@ void cg_gate_lookup_fail(cg_gate_lookup_t *lk, cg_store_rc_t rc, const char *err
     snprintf(lk->err, sizeof(lk->err), "%s", err ? err : "");
 }
 
+/*
+ * The last allow of a connection entry, remembered: an allow depends on the
+ * registration (the entry, while it answers), the peer (its fill), the second
+ * (validity and binding windows, days left) and the app the request names.
+ * Nothing else: shadow, fail-open and stale mode only change denies and failures.
+ */
+static int memo_allows(const cg_conn_entry_t *e, const cg_gate_in_t *in)
+{
+    if (!e->memo || e->memo_now != in->now || e->memo_peer != (const void *)in->peer ||
+        in->peer == NULL || e->memo_peer_gen != in->peer->gen || in->cert_only ||
+        in->app_ambiguous)
+        return 0;
+    if (in->app == NULL)
+        return !e->memo_app_set;
+    return e->memo_app_set && strcmp(e->memo_app, in->app) == 0;
+}
+
+static void memo_set(cg_conn_entry_t *e, const cg_gate_in_t *in, const cg_gate_verdict_t *v)
+{
+    if (in->app != NULL) {
+        size_t n = strlen(in->app);
+        if (n > CG_APP_MAX)
+            return;     /* never matches a registration: not worth keeping */
+        memcpy(e->memo_app, in->app, n + 1);
+    }
+    e->memo_app_set = in->app != NULL;
+    e->memo_now = in->now;
+    e->memo_peer = in->peer;
+    e->memo_peer_gen = in->peer->gen;
+    memcpy(e->memo_expire_in, v->expire_in, sizeof(e->memo_expire_in));
+    e->memo = 1;
+}
+
+/* What decide() does for an allow, from the memo: count, record usage, log. */
+static void memo_allow(cg_gate_t *g, const cg_gate_in_t *in, const cg_reg_t *reg,
+                       cg_gate_verdict_t *v)
+{
+    const char *client = in->client ? in->client : "-";
+    v->reason = CG_ALLOW;
+    v->pass = 1;
+    v->final = 1;
+    v->has_reg = 1;
+    v->regp = reg;
+    v->would_deny = 0;
+    v->conn_gen = in->conn->gen;
+    memcpy(v->fp_hex, in->peer->leaf_hex, sizeof(v->fp_hex));
+    memcpy(v->expire_in, in->conn->memo_expire_in, sizeof(v->expire_in));
+    if (v->fp_hex[0] == '\0')
+        cg_fp_to_hex(&in->peer->leaf, v->fp_hex);
+    cg_metrics_decision(g->metrics, CG_ALLOW);
+    cg_usage_hit(g->usage, reg->id, in->now, client);
+    if (log_wanted(in->log_ctx, CG_LOG_DEBUG))
+        glog(in->log_ctx, CG_LOG_DEBUG, "CG01002: allow app=%s cert=%s fingerprint=%s "
+             "client=%s", reg->app_id, reg->id, v->fp_hex, client);
+}
+
+/* The fast path: this connection's entry (not shared) still answers and its
+ * last allow still holds. The entry's fingerprint is the peer's: the memo
+ * was set for this fill of the peer. 1: v is the verdict. */
+static int memo_path(cg_gate_t *g, const cg_gate_in_t *in, cg_gate_verdict_t *v)
+{
+    const cg_conn_entry_t *e = in->conn;
+    if (e == NULL || in->lock != NULL || g->cache == NULL || !memo_allows(e, in) ||
+        !e->valid || !e->found || e->version != cg_cache_version(g->cache) ||
+        cg_now_ms() - e->fetched_ms >= cg_cache_max_age_ms(g->cache))
+        return 0;
+    count(&g->metrics->cache_conn_hits, 1);
+    memo_allow(g, in, &e->reg, v);
+    return 1;
+}
+
 int cg_gate_begin(cg_gate_t *g, const cg_gate_in_t *in, cg_gate_lookup_t *lk,
                   cg_gate_verdict_t *v)
 {
+    if (memo_path(g, in, v))
+        return CG_GATE_DONE;
     if (in->peer == NULL || !in->peer->has_leaf || in->app_ambiguous) {
         cg_gate_decide(g, in, CG_STORE_NOTFOUND, NULL, NULL, v);
         return CG_GATE_DONE;
@@ -549,6 +624,8 @@ int cg_gate_begin(cg_gate_t *g, const cg_gate_in_t *in, cg_gate_lookup_t *lk,
             if (cg_conn_entry_ref(in->conn, g->cache, fp, now, &rp)) {
                 count(&g->metrics->cache_conn_hits, 1);
                 decide(g, in, rp != NULL ? CG_STORE_OK : CG_STORE_NOTFOUND, rp, NULL, v, 1);
+                if (v->reason == CG_ALLOW && v->final && v->regp == rp)
+                    memo_set(in->conn, in, v);
                 return CG_GATE_DONE;
             }
         } else if (in->conn != NULL) {

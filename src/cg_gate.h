@@ -153,6 +153,9 @@ typedef struct {
     char fp_hex[CG_FP_HEX_LEN + 1];     /* "-" without a leaf */
     char expire_in[24];         /* whole days, on allow */
     int would_deny;             /* shadow mode: reason is a deny that was not enforced (pass) */
+    uint64_t conn_gen;          /* non-zero: regp is the connection entry's record, which
+                                 * has not changed while this value stays the same (an
+                                 * adapter may keep copies of its values per connection) */
 } cg_gate_verdict_t;
 
 enum { CG_GATE_DONE = 0, CG_GATE_LOOKUP = 1 };

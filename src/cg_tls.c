@@ -1,6 +1,7 @@
 #include "cg_tls.h"
 
 #include <stdio.h>
+#include <stdatomic.h>
 #include <string.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
@@ -127,7 +128,9 @@ static int issuer_unknown(long v)
 
 int cg_tls_peer(SSL *ssl, cg_peer_t *peer, char *err, size_t errlen)
 {
+    static _Atomic uint64_t fills;
     memset(peer, 0, sizeof(*peer));
+    peer->gen = atomic_fetch_add_explicit(&fills, 1, memory_order_relaxed) + 1;
     X509 *leaf = SSL_get0_peer_certificate(ssl);
     if (leaf == NULL)
         return 0;

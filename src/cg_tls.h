@@ -6,6 +6,7 @@
 #define CG_TLS_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <openssl/ssl.h>
 #include "cg_fp.h"
 
@@ -22,6 +23,9 @@ typedef struct {
     /* Verification failed for a reason other than "issuer not trusted here"
      * (which SSLVerifyClient optional_no_ca accepts by design). */
     int verify_failed;
+    /* Unique per fill (cg_tls_peer): a decision remembered for this peer is
+     * not reused after a renegotiation filled it again. */
+    uint64_t gen;
 } cg_peer_t;
 
 /* cg_fp_x509 (cg_fp.h) hashes a decoded certificate; cg_tls_peer and the

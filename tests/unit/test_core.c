@@ -837,6 +837,110 @@ static void test_gate_cache_protocol(void **state)
     cg_gate_free(g);
 }
 
+static int memo_locks;
+static void memo_lock(void *arg, int on)
+{
+    (void)arg;
+    (void)on;
+    memo_locks++;
+}
+
+/* The connection's last allow is reused only while the second, the peer's
+ * fill, the app, the entry and its cache version are the same. */
+static void test_gate_memo(void **state)
+{
+    (void)state;
+    cg_gate_t *g = gate_for_test(1);
+    cg_metrics_t *m = cg_gate_metrics(g);
+    gate_req_t q;
+    cg_gate_lookup_t lk;
+    cg_gate_verdict_t v;
+    char hex[CG_FP_HEX_LEN + 1];
+    gate_req(&q, 0x21);
+    q.peer.gen = 7;
+    cg_fp_to_hex(&q.peer.leaf, hex);
+
+    assert_int_equal(cg_gate_begin(g, &q.in, &lk, &v), CG_GATE_LOOKUP);
+    assert_int_equal(gate_feed(g, &lk, &q.peer.leaf, 1), 0);
+    cg_gate_finish(g, &q.in, &lk, &v);
+    assert_int_equal(v.reason, CG_ALLOW);
+    assert_int_equal(v.conn_gen, 0);            /* decided on the lookup's copy */
+    /* Decided on the entry, then from the memo: the same verdict. */
+    for (int i = 0; i < 2; i++) {
+        gate_nlines = 0;
+        assert_int_equal(cg_gate_begin(g, &q.in, &lk, &v), CG_GATE_DONE);
+        assert_int_equal(v.reason, CG_ALLOW);
+        assert_true(v.pass && v.final && v.has_reg && !v.would_deny);
+        assert_ptr_equal(v.regp, &q.conn.reg);
+        assert_int_equal(v.conn_gen, q.conn.gen);
+        assert_string_equal(v.expire_in, "10");
+        assert_string_equal(v.fp_hex, hex);
+        assert_non_null(gate_line("CG01002: allow app=app1 cert=r1 "));
+    }
+    assert_true(q.conn.memo);
+    assert_int_equal(m->decisions[CG_ALLOW], 3);
+    assert_int_equal(m->cache_conn_hits, 2);
+
+    /* Another app named: decided again. */
+    q.in.app = "app2";
+    assert_int_equal(cg_gate_begin(g, &q.in, &lk, &v), CG_GATE_DONE);
+    assert_int_equal(v.reason, CG_R_APP_MISMATCH);
+    q.in.app = NULL;
+    assert_int_equal(cg_gate_begin(g, &q.in, &lk, &v), CG_GATE_DONE);
+    assert_int_equal(v.reason, CG_ALLOW);
+    q.in.app = "app1";
+    assert_int_equal(cg_gate_begin(g, &q.in, &lk, &v), CG_GATE_DONE);
+    assert_int_equal(v.reason, CG_ALLOW);
+    q.in.app_ambiguous = 1;
+    assert_int_equal(cg_gate_begin(g, &q.in, &lk, &v), CG_GATE_DONE);
+    assert_int_equal(v.reason, CG_R_APP_AMBIGUOUS);
+    q.in.app_ambiguous = 0;
+    q.in.cert_only = 1;
+    assert_int_equal(cg_gate_begin(g, &q.in, &lk, &v), CG_GATE_DONE);
+    assert_int_equal(v.final, 0);
+    q.in.cert_only = 0;
+
+    /* Another second: the validity is checked again (here: it has just ended). */
+    assert_int_equal(cg_gate_begin(g, &q.in, &lk, &v), CG_GATE_DONE);
+    assert_int_equal(v.reason, CG_ALLOW);
+    q.in.now = NOW + 86400 * 10 + 3601;
+    assert_int_equal(cg_gate_begin(g, &q.in, &lk, &v), CG_GATE_DONE);
+    assert_int_equal(v.reason, CG_R_EXPIRED);
+    q.in.now = NOW + 86400;                     /* a day later: one day fewer left */
+    assert_int_equal(cg_gate_begin(g, &q.in, &lk, &v), CG_GATE_DONE);
+    assert_string_equal(v.expire_in, "9");
+
+    /* The peer filled again (a renegotiation): its chain is checked again. */
+    assert_int_equal(cg_gate_begin(g, &q.in, &lk, &v), CG_GATE_DONE);
+    assert_int_equal(v.reason, CG_ALLOW);
+    q.peer.gen = 8;
+    q.peer.verify_failed = 1;
+    assert_int_equal(cg_gate_begin(g, &q.in, &lk, &v), CG_GATE_DONE);
+    assert_int_equal(v.reason, CG_R_CHAIN_MISMATCH);
+    q.peer.verify_failed = 0;
+    assert_int_equal(cg_gate_begin(g, &q.in, &lk, &v), CG_GATE_DONE);
+    assert_int_equal(v.reason, CG_ALLOW);
+
+    /* A shared entry (HTTP/2 streams, with a lock) never uses the memo. */
+    memo_locks = 0;
+    q.in.lock = memo_lock;
+    assert_int_equal(cg_gate_begin(g, &q.in, &lk, &v), CG_GATE_DONE);
+    assert_int_equal(v.reason, CG_ALLOW);
+    assert_int_equal(memo_locks, 2);
+    q.in.lock = NULL;
+    uint64_t hits = m->cache_proc_hits;
+    cg_fp_t other = fp_of(0x98);
+    cg_cache_invalidate(cg_gate_cache(g), &other);      /* version bump: entry and memo out */
+    assert_int_equal(cg_gate_begin(g, &q.in, &lk, &v), CG_GATE_DONE);
+    assert_int_equal(v.reason, CG_ALLOW);
+    assert_int_equal(m->cache_proc_hits, hits + 1);
+    /* An invalidation of this leaf: Redis is asked, whatever the memo said. */
+    assert_int_equal(cg_gate_begin(g, &q.in, &lk, &v), CG_GATE_DONE);
+    cg_cache_invalidate(cg_gate_cache(g), &q.peer.leaf);
+    assert_int_equal(cg_gate_begin(g, &q.in, &lk, &v), CG_GATE_LOOKUP);
+    cg_gate_free(g);
+}
+
 /* An answer is trusted for the max age at most, from when its lookup began. */
 static void test_gate_max_age(void **state)
 {
@@ -1561,6 +1665,7 @@ int main(void)
         cmocka_unit_test(test_allow),
         cmocka_unit_test(test_lookup_steps),
         cmocka_unit_test(test_gate_cache_protocol),
+        cmocka_unit_test(test_gate_memo),
         cmocka_unit_test(test_gate_max_age),
         cmocka_unit_test(test_gate_invalidation_during_lookup),
         cmocka_unit_test(test_gate_store_errors),
