@@ -32,7 +32,6 @@
 #include "cg_store.h"
 #include "cg_metrics.h"
 #include "cg_tls.h"
-#include "cg_version.h"
 #include "cg_httpd.h"
 #include "apr_shm.h"
 #include "mod_watchdog.h"
@@ -53,6 +52,8 @@ static const char *const forward_headers[] = {
     "CertGate-App-Id", "CertGate-Cert-Id", "CertGate-Fingerprint",
     "CertGate-Expire-In", "Client-Cert", "Client-Cert-Chain", NULL
 };
+/* Their lengths, in the same order: most names are told apart by length alone. */
+static const size_t forward_header_lens[] = { 15, 16, 20, 18, 11, 17 };
 static const char *const export_vars[] = {
     "CERTGATE_APP_ID", "CERTGATE_CERT_ID", "CERTGATE_FINGERPRINT",
     "CERTGATE_EXPIRE_IN", "CERTGATE_REASON", "CERTGATE_ENFORCED", "CERTGATE_X5T_S256", NULL
@@ -77,6 +78,13 @@ typedef struct {
     /* The values an HTTP/1 allow exported last, in the connection's pool:
      * they change only with the registration or the day. */
     const char *x_app, *x_id, *x_fp, *x_days;
+    uint64_t x_gen;                 /* the verdict's conn_gen x_app, x_id, x_fp were made for */
+    /* The allow's variables and forward headers as tables, appended whole to
+     * each request's (one apr_table_overlap instead of an add per entry); made
+     * for x_gen and x_days. */
+    apr_table_t *x_env, *x_hdr;
+    uint64_t x_env_gen, x_hdr_gen;
+    const char *x_env_days, *x_hdr_days;
 } cg_conn_t;
 
 int cgh_gate_configured;
@@ -261,8 +269,9 @@ static int cg_post_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *ptemp
 {
     char err[256];
     (void)plog; (void)ptemp;
-    /* "mod_certgate/0.9.0" in the server signature (ServerTokens Full). */
-    ap_add_version_component(pconf, "mod_certgate/" CG_VERSION);
+    /* No ap_add_version_component: a gate does not tell every client what it
+     * runs, nor pays for the longer Server header per response (the version
+     * is in certgate_build_info). */
 
     /* Counters for all children: anonymous shared memory made before the fork. */
     apr_shm_t *shm = NULL;
@@ -481,7 +490,7 @@ static void build_forward_values(conn_rec *m, cg_conn_t *cc)
  * thread touches cc), else a copy in buf made under the lock (HTTP/2 streams).
  */
 static int load_peer(request_rec *r, cg_conn_t *cc, cg_peer_t *buf, const cg_peer_t **peer,
-                     const char **cert_hdr, const char **chain_hdr, char *x5t)
+                     const char **cert_hdr, const char **chain_hdr, const char **x5t)
 {
     conn_rec *m = r->connection->master ? r->connection->master : r->connection;
     int shared = r->connection->master != NULL;
@@ -496,6 +505,7 @@ static int load_peer(request_rec *r, cg_conn_t *cc, cg_peer_t *buf, const cg_pee
     if (!cc->peer_ready || leaf != cc->seen_leaf) {
         cc->seen_leaf = leaf;
         cc->client_cert = cc->client_cert_chain = NULL;
+        cc->x_env = cc->x_hdr = NULL;   /* made from the old peer's values */
         cc->peer_error = cg_tls_peer(cc->ssl, &cc->peer, err, sizeof(err)) != 0;
         if (cc->peer_error)
             ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, "CG03001: reading the client certificate "
@@ -511,10 +521,12 @@ static int load_peer(request_rec *r, cg_conn_t *cc, cg_peer_t *buf, const cg_pee
         if (shared) {
             *buf = cc->peer;
             *peer = buf;
+            *x5t = apr_pstrdup(r->pool, cc->x5t);
         } else {
+            /* HTTP/1: changes only with the peer, within this connection's life. */
             *peer = &cc->peer;
+            *x5t = cc->x5t;
         }
-        memcpy(x5t, cc->x5t, sizeof(cc->x5t));
         if (cert_hdr != NULL) {
             build_forward_values(m, cc);
             *cert_hdr = cc->client_cert;
@@ -576,40 +588,85 @@ static const char *kept(apr_pool_t *p, const char **keep, const char *s)
     return *keep;
 }
 
-/* strip_incoming ran before: none of these is in the tables, so add, not set. */
+/* The allow's variables, added to t (strip_incoming ran before: none is there). */
+static void add_env(apr_table_t *t, const char *app, const char *id, const char *fp,
+                    const char *days, const char *x5t)
+{
+    apr_table_addn(t, "CERTGATE_APP_ID", app);
+    apr_table_addn(t, "CERTGATE_CERT_ID", id);
+    apr_table_addn(t, "CERTGATE_FINGERPRINT", fp);
+    apr_table_addn(t, "CERTGATE_EXPIRE_IN", days);
+    apr_table_addn(t, "CERTGATE_REASON", "allow");
+    apr_table_addn(t, "CERTGATE_ENFORCED", "1");
+    if (x5t[0] != '\0')
+        apr_table_addn(t, "CERTGATE_X5T_S256", x5t);
+}
+
+/* The forward headers, added to t (stripped before). */
+static void add_headers(apr_table_t *t, const char *app, const char *id, const char *fp,
+                        const char *days, const char *cert_hdr, const char *chain_hdr)
+{
+    apr_table_addn(t, "CertGate-App-Id", app);
+    apr_table_addn(t, "CertGate-Cert-Id", id);
+    apr_table_addn(t, "CertGate-Fingerprint", fp);
+    apr_table_addn(t, "CertGate-Expire-In", days);
+    if (cert_hdr != NULL)
+        apr_table_addn(t, "Client-Cert", cert_hdr);
+    if (chain_hdr != NULL)
+        apr_table_addn(t, "Client-Cert-Chain", chain_hdr);
+}
+
 static void export_allow(request_rec *r, const cg_dir_t *d, const cg_gate_verdict_t *v,
-                         cg_conn_t *cc, const char *cert_hdr, const char *chain_hdr)
+                         cg_conn_t *cc, const char *cert_hdr, const char *chain_hdr,
+                         const char *x5t)
 {
     const char *days, *app, *id, *fp;
     if (cc != NULL && r->connection->master == NULL) {
-        /* HTTP/1: one request at a time; the copies live with the connection. */
+        /* HTTP/1: one request at a time; the copies live with the connection,
+         * and need no comparing while the entry they came from is unchanged. */
         apr_pool_t *cp = r->connection->pool;
         days = kept(cp, &cc->x_days, v->expire_in);
-        app = kept(cp, &cc->x_app, v->regp->app_id);
-        id = kept(cp, &cc->x_id, v->regp->id);
-        fp = kept(cp, &cc->x_fp, v->fp_hex);
+        if (v->conn_gen != 0 && v->conn_gen == cc->x_gen) {
+            app = cc->x_app;
+            id = cc->x_id;
+            fp = cc->x_fp;
+        } else {
+            app = kept(cp, &cc->x_app, v->regp->app_id);
+            id = kept(cp, &cc->x_id, v->regp->id);
+            fp = kept(cp, &cc->x_fp, v->fp_hex);
+            cc->x_gen = v->conn_gen;
+        }
+        /* Tables made once per entry and day (x5t and the certificate headers
+         * change only with the leaf, hence with the entry). Not without an
+         * entry (cache off): the connection's pool would grow per request. */
+        if (v->conn_gen != 0) {
+            if (cc->x_env == NULL || cc->x_env_gen != v->conn_gen || cc->x_env_days != days) {
+                cc->x_env = apr_table_make(cp, 8);
+                add_env(cc->x_env, app, id, fp, days, x5t);
+                cc->x_env_gen = v->conn_gen;
+                cc->x_env_days = days;
+            }
+            apr_table_overlap(r->subprocess_env, cc->x_env, APR_OVERLAP_TABLES_ADD);
+            if (d->forward_headers != 1)
+                return;
+            if (cc->x_hdr == NULL || cc->x_hdr_gen != v->conn_gen || cc->x_hdr_days != days) {
+                cc->x_hdr = apr_table_make(cp, 6);
+                add_headers(cc->x_hdr, app, id, fp, days, cert_hdr, chain_hdr);
+                cc->x_hdr_gen = v->conn_gen;
+                cc->x_hdr_days = days;
+            }
+            apr_table_overlap(r->headers_in, cc->x_hdr, APR_OVERLAP_TABLES_ADD);
+            return;
+        }
     } else {
         days = apr_pstrdup(r->pool, v->expire_in);
         app = apr_pstrdup(r->pool, v->regp->app_id);
         id = apr_pstrdup(r->pool, v->regp->id);
         fp = apr_pstrdup(r->pool, v->fp_hex);
     }
-
-    apr_table_addn(r->subprocess_env, "CERTGATE_APP_ID", app);
-    apr_table_addn(r->subprocess_env, "CERTGATE_CERT_ID", id);
-    apr_table_addn(r->subprocess_env, "CERTGATE_FINGERPRINT", fp);
-    apr_table_addn(r->subprocess_env, "CERTGATE_EXPIRE_IN", days);
-    apr_table_addn(r->subprocess_env, "CERTGATE_REASON", "allow");
-    if (d->forward_headers == 1) {
-        apr_table_addn(r->headers_in, "CertGate-App-Id", app);
-        apr_table_addn(r->headers_in, "CertGate-Cert-Id", id);
-        apr_table_addn(r->headers_in, "CertGate-Fingerprint", fp);
-        apr_table_addn(r->headers_in, "CertGate-Expire-In", days);
-        if (cert_hdr != NULL)
-            apr_table_addn(r->headers_in, "Client-Cert", cert_hdr);
-        if (chain_hdr != NULL)
-            apr_table_addn(r->headers_in, "Client-Cert-Chain", chain_hdr);
-    }
+    add_env(r->subprocess_env, app, id, fp, days, x5t);
+    if (d->forward_headers == 1)
+        add_headers(r->headers_in, app, id, fp, days, cert_hdr, chain_hdr);
 }
 
 /* Whether name is one of ours for a backend: "Client_Cert" reaches CGI/WSGI
@@ -618,7 +675,8 @@ static int is_forward_header(const char *name)
 {
     size_t len = strlen(name);
     for (int i = 0; forward_headers[i] != NULL; i++)
-        if (cg_header_name_same(name, len, forward_headers[i], strlen(forward_headers[i])))
+        if (len == forward_header_lens[i] &&
+            cg_header_name_same(name, len, forward_headers[i], forward_header_lens[i]))
             return 1;
     return 0;
 }
@@ -645,8 +703,11 @@ static void unset_matching(apr_pool_t *p, apr_table_t *t, int (*match)(const cha
 
     /* Collect first: unsetting while walking the table would skip entries. */
     for (int i = 0; i < arr->nelts; i++) {
-        /* Every name of ours starts with C: most names end here. */
-        if (e[i].key == NULL || (e[i].key[0] | 0x20) != 'c' || !match(e[i].key))
+        /* Every name of ours starts with "Ce" or "Cl" (any case): most names
+         * end here, "Connection" and "Content-Type" included. */
+        const char *k = e[i].key;
+        if (k == NULL || (k[0] | 0x20) != 'c' || ((k[1] | 0x20) != 'e' && (k[1] | 0x20) != 'l') ||
+            !match(k))
             continue;
         if (one == NULL) {
             one = e[i].key;
@@ -754,13 +815,13 @@ __attribute__((noinline)) static int gate_fixups(request_rec *r, cg_dir_t *d)
     const char *cert_hdr = NULL, *chain_hdr = NULL;
     const char *app = NULL;
     int app_ambiguous = 0;
-    char x5t[CG_X5T_S256_LEN + 1] = "";
+    const char *x5t = "";
 
     if (cc == NULL) {
         ap_log_rerror(APLOG_MARK, APLOG_DEBUG, 0, r,
                       "CG03002: gated location reached without TLS from mod_ssl");
     } else if (load_peer(r, cc, &peer_buf, &peer,
-                         d->forward_headers == 1 ? &cert_hdr : NULL, &chain_hdr, x5t) != 0) {
+                         d->forward_headers == 1 ? &cert_hdr : NULL, &chain_hdr, &x5t) != 0) {
         /* Treat an unreadable certificate like a missing one: deny. */
         peer = &no_peer;
     }
@@ -800,12 +861,11 @@ __attribute__((noinline)) static int gate_fixups(request_rec *r, cg_dir_t *d)
     };
     cg_gate_verdict_t v;
     cg_gate_run(sc->gate, &in, &v);
-    apr_table_setn(r->notes, NOTE_DECISION, cg_reason_name(v.reason));
+    /* Added, not set: this request has no decision yet, and strip_incoming
+     * removed every CERTGATE_ variable (setn would search the table again). */
+    apr_table_addn(r->notes, NOTE_DECISION, cg_reason_name(v.reason));
     if (v.reason == CG_ALLOW) {
-        export_allow(r, d, &v, cc, cert_hdr, chain_hdr);
-        apr_table_setn(r->subprocess_env, "CERTGATE_ENFORCED", "1");
-        if (x5t[0] != '\0')
-            apr_table_setn(r->subprocess_env, "CERTGATE_X5T_S256", apr_pstrdup(r->pool, x5t));
+        export_allow(r, d, &v, cc, cert_hdr, chain_hdr, x5t);
         return DECLINED;
     }
     if (v.pass) {   /* shadow (CG01010) or fail-open (CG02002): the deny is not enforced */
@@ -817,6 +877,15 @@ __attribute__((noinline)) static int gate_fixups(request_rec *r, cg_dir_t *d)
     return respond_deny(r, v.reason);
 }
 
+/* One handler hook for both handlers: every hook costs every request its dispatch. */
+static int cg_handler(request_rec *r)
+{
+    const char *h = r->handler;
+    if (h == NULL || h[0] != 'c' || strncmp(h, "certgate-", 9) != 0)
+        return DECLINED;
+    return h[9] == 'a' ? cgh_admin_handler(r) : cgh_metrics_handler(r);
+}
+
 static void register_hooks(apr_pool_t *p)
 {
     static const char *const after_ssl[] = { "mod_ssl.c", NULL };
@@ -826,8 +895,7 @@ static void register_hooks(apr_pool_t *p)
     /* Fixups run for every request whatever Satisfy says, after authn/authz
      * modules that may name the app, and before any handler or proxy. */
     ap_hook_fixups(cg_fixups, NULL, NULL, APR_HOOK_REALLY_FIRST);
-    ap_hook_handler(cgh_admin_handler, NULL, NULL, APR_HOOK_MIDDLE);
-    ap_hook_handler(cgh_metrics_handler, NULL, NULL, APR_HOOK_MIDDLE);
+    ap_hook_handler(cg_handler, NULL, NULL, APR_HOOK_MIDDLE);
     APR_OPTIONAL_HOOK(ssl, pre_handshake, cg_pre_handshake, NULL, NULL, APR_HOOK_MIDDLE);
     APR_OPTIONAL_HOOK(ssl, init_server, cg_init_server, NULL, NULL, APR_HOOK_MIDDLE);
 }

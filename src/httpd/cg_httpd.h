@@ -81,6 +81,9 @@ typedef struct {
     apr_off_t max_body;
     int admin_timeout_ms;
     int shadow;                     /* CertGateMode Shadow: decide, refuse nothing */
+    /* Whether nothing above is set (cg_httpd_config.c dir_unset): 0 not known
+     * yet, 1 unset, 2 set. Worked out at the first merge, read at every one. */
+    int unset_known;
 } cg_dir_t;
 
 /* Some location says CertGate On (set while reading the config). */

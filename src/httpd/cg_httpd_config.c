@@ -105,7 +105,7 @@ void *cgh_create_dir(apr_pool_t *p, char *dir)
  * <Location> without certgate directives): most merges per request. Checks
  * every field of cg_dir_t but admin_base, app_name and cas (set with app_from,
  * n_cas): a new field must be added here. */
-static int dir_unset(const cg_dir_t *a)
+static int dir_unset_check(const cg_dir_t *a)
 {
     return a->enabled == UNSET && a->app_from == APP_FROM_UNSET && a->forward_headers == UNSET &&
            a->roles == NULL && a->customers == NULL && a->self_approve == UNSET &&
@@ -115,10 +115,29 @@ static int dir_unset(const cg_dir_t *a)
            a->admin_timeout_ms == UNSET && a->user_ignore_case == UNSET && a->shadow == UNSET;
 }
 
+/* Configurations do not change once read: the answer is kept in the
+ * configuration (threads racing to store it store the same value). */
+static int dir_unset(cg_dir_t *a)
+{
+    int k = __atomic_load_n(&a->unset_known, __ATOMIC_RELAXED);
+    if (k == 0) {
+        k = dir_unset_check(a) ? 1 : 2;
+        __atomic_store_n(&a->unset_known, k, __ATOMIC_RELAXED);
+    }
+    return k == 1;
+}
+
 void *cgh_merge_dir(apr_pool_t *p, void *basev, void *addv)
 {
     cg_dir_t *base = basev, *add = addv, *c;
-    if (dir_unset(add)) {
+    /* Configurations are read-only once parsed: where the merge would equal
+     * add, add itself is the answer (no copy per request and section). */
+    int add_unset = dir_unset(add), base_unset = dir_unset(base);
+    if (base_unset && (add->admin_base != NULL || base->admin_base == NULL) &&
+        (add->app_from != APP_FROM_UNSET || base->app_name == NULL) &&
+        (add->n_cas != UNSET || base->cas == NULL))
+        return add;
+    if (add_unset) {
         /* Same result as the field-by-field merge below, without it. */
         c = apr_palloc(p, sizeof(*c));
         *c = *base;
@@ -126,7 +145,7 @@ void *cgh_merge_dir(apr_pool_t *p, void *basev, void *addv)
             c->admin_base = add->admin_base;
         return c;
     }
-    if (dir_unset(base)) {
+    if (base_unset) {
         /* Every field add leaves unset would come from base, and is unset there too. */
         c = apr_palloc(p, sizeof(*c));
         *c = *add;
