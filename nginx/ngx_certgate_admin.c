@@ -1106,6 +1106,10 @@ static ngx_int_t cg_adm_output_filter(ngx_http_request_t *r, ngx_chain_t *in)
 
 static ngx_int_t cg_adm_postconf(ngx_conf_t *cf)
 {
+    /* Filters run for every request: only where an admin API is. */
+    cg_adm_main_t *mc = ngx_http_conf_get_module_main_conf(cf, ngx_http_certgate_admin_module);
+    if (mc == NULL || !mc->used)
+        return NGX_OK;
     cg_adm_next_body_filter = ngx_http_top_request_body_filter;
     ngx_http_top_request_body_filter = cg_adm_body_filter;
     cg_adm_next_header_filter = ngx_http_top_header_filter;

@@ -39,6 +39,8 @@ typedef struct {
     ngx_uint_t cache_max_age;     /* seconds */
     ngx_uint_t usage_interval;    /* seconds; 0: off */
     ngx_flag_t used;              /* some location says certgate on */
+    ngx_flag_t app_var_used;      /* some certgate_app_from variable: the precontent
+                                   * handler and the header filter are needed */
     ngx_shm_zone_t *metrics_zone; /* the workers' shared counters */
     ngx_str_t sentinels;          /* certgate_redis_sentinels, space separated */
     ngx_str_t master_name;
@@ -87,6 +89,8 @@ typedef struct {
     /* The registration this connection last used, while the cache version holds. */
     cg_conn_entry_t dc;
     char x5t[CG_X5T_S256_LEN + 1];  /* RFC 8705 thumbprint of the leaf, "" without one */
+    uint64_t x_gen;                 /* the verdict's conn_gen x_app, x_id, x_fp were made for */
+    char ip[NGX_SOCKADDR_STRLEN + 1];   /* the client's address, for the core's log lines */
 } cg_conn_t;
 
 /* ST_CERT_OK: the rewrite phase admitted the certificate for everything but
@@ -637,6 +641,8 @@ static char *cg_set_app_from(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
             return "wants a variable name";
         lc->app_from = APP_FROM_VARIABLE;
         lc->app_name = name;
+        cg_main_conf_t *mc = ngx_http_conf_get_module_main_conf(cf, ngx_http_certgate_module);
+        mc->app_var_used = 1;
         lc->app_var = ngx_http_get_variable_index(cf, &name);
         return lc->app_var == NGX_ERROR ? NGX_CONF_ERROR : NGX_CONF_OK;
     }
@@ -830,9 +836,13 @@ static cg_conn_t *cg_conn_state(ngx_connection_t *c)
     ngx_pool_cleanup_t *cln = ngx_pool_cleanup_add(c->pool, sizeof(cg_conn_t));
     if (cln == NULL)
         return NULL;
-    ngx_memzero(cln->data, sizeof(cg_conn_t));
+    cg_conn_t *cc = cln->data;
+    ngx_memzero(cc, sizeof(*cc));
+    size_t n = ngx_min(c->addr_text.len, sizeof(cc->ip) - 1);
+    ngx_memcpy(cc->ip, c->addr_text.data, n);
+    cc->ip[n] = '\0';
     cln->handler = cg_conn_cleanup;
-    return cln->data;
+    return cc;
 }
 
 static void cg_req_cleanup(void *data)
@@ -1007,8 +1017,10 @@ static ngx_int_t cg_header_is(const ngx_table_elt_t *h, const ngx_str_t *name)
 static ngx_int_t cg_is_forward_header(const ngx_table_elt_t *h)
 {
     const ngx_uint_t nf = sizeof(cg_forward_headers) / sizeof(cg_forward_headers[0]);
-    /* Every name of ours starts with C: most headers end here. */
-    if (h->key.len == 0 || (h->key.data[0] | 0x20) != 'c')
+    /* Every name of ours starts with "Ce" or "Cl" (any case): most headers end
+     * here, "Connection" and "Content-Type" included. */
+    if (h->key.len < 2 || (h->key.data[0] | 0x20) != 'c' ||
+        ((h->key.data[1] | 0x20) != 'e' && (h->key.data[1] | 0x20) != 'l'))
         return 0;
     for (ngx_uint_t k = 0; k < nf; k++)
         if (h->key.len == cg_forward_headers[k].len &&     /* "Connection": no call */
@@ -1259,14 +1271,24 @@ static ngx_int_t cg_kept(ngx_pool_t *p, ngx_str_t *keep, const char *s, size_t l
 static ngx_int_t cg_export_allow(ngx_http_request_t *r, cg_loc_conf_t *lc, cg_req_t *req,
                                  const cg_gate_verdict_t *v, ngx_connection_t *c, cg_conn_t *cc)
 {
-    /* One thread per worker: the connection's copies serve its every request. */
+    /* One thread per worker: the connection's copies serve its every request,
+     * without comparing while the entry they came from is unchanged. */
     if (cc != NULL) {
-        if (cg_kept(c->pool, &cc->x_app, v->regp->app_id, ngx_strlen(v->regp->app_id),
-                    &req->app_id) != NGX_OK ||
-            cg_kept(c->pool, &cc->x_id, v->regp->id, ngx_strlen(v->regp->id),
-                    &req->cert_id) != NGX_OK ||
-            cg_kept(c->pool, &cc->x_fp, v->fp_hex, CG_FP_HEX_LEN, &req->fingerprint) != NGX_OK ||
-            cg_kept(c->pool, &cc->x_days, v->expire_in, ngx_strlen(v->expire_in),
+        if (v->conn_gen != 0 && v->conn_gen == cc->x_gen) {
+            req->app_id = cc->x_app;
+            req->cert_id = cc->x_id;
+            req->fingerprint = cc->x_fp;
+        } else if (cg_kept(c->pool, &cc->x_app, v->regp->app_id, ngx_strlen(v->regp->app_id),
+                           &req->app_id) != NGX_OK ||
+                   cg_kept(c->pool, &cc->x_id, v->regp->id, ngx_strlen(v->regp->id),
+                           &req->cert_id) != NGX_OK ||
+                   cg_kept(c->pool, &cc->x_fp, v->fp_hex, CG_FP_HEX_LEN,
+                           &req->fingerprint) != NGX_OK) {
+            return NGX_ERROR;
+        } else {
+            cc->x_gen = v->conn_gen;
+        }
+        if (cg_kept(c->pool, &cc->x_days, v->expire_in, ngx_strlen(v->expire_in),
                     &req->expire_in) != NGX_OK)
             return NGX_ERROR;
     } else if (cg_pdup(r->pool, v->regp->app_id, ngx_strlen(v->regp->app_id), &req->app_id) != NGX_OK ||
@@ -1274,9 +1296,11 @@ static ngx_int_t cg_export_allow(ngx_http_request_t *r, cg_loc_conf_t *lc, cg_re
         cg_pdup(r->pool, v->fp_hex, CG_FP_HEX_LEN, &req->fingerprint) != NGX_OK ||
         cg_pdup(r->pool, v->expire_in, ngx_strlen(v->expire_in), &req->expire_in) != NGX_OK)
         return NGX_ERROR;
-    if (cc != NULL && cc->x5t[0] != '\0' &&
-        cg_pdup(r->pool, cc->x5t, CG_X5T_S256_LEN, &req->x5t_s256) != NGX_OK)
-        return NGX_ERROR;
+    if (cc != NULL && cc->x5t[0] != '\0') {
+        /* Changes only with the leaf, within the connection's life. */
+        req->x5t_s256.data = (u_char *) cc->x5t;
+        req->x5t_s256.len = CG_X5T_S256_LEN;
+    }
     if (lc->forward_headers != 1)
         return NGX_OK;
     if (cg_add_header(r, &cg_forward_headers[0], req->app_id) != NGX_OK ||
@@ -1422,10 +1446,15 @@ static ngx_int_t cg_gate(ngx_http_request_t *r, int in_rewrite)
         }
         return cg_respond_deny(r, CG_R_STORE_UNAVAILABLE);
     }
-    char ip[NGX_SOCKADDR_STRLEN + 1];
-    size_t iplen = ngx_min(r->connection->addr_text.len, sizeof(ip) - 1);
-    ngx_memcpy(ip, r->connection->addr_text.data, iplen);
-    ip[iplen] = '\0';
+    char ip_buf[NGX_SOCKADDR_STRLEN + 1];
+    const char *ip = ip_buf;
+    if (cc != NULL) {
+        ip = cc->ip;        /* made once per connection */
+    } else {
+        size_t iplen = ngx_min(r->connection->addr_text.len, sizeof(ip_buf) - 1);
+        ngx_memcpy(ip_buf, r->connection->addr_text.data, iplen);
+        ip_buf[iplen] = '\0';
+    }
     cg_gate_in_t in = {
         .peer = peer,
         .app = app,
@@ -1661,12 +1690,15 @@ static ngx_int_t cg_init(ngx_conf_t *cf)
     if (h == NULL)
         return NGX_ERROR;
     *h = cg_rewrite_handler;
-    h = ngx_array_push(&cmcf->phases[NGX_HTTP_PRECONTENT_PHASE].handlers);
-    if (h == NULL)
-        return NGX_ERROR;
-    *h = cg_app_handler;
-    cg_next_header_filter = ngx_http_top_header_filter;
-    ngx_http_top_header_filter = cg_header_filter;
+    /* Each runs for every request: only where an app comes from a variable. */
+    if (mc->app_var_used) {
+        h = ngx_array_push(&cmcf->phases[NGX_HTTP_PRECONTENT_PHASE].handlers);
+        if (h == NULL)
+            return NGX_ERROR;
+        *h = cg_app_handler;
+        cg_next_header_filter = ngx_http_top_header_filter;
+        ngx_http_top_header_filter = cg_header_filter;
+    }
 
     /* Resumed TLS 1.3 sessions carry the chain in the ticket (see cg_tls.h). */
     ngx_http_core_srv_conf_t **cscf = cmcf->servers.elts;
