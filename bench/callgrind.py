@@ -22,6 +22,9 @@ an hour, so the steady state (a cached registration) is what is counted.
   /usr/bin/python3 bench/callgrind.py [--servers httpd,nginx] [--modes keepalive,handshake]
       [--configs a0,a,b] [--n-keepalive 500] [--n-handshake 20] [--centres]
 
+CERTGATE_BENCH_KEEP=1 keeps the work directory and the callgrind files;
+CERTGATE_BENCH_VALGRIND adds valgrind options (e.g. --dump-instr=yes).
+
 --centres adds, for b, the inclusive instructions per request of the gate's
 cost centres (callgrind_annotate), the before/after table of docs/performance.md.
 """
@@ -203,7 +206,8 @@ class Bench:
         conf = self.conf(server, cfg, port, tag)
         out = os.path.join(self.outdir, tag + ".out")
         vg = ["valgrind", "--tool=callgrind", "--callgrind-out-file=" + out] + \
-            ["--toggle-collect=" + f for f in TOGGLE[server]]
+            ["--toggle-collect=" + f for f in TOGGLE[server]] + \
+            os.environ.get("CERTGATE_BENCH_VALGRIND", "").split()
         cmd = [harness.APACHE, "-X", "-f", conf] if server == "httpd" else \
             [harness.NGINX, "-c", conf, "-p", self.work]
         proc = subprocess.Popen(vg + cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
