@@ -142,55 +142,53 @@ void cg_ngx_redis_distrust(const cg_ngx_redis_conf_t *conf, const char *why)
         cg_sentinel_distrust(conf->sentinel, current_gen, why);
 }
 
-redisAsyncContext *cg_ngx_redis_get(const cg_ngx_redis_conf_t *conf, ngx_log_t *log)
+/* A new context on nginx events with AUTH and SELECT queued: on host:port
+ * when host is given (a sentinel's answer), else on the configured address.
+ * NULL with err set when it cannot even be made. */
+static redisAsyncContext *open_ctx(const cg_ngx_redis_conf_t *conf, const char *shost, int sport,
+                                   ngx_log_t *log, redisConnectCallback *on_conn,
+                                   redisDisconnectCallback *on_disc, char *err, size_t errlen)
 {
     char path[256], host[256];
     redisAsyncContext *ac;
-    int port = (int) conf->port;
-    uint64_t gen = 0;
 
-    /* The sentinels named another master: leave the old one. */
-    if (current != NULL && conf->sentinel != NULL &&
-        cg_sentinel_gen(conf->sentinel) != current_gen)
-        cg_ngx_redis_drop(current);
-    if (current != NULL)
-        return current;
-    if (conf->sentinel != NULL) {
-        /* Never block: the watcher thread asks the sentinels. */
-        if (cg_sentinel_cached(conf->sentinel, host, sizeof(host), &port, &gen) != 0)
-            return NULL;
-        ac = redisAsyncConnect(host, port);
+    if (shost != NULL) {
+        ac = redisAsyncConnect(shost, sport);
     } else if (conf->socket.len > 0) {
-        if (conf->socket.len >= sizeof(path))
+        if (conf->socket.len >= sizeof(path)) {
+            snprintf(err, errlen, "socket path too long");
             return NULL;
+        }
         ngx_memcpy(path, conf->socket.data, conf->socket.len);
         path[conf->socket.len] = '\0';
         ac = redisAsyncConnectUnix(path);
     } else {
-        if (conf->host.len == 0 || conf->host.len >= sizeof(host))
+        if (conf->host.len == 0 || conf->host.len >= sizeof(host)) {
+            snprintf(err, errlen, "no address");
             return NULL;
+        }
         ngx_memcpy(host, conf->host.data, conf->host.len);
         host[conf->host.len] = '\0';
         ac = redisAsyncConnect(host, (int) conf->port);
     }
     if (ac == NULL) {
-        ngx_log_error(NGX_LOG_ERR, log, 0, "CG09001: Redis connect failed: out of memory");
+        snprintf(err, errlen, "out of memory");
         return NULL;
     }
     if (ac->err) {
-        ngx_log_error(NGX_LOG_ERR, log, 0, "CG09001: Redis connect failed: %s", ac->errstr);
+        snprintf(err, errlen, "%s", ac->errstr);
         redisAsyncFree(ac);
         return NULL;
     }
     if (attach(ac, log) != NGX_OK) {
-        ngx_log_error(NGX_LOG_ERR, log, 0, "CG09001: Redis connect failed: no free connection");
+        snprintf(err, errlen, "no free connection");
         redisAsyncFree(ac);
         return NULL;
     }
-    redisAsyncSetConnectCallback(ac, on_connect);
-    redisAsyncSetDisconnectCallback(ac, on_disconnect);
+    redisAsyncSetConnectCallback(ac, on_conn);
+    redisAsyncSetDisconnectCallback(ac, on_disc);
 
-    /* Queued before any lookup on the same connection, so they run first. */
+    /* Queued before any other command on the same connection, so they run first. */
     int rc = REDIS_OK;
     if (conf->password.len > 0) {
         const char *argv[3] = { "AUTH", (const char *) conf->user.data,
@@ -210,9 +208,52 @@ redisAsyncContext *cg_ngx_redis_get(const cg_ngx_redis_conf_t *conf, ngx_log_t *
         size_t lens[2] = { 6, (size_t) n };
         rc = redisAsyncCommandArgv(ac, on_setup_reply, "SELECT", 2, argv, lens);
     }
-    if (rc == REDIS_OK && conf->sentinel != NULL)
-        rc = redisAsyncCommand(ac, on_role_reply, conf->sentinel, "ROLE");
     if (rc != REDIS_OK) {
+        snprintf(err, errlen, "cannot queue AUTH or SELECT");
+        redisAsyncFree(ac);
+        return NULL;
+    }
+    return ac;
+}
+
+redisAsyncContext *cg_ngx_redis_open(const cg_ngx_redis_conf_t *conf, ngx_log_t *log,
+                                     redisConnectCallback *on_conn,
+                                     redisDisconnectCallback *on_disc, char *err, size_t errlen)
+{
+    return open_ctx(conf, NULL, 0, log, on_conn, on_disc, err, errlen);
+}
+
+redisAsyncContext *cg_ngx_redis_get(const cg_ngx_redis_conf_t *conf, ngx_log_t *log)
+{
+    char host[256], err[160];
+    redisAsyncContext *ac;
+    int port = (int) conf->port;
+    uint64_t gen = 0;
+
+    /* The sentinels named another master: leave the old one. */
+    if (current != NULL && conf->sentinel != NULL &&
+        cg_sentinel_gen(conf->sentinel) != current_gen)
+        cg_ngx_redis_drop(current);
+    if (current != NULL)
+        return current;
+    if (conf->sentinel != NULL) {
+        /* Never block: the watcher thread asks the sentinels. */
+        if (cg_sentinel_cached(conf->sentinel, host, sizeof(host), &port, &gen) != 0)
+            return NULL;
+    } else if (conf->socket.len == 0 && (conf->host.len == 0 || conf->host.len >= sizeof(host))) {
+        return NULL;
+    }
+    err[0] = '\0';
+    ac = open_ctx(conf, conf->sentinel != NULL ? host : NULL, port, log, on_connect,
+                  on_disconnect, err, sizeof(err));
+    if (ac == NULL) {
+        if (err[0] != '\0' && ngx_strcmp(err, "socket path too long") != 0 &&
+            ngx_strcmp(err, "cannot queue AUTH or SELECT") != 0)
+            ngx_log_error(NGX_LOG_ERR, log, 0, "CG09001: Redis connect failed: %s", err);
+        return NULL;
+    }
+    if (conf->sentinel != NULL && redisAsyncCommand(ac, on_role_reply, conf->sentinel,
+                                                    "ROLE") != REDIS_OK) {
         redisAsyncFree(ac);
         return NULL;
     }

@@ -28,6 +28,14 @@ typedef struct {
  * none. NULL when a context cannot even be created; the reason is logged. */
 redisAsyncContext *cg_ngx_redis_get(const cg_ngx_redis_conf_t *conf, ngx_log_t *log);
 
+/* A context of its own (the usage flush's, the subscriber's), AUTH and SELECT
+ * queued, on the configured address (never a sentinel's). The callbacks are
+ * hiredis's connect and disconnect ones. NULL with err set when it cannot
+ * even be made. Free it with cg_ngx_redis_drop. */
+redisAsyncContext *cg_ngx_redis_open(const cg_ngx_redis_conf_t *conf, ngx_log_t *log,
+                                     redisConnectCallback *on_conn,
+                                     redisDisconnectCallback *on_disc, char *err, size_t errlen);
+
 /* Throw ac away now: pending callbacks run with a NULL reply. Safe inside a
  * callback of ac (hiredis frees it when the callback returns). */
 void cg_ngx_redis_drop(redisAsyncContext *ac);

@@ -21,6 +21,7 @@
 #include "ngx_certgate_redis.h"
 #include "ngx_certgate_metrics.h"
 #include "ngx_certgate_admin.h"
+#include "ngx_certgate_bg.h"
 #include "cg_sentinel.h"
 
 #define CG_ANY_CONF (NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF)
@@ -772,6 +773,9 @@ static ngx_int_t cg_init_process(ngx_cycle_t *cycle)
     cg_gate_set_log_check(cg_log_check);
     cg_gate_cfg(cg_mcf, &gcfg);
     gcfg.stale_keep_s = (int) cg_mcf->stale_keep_max;
+    /* Without sentinels the worker runs no thread of ours (glibc's single-threaded
+     * paths): usage and subscriber run on its event loop (ngx_certgate_bg.c). */
+    gcfg.loop_bg = gcfg.store.sentinels == NULL;
     /* The counters every worker shares (certgate_metrics reads them). */
     cg_gate_p = cg_gate_new(&gcfg, cg_ngx_metrics_shared(cg_mcf->metrics_zone), cycle->log);
     if (cg_gate_p == NULL) {
@@ -780,6 +784,8 @@ static ngx_int_t cg_init_process(ngx_cycle_t *cycle)
         return NGX_OK;
     }
     cg_gate_start(cg_gate_p);
+    if (gcfg.loop_bg)
+        cg_ngx_bg_start(cycle, cg_gate_p, &cg_mcf->redis, gcfg.usage_interval_s);
     /* Sentinels: a thread of the core asks them; the worker only reads its answer. */
     cg_mcf->redis.sentinel = cg_store_sentinel(cg_gate_store(cg_gate_p));
     if (cg_mcf->redis.sentinel != NULL && cg_sentinel_watch(cg_mcf->redis.sentinel) != 0) {
@@ -806,6 +812,7 @@ static void cg_exit_process(ngx_cycle_t *cycle)
     /* Close the worker's Redis connection: nginx counts it as an open socket
      * and logs an [alert] for it at every reload or quit otherwise. */
     cg_ngx_redis_drop_current();
+    cg_ngx_bg_stop();   /* the last usage batch is written by cg_gate_free */
     cg_gate_free(cg_gate_p);
     cg_gate_p = NULL;
 }

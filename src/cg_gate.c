@@ -16,6 +16,7 @@
 struct cg_gate {
     cg_store_cfg_t cfg;         /* own copies of the strings */
     int usage_interval_s;
+    int loop_bg;                /* cfg.loop_bg */
     cg_store_t *store;
     cg_cache_t *cache;
     cg_sub_t *sub;
@@ -194,6 +195,7 @@ cg_gate_t *cg_gate_new(const cg_gate_cfg_t *cfg, cg_metrics_t *metrics, void *lo
         dup_str(cfg->store.sentinel_password, &g->cfg.sentinel_password))
         goto oom;
     g->usage_interval_s = cfg->usage_interval_s;
+    g->loop_bg = cfg->loop_bg;
     g->log_ctx = log_ctx;
     g->metrics = metrics;
     if (metrics == NULL) {
@@ -255,8 +257,12 @@ void cg_gate_start(cg_gate_t *g)
 {
     char err[256];
     if (g->store != NULL && g->usage_interval_s > 0 && g->usage == NULL) {
-        g->usage = cg_usage_start(g->store, CG_GATE_USAGE_CAP, g->usage_interval_s * 1000,
-                                  CG_GATE_USAGE_TIMEOUT_MS, usage_flushed, g);
+        /* loop_bg: the table only; the adapter's loop takes the batches. */
+        g->usage = g->loop_bg ? cg_usage_new(g->store, CG_GATE_USAGE_CAP,
+                                             CG_GATE_USAGE_TIMEOUT_MS, usage_flushed, g)
+                              : cg_usage_start(g->store, CG_GATE_USAGE_CAP,
+                                               g->usage_interval_s * 1000,
+                                               CG_GATE_USAGE_TIMEOUT_MS, usage_flushed, g);
         if (g->usage == NULL)
             glog(g->log_ctx, CG_LOG_ERR, "CG04009: the usage recording thread could not "
                  "start; usage is not recorded");
@@ -265,7 +271,7 @@ void cg_gate_start(cg_gate_t *g)
     if (sent != NULL && cg_sentinel_watch(sent) != 0)
         glog(g->log_ctx, CG_LOG_ERR, "CG11006: cannot start the sentinel thread; the master "
              "address is only checked after errors");
-    if (g->cache != NULL && g->sub == NULL) {
+    if (g->cache != NULL && g->sub == NULL && !g->loop_bg) {
         g->sub = cg_sub_start(&g->cfg, cg_store_sentinel(g->store), g->cache, sub_log, sub_inval,
                               g, err, sizeof(err));
         if (g->sub == NULL)
@@ -753,4 +759,29 @@ void cg_gate_x5t_s256(const cg_fp_t *leaf, char out[CG_X5T_S256_LEN + 1])
     out[o++] = a[(w >> 12) & 63];
     out[o++] = a[(w >> 6) & 63];
     out[o] = '\0';
+}
+
+/* ------------------------------------------------- the adapter's event loop */
+
+struct cg_usage *cg_gate_usage(cg_gate_t *g)
+{
+    return g ? g->usage : NULL;
+}
+
+int cg_gate_sub_channel(const cg_gate_t *g, char *out, size_t cap)
+{
+    return cg_sub_channel(g->cfg.prefix, out, cap);
+}
+
+void cg_gate_sub_event(cg_gate_t *g, int event, const char *detail)
+{
+    if (event == CG_SUB_SUBSCRIBED && g->cache != NULL)
+        cg_sub_resubscribed(g->cache);
+    cg_sub_report(sub_log, g, event, detail);
+}
+
+void cg_gate_sub_message(cg_gate_t *g, const struct redisReply *r)
+{
+    if (g->cache != NULL)
+        cg_sub_handle(g->cache, r, sub_inval, g);
 }

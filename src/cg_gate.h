@@ -52,6 +52,8 @@ typedef struct {
     int usage_interval_s;       /* 0: usage is not recorded */
     int stale_keep_s;           /* stale mode: keep expired cache entries this long (the
                                  * largest N of the requests' stale_s); 0: off */
+    int loop_bg;                /* 1: no usage or subscriber thread: the adapter's event loop
+                                 * flushes usage and subscribes (cg_gate_usage, cg_gate_sub_*) */
 } cg_gate_cfg_t;
 
 #define CG_GATE_STALE_MAX_S 86400
@@ -178,6 +180,22 @@ void cg_gate_decide(cg_gate_t *g, const cg_gate_in_t *in, cg_store_rc_t rc,
                     const cg_reg_t *reg, const char *err, cg_gate_verdict_t *v);
 /* The whole sequence with the blocking store. */
 void cg_gate_run(cg_gate_t *g, const cg_gate_in_t *in, cg_gate_verdict_t *v);
+
+/*
+ * With cfg.loop_bg the adapter does the threads' work on its event loop, and
+ * the core keeps the protocol, the counting and the log lines.
+ */
+struct cg_usage;
+/* The hit table (no thread), to flush with cg_usage_batch_*; NULL: usage is
+ * not recorded. cg_gate_free writes its last batch, blocking. */
+struct cg_usage *cg_gate_usage(cg_gate_t *g);
+/* The invalidation channel ("<prefix>invalidate"); 0, or -1 if cap is short. */
+int cg_gate_sub_channel(const cg_gate_t *g, char *out, size_t cap);
+/* A subscriber state change (CG_SUB_* of cg_sub.h), logged as the thread's
+ * (CG07001..CG07003); CG_SUB_SUBSCRIBED also flushes the cache. */
+void cg_gate_sub_event(cg_gate_t *g, int event, const char *detail);
+/* A reply heard on the subscription (invalidate or flush, counted). */
+void cg_gate_sub_message(cg_gate_t *g, const struct redisReply *r);
 
 /* RFC 8705 thumbprint x5t#S256 of a leaf: base64url of its SHA-256, no padding.
  * Adapters compute it once per connection from the peer's fingerprint. */

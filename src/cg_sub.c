@@ -36,16 +36,6 @@ static char *dup_or_null(const char *s)
     return s ? strdup(s) : NULL;
 }
 
-static void say(cg_sub_t *s, int event, const char *fmt, const char *detail)
-{
-    char msg[512];
-    /* Truncation of a long Redis error text is fine here. */
-    if (snprintf(msg, sizeof(msg), fmt, detail ? detail : "") < 0)
-        return;
-    if (s->log)
-        s->log(s->arg, event, msg);
-}
-
 /* Sleep up to ms unless asked to stop. Returns 1 if stopping. */
 static int nap(cg_sub_t *s, int ms)
 {
@@ -191,35 +181,6 @@ static redisReply *next_reply(cg_sub_t *s, redisContext *c, int64_t *last_pong, 
     }
 }
 
-static void handle(cg_sub_t *s, redisReply *r)
-{
-    if (r->type != REDIS_REPLY_ARRAY || r->elements != 3 ||
-        r->element[0]->type != REDIS_REPLY_STRING || strcmp(r->element[0]->str, "message") != 0)
-        return;
-    redisReply *payload = r->element[2];
-    cg_fp_t fp;
-    int64_t lag_us = -1, sent_ms;
-    if (payload->type == REDIS_REPLY_STRING && payload->len >= CG_FP_HEX_LEN &&
-        cg_fp_from_hex(payload->str, CG_FP_HEX_LEN, &fp) == 0 &&
-        (payload->len == CG_FP_HEX_LEN ||
-         (payload->str[CG_FP_HEX_LEN] == ' ' &&
-          cg_parse_i64(payload->str + CG_FP_HEX_LEN + 1, payload->len - CG_FP_HEX_LEN - 1,
-                       &sent_ms) == 0))) {
-        cg_cache_invalidate(s->cache, &fp);
-        if (payload->len > CG_FP_HEX_LEN) {
-            struct timespec ts;
-            clock_gettime(CLOCK_REALTIME, &ts);
-            lag_us = ((int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000 - sent_ms) * 1000;
-            if (lag_us < 0)
-                lag_us = 0;   /* clocks of one host; sub-ms rounding */
-        }
-    } else {
-        cg_cache_flush(s->cache);   /* a message we cannot place: drop everything */
-    }
-    if (s->on_inval)
-        s->on_inval(s->arg, lag_us);
-}
-
 static void *run(void *arg)
 {
     cg_sub_t *s = arg;
@@ -235,8 +196,7 @@ static void *run(void *arg)
         redisContext *c = connect_sub(s, err, sizeof(err));
         if (c == NULL) {
             if (!failed_logged)
-                say(s, CG_SUB_CONNECT_FAILED, "invalidation subscriber cannot subscribe: %s; "
-                    "cached entries expire by the cache max age", err);
+                cg_sub_report(s->log, s->arg, CG_SUB_CONNECT_FAILED, err);
             failed_logged = 1;
             if (nap(s, backoff))
                 break;
@@ -252,10 +212,9 @@ static void *run(void *arg)
         pthread_mutex_unlock(&s->lock);
         if (stop)
             break;
-        /* Messages sent while we were away are lost: start clean. */
-        cg_cache_flush(s->cache);
+        cg_sub_resubscribed(s->cache);
         atomic_store(&s->healthy, 1);
-        say(s, CG_SUB_SUBSCRIBED, "invalidation subscriber subscribed%s", "");
+        cg_sub_report(s->log, s->arg, CG_SUB_SUBSCRIBED, NULL);
         backoff = 100;
         failed_logged = 0;
         int64_t last_pong = mono_ms();
@@ -265,7 +224,7 @@ static void *run(void *arg)
             redisReply *reply = next_reply(s, c, &last_pong, &ping_out, err, sizeof(err));
             if (reply == NULL)
                 break;
-            handle(s, reply);
+            cg_sub_handle(s->cache, reply, s->on_inval, s->arg);
             freeReplyObject(reply);
         }
         atomic_store(&s->healthy, 0);
@@ -278,8 +237,7 @@ static void *run(void *arg)
         redisFree(c);
         if (stop)
             break;
-        say(s, CG_SUB_DISCONNECTED, "invalidation subscriber disconnected (%s); cached entries "
-            "expire by the cache max age until it is back", err);
+        cg_sub_report(s->log, s->arg, CG_SUB_DISCONNECTED, err);
     }
     pthread_mutex_lock(&s->lock);
     if (s->ctx != NULL) {
@@ -298,7 +256,7 @@ cg_sub_t *cg_sub_start(const cg_store_cfg_t *cfg, cg_sentinel_t *sentinel, cg_ca
     char chan[CG_PREFIX_MAX + 16];
     if (s == NULL)
         goto nomem;
-    snprintf(chan, sizeof(chan), "%sinvalidate", cfg->prefix);
+    (void)cg_sub_channel(cfg->prefix, chan, sizeof(chan));   /* prefix <= CG_PREFIX_MAX */
     s->host = dup_or_null(cfg->host);
     s->socket = dup_or_null(cfg->socket);
     s->user = dup_or_null(cfg->user);

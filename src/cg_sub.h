@@ -42,4 +42,23 @@ cg_sub_t *cg_sub_start(const cg_store_cfg_t *cfg, struct cg_sentinel *sentinel, 
 void cg_sub_stop(cg_sub_t *s);
 int cg_sub_healthy(const cg_sub_t *s);
 
+/*
+ * The subscriber's protocol without its I/O (cg_sub_msg.c): the thread uses
+ * it, and so does a server that subscribes on its own event loop.
+ */
+struct redisReply;
+/* The channel, "<prefix>invalidate". 0, or -1 when it does not fit in cap. */
+int cg_sub_channel(const char *prefix, char *out, size_t cap);
+/* Whether r confirms a SUBSCRIBE. */
+int cg_sub_is_subscribed(const struct redisReply *r);
+/* A reply heard while subscribed: a "message" invalidates its fingerprint (or
+ * flushes the cache when it names none) and is counted by on_inval; other
+ * replies are ignored. */
+void cg_sub_handle(cg_cache_t *cache, const struct redisReply *r, cg_sub_inval_fn on_inval,
+                   void *arg);
+/* Subscribed (again): messages sent while away are lost, so start clean. */
+void cg_sub_resubscribed(cg_cache_t *cache);
+/* The line for a state change (event: CG_SUB_*; detail: why, or NULL), to log. */
+void cg_sub_report(cg_sub_log_fn log, void *arg, int event, const char *detail);
+
 #endif

@@ -1,7 +1,8 @@
 /*
  * Usage per registration (request count, last seen, last client IP), counted in
- * the process and written to Redis in one pipeline every few seconds by a
- * thread: never a Redis write per request.
+ * the process and written to Redis in one pipeline every few seconds, by a
+ * thread (cg_usage_start) or by the server's event loop (cg_usage_new and the
+ * cg_usage_batch_* functions): never a Redis write per request.
  */
 #ifndef CG_USAGE_H
 #define CG_USAGE_H
@@ -20,7 +21,31 @@ cg_usage_t *cg_usage_start(cg_store_t *st, size_t cap, int interval_ms, int time
                            cg_usage_flush_fn on_flush, void *arg);
 /* Record one allowed request. Thread-safe, no I/O. */
 void cg_usage_hit(cg_usage_t *u, const char *reg_id, int64_t now_s, const char *client_ip);
-/* Final flush, stop and join; frees u. */
+/* Final flush (blocking, timeout_ms), stop and join; frees u. */
 void cg_usage_stop(cg_usage_t *u);
+
+/* The hit table alone, no thread: the caller flushes with cg_usage_batch_*
+ * (cg_usage_stop still writes the last batch, blocking). */
+cg_usage_t *cg_usage_new(cg_store_t *st, size_t cap, int timeout_ms,
+                         cg_usage_flush_fn on_flush, void *arg);
+
+/*
+ * A flush in steps, for a caller that does its own I/O: take the records
+ * counted so far with their commands (one EVAL each), send them, feed each
+ * reply, end. One batch at a time.
+ */
+struct redisReply;
+typedef struct cg_usage_batch cg_usage_batch_t;
+/* NULL: nothing to report, or the last batch is not ended (the hits wait). */
+cg_usage_batch_t *cg_usage_batch_take(cg_usage_t *u);
+size_t cg_usage_batch_len(const cg_usage_batch_t *b);
+/* Command i (< len): argc, argv and lens valid until the batch ends. */
+void cg_usage_batch_cmd(const cg_usage_batch_t *b, size_t i, int *argc,
+                        const char *const **argv, const size_t **lens);
+/* A reply to one command; NULL (none came) and error replies drop the record. */
+void cg_usage_batch_reply(cg_usage_batch_t *b, const struct redisReply *r);
+/* Report through on_flush (records never answered count as dropped; err: why,
+ * or NULL) and release the batch. */
+void cg_usage_batch_end(cg_usage_batch_t *b, const char *err);
 
 #endif

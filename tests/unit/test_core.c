@@ -20,6 +20,8 @@
 #include "cg_admin.h"
 #include "cg_cache.h"
 #include "cg_metrics.h"
+#include "cg_sub.h"
+#include "cg_usage.h"
 #include "cg_store.h"
 #include "cg_tls.h"
 #include "cg_sentinel.h"
@@ -1659,6 +1661,166 @@ static void test_sentinel_event_outside_lock(void **state)
     cg_sentinel_free(p.s);
 }
 
+/* ------------------------------------------ usage and subscriber without I/O */
+
+typedef struct {
+    int calls;
+    size_t written, dropped;
+    char err[64];
+} flush_seen_t;
+
+static void record_flush(void *arg, size_t written, size_t dropped, const char *err)
+{
+    flush_seen_t *f = arg;
+    f->calls++;
+    f->written = written;
+    f->dropped = dropped;
+    snprintf(f->err, sizeof(f->err), "%s", err ? err : "");
+}
+
+/* The steps nginx drives: take, commands, replies, end; and the counting. */
+static void test_usage_batch_steps(void **state)
+{
+    (void)state;
+    char err[128];
+    cg_store_cfg_t c = { .host = "127.0.0.1", .port = 1, .prefix = "certgate:",
+                         .timeout_ms = 100, .max_idle = 1 };
+    cg_store_t *st = cg_store_new(&c, err, sizeof(err));
+    assert_non_null(st);
+    flush_seen_t seen = { 0 };
+    cg_usage_t *u = cg_usage_new(st, 2, 100, record_flush, &seen);
+    assert_non_null(u);
+    assert_null(cg_usage_batch_take(u));            /* nothing counted */
+    cg_usage_hit(u, "r1", 1000, "10.0.0.1");
+    cg_usage_hit(u, "r2", 1001, "10.0.0.2");
+    cg_usage_hit(u, "r1", 1002, "10.0.0.3");
+    cg_usage_hit(u, "r3", 1003, "10.0.0.4");        /* table full: dropped */
+    cg_usage_batch_t *b = cg_usage_batch_take(u);
+    assert_non_null(b);
+    assert_null(cg_usage_batch_take(u));            /* one batch at a time */
+    assert_int_equal(cg_usage_batch_len(b), 2);
+    int argc;
+    const char *const *argv;
+    const size_t *lens;
+    cg_usage_batch_cmd(b, 0, &argc, &argv, &lens);
+    assert_int_equal(argc, 7);
+    assert_string_equal(argv[0], "EVAL");
+    assert_string_equal(argv[3], "certgate:usage:r1");
+    assert_string_equal(argv[4], "2");
+    assert_string_equal(argv[5], "1002");
+    assert_string_equal(argv[6], "10.0.0.3");
+    assert_int_equal(lens[3], strlen("certgate:usage:r1"));
+    redisReply ok = { .type = REDIS_REPLY_INTEGER, .integer = 1 };
+    cg_usage_hit(u, "r4", 1004, "10.0.0.5");        /* counted for the next batch */
+    cg_usage_batch_reply(b, &ok);
+    cg_usage_batch_end(b, "timeout");               /* r2 never answered */
+    assert_int_equal(seen.calls, 1);
+    assert_int_equal(seen.written, 1);
+    assert_int_equal(seen.dropped, 2);
+    assert_string_equal(seen.err, "timeout");
+    b = cg_usage_batch_take(u);
+    assert_non_null(b);
+    assert_int_equal(cg_usage_batch_len(b), 1);
+    redisReply bad = { .type = REDIS_REPLY_ERROR, .str = "NOSCRIPT", .len = 8 };
+    cg_usage_batch_reply(b, &bad);
+    cg_usage_batch_end(b, NULL);
+    assert_int_equal(seen.calls, 2);
+    assert_int_equal(seen.written, 0);
+    assert_int_equal(seen.dropped, 1);
+    assert_string_equal(seen.err, "");
+    cg_usage_stop(u);                               /* nothing left: no Redis, no report */
+    assert_int_equal(seen.calls, 2);
+    cg_store_free(st);
+}
+
+static int inval_calls;
+static int64_t inval_lag;
+
+static void record_inval(void *arg, int64_t lag_us)
+{
+    (void)arg;
+    inval_calls++;
+    inval_lag = lag_us;
+}
+
+static void sub_message(const char *payload, redisReply *r, redisReply el[3], redisReply **els)
+{
+    memset(r, 0, sizeof(*r));
+    memset(el, 0, 3 * sizeof(*el));
+    el[0] = (redisReply){ .type = REDIS_REPLY_STRING, .str = "message", .len = 7 };
+    el[1] = (redisReply){ .type = REDIS_REPLY_STRING, .str = "certgate:invalidate", .len = 19 };
+    el[2] = (redisReply){ .type = REDIS_REPLY_STRING, .str = (char *)payload,
+                          .len = strlen(payload) };
+    for (int i = 0; i < 3; i++)
+        els[i] = &el[i];
+    r->type = REDIS_REPLY_ARRAY;
+    r->elements = 3;
+    r->element = els;
+}
+
+static void test_sub_messages(void **state)
+{
+    (void)state;
+    cg_cache_t *c = cg_cache_new(4, 60000);
+    assert_non_null(c);
+    cg_reg_t reg = approved(), out;
+    cg_fp_t a = fp_of(0xa1), b = fp_of(0xb2);
+    char hex[CG_FP_HEX_LEN + 1], msg[CG_FP_HEX_LEN + 32];
+    int found;
+    int64_t fetched;
+    redisReply r, el[3], *els[3];
+    char chan[32];
+    assert_int_equal(cg_sub_channel("certgate:", chan, sizeof(chan)), 0);
+    assert_string_equal(chan, "certgate:invalidate");
+    assert_int_equal(cg_sub_channel("certgate:", chan, 8), -1);
+
+    cg_cache_put(c, &a, 1, &reg, 100, cg_cache_version(c));
+    cg_cache_put(c, &b, 1, &reg, 100, cg_cache_version(c));
+    cg_fp_to_hex(&a, hex);
+    sub_message(hex, &r, el, els);
+    inval_calls = 0;
+    cg_sub_handle(c, &r, record_inval, NULL);
+    assert_int_equal(inval_calls, 1);
+    assert_true(inval_lag == -1);
+    assert_int_equal(cg_cache_get(c, &a, 200, &found, &out, &fetched), 0);
+    assert_int_equal(cg_cache_get(c, &b, 200, &found, &out, &fetched), 1);
+
+    /* With the write's time: the lag is counted. */
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    cg_fp_to_hex(&b, hex);
+    snprintf(msg, sizeof(msg), "%s %lld", hex, (long long)ts.tv_sec * 1000);
+    sub_message(msg, &r, el, els);
+    cg_sub_handle(c, &r, record_inval, NULL);
+    assert_int_equal(inval_calls, 2);
+    assert_true(inval_lag >= 0);
+    assert_int_equal(cg_cache_get(c, &b, 200, &found, &out, &fetched), 0);
+
+    /* Anything else flushes everything. */
+    cg_cache_put(c, &a, 1, &reg, 300, cg_cache_version(c));
+    uint64_t v = cg_cache_version(c);
+    sub_message("flush", &r, el, els);
+    cg_sub_handle(c, &r, record_inval, NULL);
+    assert_int_equal(inval_calls, 3);
+    assert_true(cg_cache_version(c) != v);
+    assert_int_equal(cg_cache_get(c, &a, 310, &found, &out, &fetched), 0);
+
+    /* The SUBSCRIBE confirmation is no message; resubscribing flushes. */
+    el[0].str = "subscribe";
+    el[0].len = 9;
+    el[2] = (redisReply){ .type = REDIS_REPLY_INTEGER, .integer = 1 };
+    assert_true(cg_sub_is_subscribed(&r));
+    cg_cache_put(c, &a, 1, &reg, 400, cg_cache_version(c));
+    cg_sub_handle(c, &r, record_inval, NULL);
+    assert_int_equal(inval_calls, 3);
+    assert_int_equal(cg_cache_get(c, &a, 410, &found, &out, &fetched), 1);
+    v = cg_cache_version(c);
+    cg_sub_resubscribed(c);
+    assert_true(cg_cache_version(c) != v);
+    assert_int_equal(cg_cache_get(c, &a, 420, &found, &out, &fetched), 0);
+    cg_cache_free(c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1707,6 +1869,8 @@ int main(void)
         cmocka_unit_test(test_admin_cross_site),
         cmocka_unit_test(test_admin_console_files),
         cmocka_unit_test(test_sentinel_event_outside_lock),
+        cmocka_unit_test(test_usage_batch_steps),
+        cmocka_unit_test(test_sub_messages),
     };
     return cmocka_run_group_tests_name("certgate core", tests, NULL, NULL);
 }
