@@ -3,6 +3,7 @@ round's tests did not reach because their configurations always had some
 certgate_app_from variable, or one client address per connection."""
 import os
 import re
+import time
 
 import pytest
 
@@ -89,3 +90,56 @@ def test_nginx_client_address_per_request_with_realip(stack, pki):
     log = stack.server.read_log()[before:]
     clients = re.findall(r"CG01001: deny reason=unregistered .*?client=([^,\s]+)", log)
     assert clients == ["192.0.2.11", "192.0.2.22"], log[-2000:]
+
+
+OTHER_VHOST = """
+<VirtualHost 127.0.0.1:{port}>
+  ServerName other.test
+  DocumentRoot "{work}/htdocs"
+  SSLEngine on
+  SSLCertificateFile "{work}/pki/server.pem"
+  SSLCertificateKeyFile "{work}/pki/server.key"
+  SSLVerifyClient optional_no_ca
+  SSLVerifyDepth 10
+  CertGateKeyPrefix "other:"
+  <Directory "{work}/htdocs">
+    Require all granted
+  </Directory>
+  <Location "/gated/">
+    CertGate On
+  </Location>
+</VirtualHost>
+"""
+
+
+def test_httpd_connection_entry_not_reused_by_a_vhost_with_another_store(pki):
+    # Two name-based vhosts on one address with the same TLS setup, each with
+    # its own store (key prefix): one keep-alive connection may carry requests
+    # for both. A registration read through one must not admit in the other.
+    s = Stack(pki)
+    try:
+        s.server.stop()
+        with open(s.server.conf, "a") as f:
+            f.write(OTHER_VHOST.replace("{port}", str(s.server.port)).replace("{work}", s.work))
+        s.server.start()
+        flush_store(s.r)
+        register(s.r, pki.leaf, "app1")     # in "certgate:" only
+        # The two gates' cache versions are counters that differ only by the
+        # invalidations each heard: bring the other's up step by step, so that
+        # at some step they are equal.
+        for step in range(8):
+            c = session(s, pki.leaf)
+            assert c.get(s.server.url("/gated/ok.txt"), timeout=10).status_code == 200
+            resp = c.get(s.server.url("/gated/ok.txt"), headers={"Host": "other.test"},
+                         timeout=10)
+            assert resp.status_code in (403, 421), (step, resp.status_code,
+                                                    resp.headers.get("CertGate-Reason"))
+            c.close()
+            s.r.publish("other:invalidate", "not a fingerprint")     # other's cache: flushed
+            time.sleep(0.2)
+        # A fresh connection to the other vhost is refused: unregistered there.
+        fresh = session(s, pki.leaf)
+        resp = fresh.get(s.server.url("/gated/ok.txt"), headers={"Host": "other.test"}, timeout=10)
+        assert resp.status_code == 403, (resp.status_code, resp.headers)
+    finally:
+        s.close()
