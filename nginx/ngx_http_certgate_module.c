@@ -92,6 +92,7 @@ typedef struct {
     char x5t[CG_X5T_S256_LEN + 1];  /* RFC 8705 thumbprint of the leaf, "" without one */
     uint64_t x_gen;                 /* the verdict's conn_gen x_app, x_id, x_fp were made for */
     char ip[NGX_SOCKADDR_STRLEN + 1];   /* the client's address, for the core's log lines */
+    size_t ip_len;
 } cg_conn_t;
 
 /* ST_CERT_OK: the rewrite phase admitted the certificate for everything but
@@ -845,9 +846,6 @@ static cg_conn_t *cg_conn_state(ngx_connection_t *c)
         return NULL;
     cg_conn_t *cc = cln->data;
     ngx_memzero(cc, sizeof(*cc));
-    size_t n = ngx_min(c->addr_text.len, sizeof(cc->ip) - 1);
-    ngx_memcpy(cc->ip, c->addr_text.data, n);
-    cc->ip[n] = '\0';
     cln->handler = cg_conn_cleanup;
     return cc;
 }
@@ -1456,7 +1454,15 @@ static ngx_int_t cg_gate(ngx_http_request_t *r, int in_rewrite)
     char ip_buf[NGX_SOCKADDR_STRLEN + 1];
     const char *ip = ip_buf;
     if (cc != NULL) {
-        ip = cc->ip;        /* made once per connection */
+        /* Kept per connection while the same: realip sets the request's
+         * address (the stream's on HTTP/2), which may differ per request. */
+        const ngx_str_t *a = &r->connection->addr_text;
+        if (a->len != cc->ip_len || ngx_memcmp(a->data, cc->ip, a->len) != 0) {
+            cc->ip_len = ngx_min(a->len, sizeof(cc->ip) - 1);
+            ngx_memcpy(cc->ip, a->data, cc->ip_len);
+            cc->ip[cc->ip_len] = '\0';
+        }
+        ip = cc->ip;
     } else {
         size_t iplen = ngx_min(r->connection->addr_text.len, sizeof(ip_buf) - 1);
         ngx_memcpy(ip_buf, r->connection->addr_text.data, iplen);
@@ -1520,6 +1526,13 @@ static ngx_int_t cg_gate(ngx_http_request_t *r, int in_rewrite)
 
 static ngx_int_t cg_app_handler(ngx_http_request_t *r)
 {
+    /* A main request was decided in this location's rewrite phase; only an
+     * app from a variable is left for here. A subrequest is gated here: into
+     * a gated location from an ungated one, or from a deny not enforced. */
+    if (r == r->main &&
+        !((cg_main_conf_t *) ngx_http_get_module_main_conf(r, ngx_http_certgate_module))
+             ->app_var_used)
+        return NGX_DECLINED;
     return cg_gate(r, 0);
 }
 
@@ -1697,12 +1710,14 @@ static ngx_int_t cg_init(ngx_conf_t *cf)
     if (h == NULL)
         return NGX_ERROR;
     *h = cg_rewrite_handler;
-    /* Each runs for every request: only where an app comes from a variable. */
+    /* Always: subrequests (SSI, add_before_body...) are gated there only
+     * (cg_app_handler). */
+    h = ngx_array_push(&cmcf->phases[NGX_HTTP_PRECONTENT_PHASE].handlers);
+    if (h == NULL)
+        return NGX_ERROR;
+    *h = cg_app_handler;
+    /* Runs for every response: only where an app comes from a variable. */
     if (mc->app_var_used) {
-        h = ngx_array_push(&cmcf->phases[NGX_HTTP_PRECONTENT_PHASE].handlers);
-        if (h == NULL)
-            return NGX_ERROR;
-        *h = cg_app_handler;
         cg_next_header_filter = ngx_http_top_header_filter;
         ngx_http_top_header_filter = cg_header_filter;
     }

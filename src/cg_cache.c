@@ -59,7 +59,10 @@ cg_cache_t *cg_cache_new(size_t max_entries, int64_t max_age_ms)
     }
     c->max = max_entries;
     c->max_age_ms = max_age_ms;
-    atomic_init(&c->version, 0);
+    /* Versions of two caches never meet: a connection entry filled through
+     * one gate (an httpd vhost with its own store) is not current in another. */
+    static _Atomic uint64_t caches;
+    atomic_init(&c->version, (atomic_fetch_add(&caches, 1) + 1) << 40);
     return c;
 }
 

@@ -1821,6 +1821,27 @@ static void test_sub_messages(void **state)
     cg_cache_free(c);
 }
 
+/* Review 4: a connection entry filled through one cache (an httpd vhost with
+ * its own store) is never current for another, whatever each heard. */
+static void test_conn_entry_other_cache(void **state)
+{
+    (void)state;
+    cg_cache_t *c1 = cg_cache_new(8, 5000), *c2 = cg_cache_new(8, 5000);
+    cg_reg_t r = approved();
+    const cg_reg_t *rp = NULL;
+    cg_fp_t a = fp_of(0xa3), b = fp_of(0xb4);
+    cg_conn_entry_t e;
+    memset(&e, 0, sizeof(e));
+    cg_conn_entry_set(&e, &a, 1, &r, cg_cache_version(c1), 100);
+    assert_int_equal(cg_conn_entry_ref(&e, c1, &a, 200, &rp), 1);
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(cg_conn_entry_ref(&e, c2, &a, 200, &rp), 0);
+        cg_cache_invalidate(c2, &b);
+    }
+    cg_cache_free(c1);
+    cg_cache_free(c2);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1871,6 +1892,7 @@ int main(void)
         cmocka_unit_test(test_sentinel_event_outside_lock),
         cmocka_unit_test(test_usage_batch_steps),
         cmocka_unit_test(test_sub_messages),
+        cmocka_unit_test(test_conn_entry_other_cache),
     };
     return cmocka_run_group_tests_name("certgate core", tests, NULL, NULL);
 }
