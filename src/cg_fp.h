@@ -3,6 +3,7 @@
 #define CG_FP_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #define CG_FP_LEN 32
 #define CG_FP_HEX_LEN 64          /* lowercase hex, no separators */
@@ -20,6 +21,15 @@ struct x509_st;
 
 /* SHA-256 of a decoded certificate's DER. 0 on success. */
 int cg_fp_x509(struct x509_st *x, cg_fp_t *out);
+
+/*
+ * As cg_fp_x509, answered from a process-wide cache when x is byte for byte a
+ * certificate digested before (cg_fpcache.c). For certificates decoded from
+ * the wire (a TLS peer's); thread-safe. 0 on success.
+ */
+int cg_fp_x509_cached(struct x509_st *x, cg_fp_t *out);
+/* Answers from the cache and digests made, so far in this process. */
+void cg_fp_cache_stats(uint64_t *hits, uint64_t *misses);
 
 /* out must hold CG_FP_HEX_LEN + 1 bytes. */
 void cg_fp_to_hex(const cg_fp_t *fp, char *out);

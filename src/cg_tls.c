@@ -45,7 +45,8 @@ static void memo_init(void)
     memo_idx = SSL_get_ex_new_index(0, NULL, NULL, NULL, memo_free);
 }
 
-/* cg_fp_x509 of x, a certificate of ssl's peer, digested once per connection. */
+/* The fingerprint of x, a certificate of ssl's peer: from this connection's memo, else
+ * from the process cache (cg_fp_x509_cached), digested once per connection at most. */
 static int fp_of(SSL *ssl, X509 *x, cg_fp_t *out)
 {
     fp_memo_t *m = NULL;
@@ -59,7 +60,7 @@ static int fp_of(SSL *ssl, X509 *x, cg_fp_t *out)
             }
         }
     }
-    if (cg_fp_x509(x, out) != 0)
+    if (cg_fp_x509_cached(x, out) != 0)
         return -1;
     if (!have_idx)
         return 0;   /* no memo: digest again next time */

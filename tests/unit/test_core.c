@@ -1842,6 +1842,88 @@ static void test_conn_entry_other_cache(void **state)
     cg_cache_free(c2);
 }
 
+/* A self-signed EC certificate, made here; its DER in *der (OPENSSL_free it). */
+static int fpc_cert(const char *cn, unsigned char **der)
+{
+    EVP_PKEY *k = EVP_EC_gen("P-256");
+    X509 *x = X509_new();
+    int n = -1;
+    if (k != NULL && x != NULL && X509_set_version(x, 2) == 1 &&
+        ASN1_INTEGER_set(X509_get_serialNumber(x), 7) == 1 &&
+        X509_gmtime_adj(X509_getm_notBefore(x), 0) != NULL &&
+        X509_gmtime_adj(X509_getm_notAfter(x), 86400) != NULL &&
+        X509_NAME_add_entry_by_txt(X509_get_subject_name(x), "CN", MBSTRING_ASC,
+                                   (const unsigned char *)cn, -1, -1, 0) == 1 &&
+        X509_set_issuer_name(x, X509_get_subject_name(x)) == 1 && X509_set_pubkey(x, k) == 1 &&
+        X509_sign(x, k, EVP_sha256()) > 0)
+        n = i2d_X509(x, der);
+    X509_free(x);
+    EVP_PKEY_free(k);
+    return n;
+}
+
+static X509 *fpc_parse(const unsigned char *der, int n)
+{
+    const unsigned char *p = der;
+    return d2i_X509(NULL, &p, n);
+}
+
+/* The process cache answers for a certificate byte for byte the same, and
+ * only for it; its answers equal a fresh digest. */
+static void test_fp_cache(void **state)
+{
+    (void)state;
+    unsigned char *d1 = NULL, *d2 = NULL;
+    int n1 = fpc_cert("fpcache one", &d1), n2 = fpc_cert("fpcache two", &d2);
+    assert_true(n1 > 0 && n2 > 0);
+    X509 *a = fpc_parse(d1, n1), *a2 = fpc_parse(d1, n1), *b = fpc_parse(d2, n2);
+    assert_non_null(a);
+    assert_non_null(a2);
+    assert_non_null(b);
+    cg_fp_t want_a, want_b, got;
+    assert_int_equal(cg_fp_der(d1, (size_t)n1, &want_a), 0);
+    assert_int_equal(cg_fp_der(d2, (size_t)n2, &want_b), 0);
+    uint64_t h0, m0, h1, m1;
+    cg_fp_cache_stats(&h0, &m0);
+    assert_int_equal(cg_fp_x509_cached(a, &got), 0);
+    assert_memory_equal(got.b, want_a.b, CG_FP_LEN);
+    assert_int_equal(cg_fp_x509_cached(a2, &got), 0);     /* another object, same bytes */
+    assert_memory_equal(got.b, want_a.b, CG_FP_LEN);
+    assert_int_equal(cg_fp_x509_cached(b, &got), 0);
+    assert_memory_equal(got.b, want_b.b, CG_FP_LEN);
+    assert_int_equal(cg_fp_x509_cached(b, &got), 0);
+    assert_memory_equal(got.b, want_b.b, CG_FP_LEN);
+    cg_fp_cache_stats(&h1, &m1);
+    assert_int_equal(m1 - m0, 2);
+    assert_int_equal(h1 - h0, 2);
+    /* The same to-be-signed part signed again (ECDSA: other signature bits) is
+     * another certificate, with its own fingerprint. */
+    X509 *c = X509_dup(a);
+    EVP_PKEY *k = EVP_EC_gen("P-256");
+    assert_non_null(c);
+    assert_non_null(k);
+    assert_true(X509_sign(c, k, EVP_sha256()) > 0);
+    unsigned char *d3 = NULL;
+    int n3 = i2d_X509(c, &d3);
+    assert_true(n3 > 0);
+    X509 *c2 = fpc_parse(d3, n3);
+    assert_non_null(c2);
+    cg_fp_t want_c;
+    assert_int_equal(cg_fp_der(d3, (size_t)n3, &want_c), 0);
+    assert_int_equal(cg_fp_x509_cached(c2, &got), 0);
+    assert_memory_equal(got.b, want_c.b, CG_FP_LEN);
+    assert_memory_not_equal(got.b, want_a.b, CG_FP_LEN);
+    X509_free(a);
+    X509_free(a2);
+    X509_free(b);
+    X509_free(c);
+    X509_free(c2);
+    EVP_PKEY_free(k);
+    OPENSSL_free(d1);
+    OPENSSL_free(d2);
+    OPENSSL_free(d3);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1893,6 +1975,7 @@ int main(void)
         cmocka_unit_test(test_usage_batch_steps),
         cmocka_unit_test(test_sub_messages),
         cmocka_unit_test(test_conn_entry_other_cache),
+        cmocka_unit_test(test_fp_cache),
     };
     return cmocka_run_group_tests_name("certgate core", tests, NULL, NULL);
 }
