@@ -8,8 +8,11 @@ straight to Redis as the admin API stores them (fields of harness.register), all
 app the uploads go to, so any per-app work sees them all. Then `--uploads`
 new certificates (one key, one intermediate: only the certificates differ) go
 up one by one as a developer, on one keep-alive connection, and are timed.
+That is one round; `--rounds` rounds run one after the other (each adds its
+uploads to the store), and the target is met only if the slowest round meets
+it: wall-clock rates on a shared machine vary from round to round.
 
-  /usr/bin/python3 bench/upload_rate.py [--existing 1000,10000] [--uploads 200]
+  /usr/bin/python3 bench/upload_rate.py [--existing 1000,10000] [--uploads 200] [--rounds 5]
 """
 import argparse
 import os
@@ -50,7 +53,7 @@ def fill(r, n, app, prefix="certgate:"):
     p.execute()
 
 
-def measure(pki, existing=(1000, 10000), uploads=200):
+def measure(pki, existing=(1000, 10000), uploads=200, rounds=5):
     key = _key("ec")
     rows = []
     stack = Stack(pki)
@@ -61,10 +64,6 @@ def measure(pki, existing=(1000, 10000), uploads=200):
             harness.flush_store(stack.r)
             fill(stack.r, n, "app1")
             seed(stack.r)
-            certs = [make_cert("bench upload %d-%d" % (n, i), issuer=pki.inter, key=key)
-                     for i in range(uploads)]
-            bodies = [{"certificate": c.pem.decode(), "chain": c.der_chain_pem(), "appId": "app1"}
-                      for c in certs]
             s = requests.Session()
             s.trust_env = False
             s.verify = stack.server_ca
@@ -76,27 +75,36 @@ def measure(pki, existing=(1000, 10000), uploads=200):
                                      "chain": warm.der_chain_pem(), "appId": "app1"}, timeout=30)
             if resp.status_code != 201:
                 raise RuntimeError("upload: %d %s" % (resp.status_code, resp.text[:300]))
-            t0 = time.monotonic()
-            for b in bodies:
-                resp = s.post(url, json=b, timeout=30)
-                if resp.status_code != 201:
-                    raise RuntimeError("upload: %d %s" % (resp.status_code, resp.text[:300]))
-            dt = time.monotonic() - t0
-            rows.append({"existing": n, "uploads": uploads, "seconds": dt, "rate": uploads / dt})
-            print("  upload: %d certificates in %.2f s with %d registrations: %.0f/s"
-                  % (uploads, dt, n, uploads / dt), flush=True)
+            rates = []
+            for k in range(rounds):
+                certs = [make_cert("bench upload %d-%d-%d" % (n, k, i), issuer=pki.inter, key=key)
+                         for i in range(uploads)]
+                bodies = [{"certificate": c.pem.decode(), "chain": c.der_chain_pem(),
+                           "appId": "app1"} for c in certs]
+                t0 = time.monotonic()
+                for b in bodies:
+                    resp = s.post(url, json=b, timeout=30)
+                    if resp.status_code != 201:
+                        raise RuntimeError("upload: %d %s" % (resp.status_code, resp.text[:300]))
+                dt = time.monotonic() - t0
+                rates.append(uploads / dt)
+                print("  upload: %d certificates in %.2f s with %d registrations: %.0f/s"
+                      % (uploads, dt, n + 1 + k * uploads, uploads / dt), flush=True)
+            rates.sort()
+            rows.append({"existing": n, "uploads": uploads, "rounds": rounds, "min": rates[0],
+                         "median": rates[len(rates) // 2], "max": rates[-1]})
     finally:
         stack.close()
     return rows
 
 
 def lines(rows):
-    out = ["| existing registrations | uploads | seconds | registrations/s | target >= %.0f/s |"
-           % TARGET, "|---|---|---|---|---|"]
+    out = ["| existing registrations | uploads per round | rounds | registrations/s: min / median / max "
+           "| target >= %.0f/s (slowest round) |" % TARGET, "|---|---|---|---|---|"]
     for row in rows:
-        out.append("| %d | %d | %.2f | %.0f | %s |" % (
-            row["existing"], row["uploads"], row["seconds"], row["rate"],
-            "met (wall clock)" if row["rate"] >= TARGET else "%.0f/s" % row["rate"]))
+        out.append("| %d | %d | %d | %.0f / %.0f / %.0f | %s |" % (
+            row["existing"], row["uploads"], row["rounds"], row["min"], row["median"], row["max"],
+            "met" if row["min"] >= TARGET else "not met: %.0f/s" % row["min"]))
     return out
 
 
@@ -104,8 +112,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--existing", default="1000,10000")
     ap.add_argument("--uploads", type=int, default=200)
+    ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
-    rows = measure(PKI(), [int(x) for x in args.existing.split(",")], args.uploads)
+    rows = measure(PKI(), [int(x) for x in args.existing.split(",")], args.uploads, args.rounds)
     print("\n".join(lines(rows)))
 
 
