@@ -18,6 +18,9 @@ load, so one run is enough. Under valgrind a request takes milliseconds and
 a handshake about a second: the Redis timeout is 60 s (nginx sets a lookup's timer from its cached clock, which a
 slow handshake leaves seconds behind) and the cache max age
 an hour, so the steady state (a cached registration) is what is counted.
+The usage flush interval is an hour too: each request's usage record is
+counted, the flush that wakes by the clock is not (nginx runs it on the
+worker's event loop, inside what is counted).
 
   /usr/bin/python3 bench/callgrind.py [--servers httpd,nginx] [--modes keepalive,handshake]
       [--configs a0,a,b] [--n-keepalive 500] [--n-handshake 20] [--centres]
@@ -79,7 +82,8 @@ CertGateRedis 127.0.0.1:{redis_port}
 CertGateRedisAuth {redis_password}
 CertGateRedisDB {redis_db}
 CertGateRedisTimeout 60000
-CertGateCacheMaxAge 3600"""
+CertGateCacheMaxAge 3600
+CertGateUsageFlushInterval 3600"""
 HTTPD_GATE = "    CertGate On\n"
 
 NGINX = """
@@ -117,7 +121,7 @@ http {{
 """
 NGINX_REDIS = ("certgate_redis 127.0.0.1:{redis_port}; certgate_redis_auth {redis_password}; "
                "certgate_redis_db {redis_db}; certgate_redis_timeout 60s; "
-               "certgate_cache_max_age 3600;")
+               "certgate_cache_max_age 3600; certgate_usage_flush_interval 3600;")
 
 # Counted only inside these (and what they call): a connection's and its
 # requests' work. Idle threads wake up by the clock (httpd's listener, the

@@ -829,6 +829,8 @@ static ngx_connection_t *cg_real_connection(ngx_http_request_t *r)
     return r->connection;
 }
 
+static cg_conn_t *cg_conn_find(ngx_connection_t *c);
+
 static void cg_conn_cleanup(void *data)
 {
     (void) data;    /* the pool frees it; the marker makes it findable */
@@ -837,6 +839,24 @@ static void cg_conn_cleanup(void *data)
 /* nginx has no per-connection module slot: the state hangs on the pool's
  * cleanup list, found again by its handler. */
 static cg_conn_t *cg_conn_state(ngx_connection_t *c)
+{
+    /* The last one found, while its connection lives: a connection's number
+     * is unique in the worker's life, a reused ngx_connection_t gets another. */
+    static ngx_connection_t *last_c;
+    static ngx_atomic_uint_t last_number;
+    static cg_conn_t *last_cc;
+    if (c == last_c && c->number == last_number)
+        return last_cc;
+    cg_conn_t *found = cg_conn_find(c);
+    if (found != NULL) {
+        last_c = c;
+        last_number = c->number;
+        last_cc = found;
+    }
+    return found;
+}
+
+static cg_conn_t *cg_conn_find(ngx_connection_t *c)
 {
     for (ngx_pool_cleanup_t *cln = c->pool->cleanup; cln != NULL; cln = cln->next)
         if (cln->handler == cg_conn_cleanup)
@@ -1019,14 +1039,22 @@ static ngx_int_t cg_header_is(const ngx_table_elt_t *h, const ngx_str_t *name)
 
 /* One of ours for a backend: "Client_Cert" (with underscores_in_headers on)
  * is read as HTTP_CLIENT_CERT by CGI/WSGI and as $http_client_cert by nginx. */
-static ngx_int_t cg_is_forward_header(const ngx_table_elt_t *h)
+static ngx_int_t cg_is_forward_header_named(const ngx_table_elt_t *h);
+
+/* The cheap test inline, the names only for headers that start like ours. */
+static inline ngx_int_t cg_is_forward_header(const ngx_table_elt_t *h)
 {
-    const ngx_uint_t nf = sizeof(cg_forward_headers) / sizeof(cg_forward_headers[0]);
     /* Every name of ours starts with "Ce" or "Cl" (any case): most headers end
      * here, "Connection" and "Content-Type" included. */
     if (h->key.len < 2 || (h->key.data[0] | 0x20) != 'c' ||
         ((h->key.data[1] | 0x20) != 'e' && (h->key.data[1] | 0x20) != 'l'))
         return 0;
+    return cg_is_forward_header_named(h);
+}
+
+static ngx_int_t cg_is_forward_header_named(const ngx_table_elt_t *h)
+{
+    const ngx_uint_t nf = sizeof(cg_forward_headers) / sizeof(cg_forward_headers[0]);
     for (ngx_uint_t k = 0; k < nf; k++)
         if (h->key.len == cg_forward_headers[k].len &&     /* "Connection": no call */
             cg_header_name_same((const char *) h->key.data, h->key.len,
