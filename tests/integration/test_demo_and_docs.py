@@ -103,7 +103,9 @@ def struct_fields(src, name):
 
 
 # Set at run time, not by directives: nothing to merge.
-NOT_MERGED = {"cg_srv_t": {"gate"}, "cg_dir_t": {"n_cas"}}   # n_cas travels with cas
+NOT_MERGED = {"cg_srv_t": {"gate"},
+              "cg_dir_t": {"n_cas",          # travels with cas
+                           "unset_known"}}   # a cache of dir_unset, worked out at merge time
 
 
 def test_every_directive_is_merged():
