@@ -23,7 +23,7 @@ counted, the flush that wakes by the clock is not (nginx runs it on the
 worker's event loop, inside what is counted).
 
   /usr/bin/python3 bench/callgrind.py [--servers httpd,nginx] [--modes keepalive,handshake]
-      [--configs a0,a,b] [--n-keepalive 500] [--n-handshake 20] [--centres]
+      [--configs a0,a,b] [--n-keepalive 500] [--n-handshake 50] [--centres]
 
 CERTGATE_BENCH_KEEP=1 keeps the work directory and the callgrind files;
 CERTGATE_BENCH_VALGRIND adds valgrind options (e.g. --dump-instr=yes).
@@ -132,15 +132,12 @@ TOGGLE = {"httpd": ["ap_run_pre_connection", "ap_run_process_connection"],
 
 # Inclusive cost centres shown with --centres (function names as callgrind sees them).
 CENTRES = {
-    "httpd": ["cg_fixups", "strip_incoming", "unset_matching", "load_peer", "export_allow",
-              "cg_gate_run", "cg_gate_begin", "cg_conn_entry_get", "cg_conn_entry_ref",
-              "cg_gate_decide", "cg_fp_to_hex", "cg_usage_hit", "glog", "cgh_merge_dir",
-              "cgh_admin_handler", "cgh_metrics_handler", "cg_pre_handshake", "cg_tls_peer",
-              "gen_ticket", "X509_digest"],
-    "nginx": ["cg_rewrite_handler", "cg_app_handler", "cg_gate", "cg_strip_incoming",
-              "cg_export_allow", "cg_gate_begin", "cg_conn_entry_get", "cg_conn_entry_ref",
-              "cg_gate_decide", "cg_fp_to_hex", "cg_usage_hit", "glog", "cg_header_filter",
-              "cg_merge_loc_conf", "cg_tls_peer", "gen_ticket", "X509_digest"],
+    "httpd": ["cg_fixups", "gate_fixups", "unset_matching", "cg_gate_run", "cg_gate_begin",
+              "cg_conn_entry_ref", "cg_gate_decide", "cg_usage_hit", "cgh_merge_dir", "cg_handler",
+              "cg_pre_handshake", "cg_tls_peer", "gen_ticket", "cg_fp_x509_cached", "X509_digest"],
+    "nginx": ["cg_rewrite_handler", "cg_app_handler", "cg_gate", "cg_gate_begin",
+              "cg_conn_entry_ref", "cg_gate_decide", "cg_usage_hit", "cg_kept", "cg_header_filter",
+              "cg_tls_peer", "gen_ticket", "cg_fp_x509_cached", "X509_digest"],
 }
 
 
@@ -339,7 +336,7 @@ def add_args(ap):
     ap.add_argument("--modes", default="keepalive,handshake")
     ap.add_argument("--configs", default="a0,a,b")
     ap.add_argument("--n-keepalive", type=int, default=500)
-    ap.add_argument("--n-handshake", type=int, default=20)
+    ap.add_argument("--n-handshake", type=int, default=50)
     ap.add_argument("--centres", action="store_true")
 
 
