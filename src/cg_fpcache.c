@@ -21,6 +21,9 @@
 #include <openssl/x509v3.h>
 
 #define SLOTS 256               /* a power of two: direct-mapped, newest wins */
+/* Bytes of DER a kept certificate may have: a client picks what it presents
+ * (up to OpenSSL's 100 KiB list), and slots are held for the process's life. */
+#define KEEP_MAX 16384
 
 typedef struct {
     X509 *x;                    /* held (up-ref) while here */
@@ -96,7 +99,8 @@ int cg_fp_x509_cached(struct x509_st *x, cg_fp_t *out)
     if (cg_fp_x509(x, out) != 0)
         return -1;
     atomic_fetch_add_explicit(&n_misses, 1, memory_order_relaxed);
-    if (!keyed || X509_up_ref(x) != 1)
+    int der_len = keyed ? i2d_X509(x, NULL) : 0;
+    if (der_len <= 0 || der_len > KEEP_MAX || X509_up_ref(x) != 1)
         return 0;       /* not kept: digested again next time */
     pthread_mutex_lock(&lock);
     X509 *old = slots[i].x;

@@ -2011,6 +2011,58 @@ static void test_fp_cache_no_sha1(void **state)
     OPENSSL_free(d);
 }
 
+/* A certificate larger than the cache keeps (a client chooses its size, and a
+ * slot holds it for the process's life) is digested each time, never held. */
+static void test_fp_cache_big_not_kept(void **state)
+{
+    (void)state;
+    EVP_PKEY *k = EVP_EC_gen("P-256");
+    X509 *x = X509_new();
+    ASN1_OCTET_STRING *os = ASN1_OCTET_STRING_new();
+    ASN1_OBJECT *oid = OBJ_txt2obj("1.3.6.1.4.1.55555.1", 1);
+    static unsigned char filler[40000];
+    memset(filler, 'z', sizeof(filler));
+    assert_non_null(k);
+    assert_non_null(x);
+    assert_non_null(os);
+    assert_non_null(oid);
+    assert_int_equal(ASN1_OCTET_STRING_set(os, filler, (int)sizeof(filler)), 1);
+    X509_EXTENSION *ext = X509_EXTENSION_create_by_OBJ(NULL, oid, 0, os);
+    assert_non_null(ext);
+    assert_true(X509_set_version(x, 2) == 1 && X509_set_pubkey(x, k) == 1 &&
+                X509_NAME_add_entry_by_txt(X509_get_subject_name(x), "CN", MBSTRING_ASC,
+                                           (const unsigned char *)"fpcache big", -1, -1, 0) == 1 &&
+                X509_set_issuer_name(x, X509_get_subject_name(x)) == 1 &&
+                X509_gmtime_adj(X509_getm_notBefore(x), 0) != NULL &&
+                X509_gmtime_adj(X509_getm_notAfter(x), 86400) != NULL &&
+                X509_add_ext(x, ext, -1) == 1 && X509_sign(x, k, EVP_sha256()) > 0);
+    unsigned char *der = NULL;
+    int n = i2d_X509(x, &der);
+    assert_true(n > 40000);
+    X509 *a = fpc_parse(der, n), *b = fpc_parse(der, n);
+    assert_non_null(a);
+    assert_non_null(b);
+    cg_fp_t want, got;
+    assert_int_equal(cg_fp_der(der, (size_t)n, &want), 0);
+    uint64_t h0, m0, h1, m1;
+    cg_fp_cache_stats(&h0, &m0);
+    assert_int_equal(cg_fp_x509_cached(a, &got), 0);
+    assert_memory_equal(got.b, want.b, CG_FP_LEN);
+    assert_int_equal(cg_fp_x509_cached(b, &got), 0);
+    assert_memory_equal(got.b, want.b, CG_FP_LEN);
+    cg_fp_cache_stats(&h1, &m1);
+    assert_int_equal(h1 - h0, 0);
+    assert_int_equal(m1 - m0, 2);
+    X509_free(a);
+    X509_free(b);
+    X509_free(x);
+    X509_EXTENSION_free(ext);
+    ASN1_OBJECT_free(oid);
+    ASN1_OCTET_STRING_free(os);
+    EVP_PKEY_free(k);
+    OPENSSL_free(der);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -2064,6 +2116,7 @@ int main(void)
         cmocka_unit_test(test_conn_entry_other_cache),
         cmocka_unit_test(test_fp_cache),
         cmocka_unit_test(test_fp_cache_no_sha1),
+        cmocka_unit_test(test_fp_cache_big_not_kept),
     };
     return cmocka_run_group_tests_name("certgate core", tests, NULL, NULL);
 }
