@@ -6,7 +6,10 @@
  * it is byte for byte the one digested: the same to-be-signed encoding and
  * SHA-1 (X509_cmp), the same signature algorithm and the same signature bits,
  * which together are the whole DER. Only for certificates decoded from the
- * wire (X509_cmp compares the kept to-be-signed encoding of unmodified ones).
+ * wire (X509_cmp compares the kept to-be-signed encoding of unmodified ones),
+ * and only with both SHA-1s: X509_cmp skips them for a certificate that has
+ * none (EXFLAG_NO_FINGERPRINT), and X509_ALGOR_cmp misses a BIT STRING
+ * parameter's unused bits, which only the SHA-1 covers then.
  */
 #include "cg_fp.h"
 
@@ -15,8 +18,12 @@
 #include <stdint.h>
 #include <openssl/asn1.h>
 #include <openssl/x509.h>
+#include <openssl/x509v3.h>
 
 #define SLOTS 256               /* a power of two: direct-mapped, newest wins */
+/* Bytes of DER a kept certificate may have: a client picks what it presents
+ * (up to OpenSSL's 100 KiB list), and slots are held for the process's life. */
+#define KEEP_MAX 16384
 
 typedef struct {
     X509 *x;                    /* held (up-ref) while here */
@@ -48,12 +55,19 @@ static int slot_of(const X509 *x, size_t *out)
     return 0;
 }
 
-/* Whether a and b have the same DER. */
-static int same(const X509 *a, const X509 *b)
+/* Whether X509_cmp compares x's SHA-1 (computed with its extensions). */
+static int has_sha1(X509 *x)
+{
+    uint32_t f = X509_get_extension_flags(x);
+    return (f & EXFLAG_SET) != 0 && (f & EXFLAG_NO_FINGERPRINT) == 0;
+}
+
+/* Whether a and b have the same DER; b has a SHA-1 (has_sha1). */
+static int same(X509 *a, const X509 *b)
 {
     const ASN1_BIT_STRING *sa = NULL, *sb = NULL;
     const X509_ALGOR *aa = NULL, *ab = NULL;
-    if (X509_cmp(a, b) != 0)
+    if (!has_sha1(a) || X509_cmp(a, b) != 0)
         return 0;
     X509_get0_signature(&sa, &aa, a);
     X509_get0_signature(&sb, &ab, b);
@@ -67,7 +81,8 @@ static int same(const X509 *a, const X509 *b)
 int cg_fp_x509_cached(struct x509_st *x, cg_fp_t *out)
 {
     size_t i = 0;
-    int keyed = slot_of(x, &i) == 0;
+    /* x's SHA-1 and extensions outside the lock (the first time they cost a digest). */
+    int keyed = slot_of(x, &i) == 0 && has_sha1(x);
     if (keyed) {
         int hit = 0;
         pthread_mutex_lock(&lock);
@@ -84,7 +99,8 @@ int cg_fp_x509_cached(struct x509_st *x, cg_fp_t *out)
     if (cg_fp_x509(x, out) != 0)
         return -1;
     atomic_fetch_add_explicit(&n_misses, 1, memory_order_relaxed);
-    if (!keyed || X509_up_ref(x) != 1)
+    int der_len = keyed ? i2d_X509(x, NULL) : 0;
+    if (der_len <= 0 || der_len > KEEP_MAX || X509_up_ref(x) != 1)
         return 0;       /* not kept: digested again next time */
     pthread_mutex_lock(&lock);
     X509 *old = slots[i].x;

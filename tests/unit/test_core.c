@@ -12,6 +12,8 @@
 #include <hiredis/hiredis.h>
 #include <openssl/pem.h>
 #include <openssl/x509.h>
+#include <openssl/x509v3.h>
+#include <openssl/evp.h>
 
 #include "cg_decide.h"
 #include "cg_fp.h"
@@ -1924,6 +1926,143 @@ static void test_fp_cache(void **state)
     OPENSSL_free(d3);
 }
 
+/* fpc_cert's certificate with its outer signature algorithm given BIT STRING
+ * parameters ending in `unused` unused bits: the same to-be-signed part and
+ * signature, another DER. Into out (cap bytes); its length, or -1. */
+static int fpc_bits_variant(const unsigned char *der, int n, int unused, unsigned char *out,
+                            size_t cap)
+{
+    const unsigned char *p = der, *tbs, *sig, *q;
+    long len, l;
+    int tag, cls;
+    if (ASN1_get_object(&p, &len, &tag, &cls, n) & 0x80)
+        return -1;
+    tbs = p;
+    q = p;
+    if (ASN1_get_object(&q, &l, &tag, &cls, len) & 0x80)
+        return -1;
+    q += l;
+    size_t tbs_len = (size_t)(q - tbs);
+    if (ASN1_get_object(&q, &l, &tag, &cls, len) & 0x80)     /* the algorithm: replaced */
+        return -1;
+    q += l;
+    sig = q;
+    if (ASN1_get_object(&q, &l, &tag, &cls, len) & 0x80)
+        return -1;
+    q += l;
+    size_t sig_len = (size_t)(q - sig);
+    const unsigned char alg[] = { 0x30, 0x0e, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04,
+                                  0x03, 0x02, 0x03, 0x02, (unsigned char)unused, 0x80 };
+    size_t body = tbs_len + sizeof(alg) + sig_len, o = 0;
+    if (body > 0xffff || body + 4 > cap)
+        return -1;
+    out[o++] = 0x30;
+    out[o++] = 0x82;
+    out[o++] = (unsigned char)(body >> 8);
+    out[o++] = (unsigned char)body;
+    memcpy(out + o, tbs, tbs_len);
+    o += tbs_len;
+    memcpy(out + o, alg, sizeof(alg));
+    o += sizeof(alg);
+    memcpy(out + o, sig, sig_len);
+    o += sig_len;
+    return (int)o;
+}
+
+/* Without a SHA-1 of the certificates (OpenSSL could not fetch SHA-1: they get
+ * EXFLAG_NO_FINGERPRINT), X509_cmp compares only the to-be-signed part, and
+ * X509_ALGOR_cmp misses a BIT STRING parameter's unused bits: two certificates
+ * that differ there must still get their own fingerprints. */
+static void test_fp_cache_no_sha1(void **state)
+{
+    (void)state;
+    unsigned char *d = NULL, v0[2048], v3[2048];
+    int n = fpc_cert("fpcache no sha1", &d);
+    assert_true(n > 0);
+    int n0 = fpc_bits_variant(d, n, 0, v0, sizeof(v0));
+    int n3 = fpc_bits_variant(d, n, 3, v3, sizeof(v3));
+    assert_true(n0 > 0 && n3 > 0);
+    assert_memory_not_equal(v0, v3, (size_t)n0);
+    cg_fp_t want0, want3, got;
+    assert_int_equal(cg_fp_der(v0, (size_t)n0, &want0), 0);
+    assert_int_equal(cg_fp_der(v3, (size_t)n3, &want3), 0);
+    X509 *xd = fpc_parse(d, n);      /* cg_fp.c fetches its SHA-256 once */
+    assert_non_null(xd);
+    assert_int_equal(cg_fp_x509(xd, &got), 0);
+    X509_free(xd);
+    X509 *x0 = fpc_parse(v0, n0), *x3 = fpc_parse(v3, n3);
+    assert_non_null(x0);
+    assert_non_null(x3);
+    /* No provider answers a fetch made with the default properties now
+     * (SHA-256 here comes from the method cg_fp.c fetched before). */
+    assert_int_equal(EVP_set_default_properties(NULL, "provider=certgate-none"), 1);
+    int r0 = cg_fp_x509_cached(x0, &got);
+    cg_fp_t got0 = got;
+    int r3 = cg_fp_x509_cached(x3, &got);
+    uint32_t f0 = X509_get_extension_flags(x0);
+    assert_int_equal(EVP_set_default_properties(NULL, ""), 1);
+    assert_true((f0 & EXFLAG_NO_FINGERPRINT) != 0);
+    assert_int_equal(r0, 0);
+    assert_int_equal(r3, 0);
+    assert_memory_equal(got0.b, want0.b, CG_FP_LEN);
+    assert_memory_equal(got.b, want3.b, CG_FP_LEN);
+    X509_free(x0);
+    X509_free(x3);
+    OPENSSL_free(d);
+}
+
+/* A certificate larger than the cache keeps (a client chooses its size, and a
+ * slot holds it for the process's life) is digested each time, never held. */
+static void test_fp_cache_big_not_kept(void **state)
+{
+    (void)state;
+    EVP_PKEY *k = EVP_EC_gen("P-256");
+    X509 *x = X509_new();
+    ASN1_OCTET_STRING *os = ASN1_OCTET_STRING_new();
+    ASN1_OBJECT *oid = OBJ_txt2obj("1.3.6.1.4.1.55555.1", 1);
+    static unsigned char filler[40000];
+    memset(filler, 'z', sizeof(filler));
+    assert_non_null(k);
+    assert_non_null(x);
+    assert_non_null(os);
+    assert_non_null(oid);
+    assert_int_equal(ASN1_OCTET_STRING_set(os, filler, (int)sizeof(filler)), 1);
+    X509_EXTENSION *ext = X509_EXTENSION_create_by_OBJ(NULL, oid, 0, os);
+    assert_non_null(ext);
+    assert_true(X509_set_version(x, 2) == 1 && X509_set_pubkey(x, k) == 1 &&
+                X509_NAME_add_entry_by_txt(X509_get_subject_name(x), "CN", MBSTRING_ASC,
+                                           (const unsigned char *)"fpcache big", -1, -1, 0) == 1 &&
+                X509_set_issuer_name(x, X509_get_subject_name(x)) == 1 &&
+                X509_gmtime_adj(X509_getm_notBefore(x), 0) != NULL &&
+                X509_gmtime_adj(X509_getm_notAfter(x), 86400) != NULL &&
+                X509_add_ext(x, ext, -1) == 1 && X509_sign(x, k, EVP_sha256()) > 0);
+    unsigned char *der = NULL;
+    int n = i2d_X509(x, &der);
+    assert_true(n > 40000);
+    X509 *a = fpc_parse(der, n), *b = fpc_parse(der, n);
+    assert_non_null(a);
+    assert_non_null(b);
+    cg_fp_t want, got;
+    assert_int_equal(cg_fp_der(der, (size_t)n, &want), 0);
+    uint64_t h0, m0, h1, m1;
+    cg_fp_cache_stats(&h0, &m0);
+    assert_int_equal(cg_fp_x509_cached(a, &got), 0);
+    assert_memory_equal(got.b, want.b, CG_FP_LEN);
+    assert_int_equal(cg_fp_x509_cached(b, &got), 0);
+    assert_memory_equal(got.b, want.b, CG_FP_LEN);
+    cg_fp_cache_stats(&h1, &m1);
+    assert_int_equal(h1 - h0, 0);
+    assert_int_equal(m1 - m0, 2);
+    X509_free(a);
+    X509_free(b);
+    X509_free(x);
+    X509_EXTENSION_free(ext);
+    ASN1_OBJECT_free(oid);
+    ASN1_OCTET_STRING_free(os);
+    EVP_PKEY_free(k);
+    OPENSSL_free(der);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1976,6 +2115,8 @@ int main(void)
         cmocka_unit_test(test_sub_messages),
         cmocka_unit_test(test_conn_entry_other_cache),
         cmocka_unit_test(test_fp_cache),
+        cmocka_unit_test(test_fp_cache_no_sha1),
+        cmocka_unit_test(test_fp_cache_big_not_kept),
     };
     return cmocka_run_group_tests_name("certgate core", tests, NULL, NULL);
 }
