@@ -13,6 +13,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include "cg_reg.h"
+#include "cg_usage.h"
 
 typedef struct cg_cache cg_cache_t;
 
@@ -74,6 +75,7 @@ typedef struct {
     int memo_app_set;           /* 0: the request named no app (NULL) */
     char memo_app[CG_APP_MAX + 1];
     char memo_expire_in[24];
+    cg_usage_hint_t memo_usage;     /* where reg's usage record is (cg_usage_hit_hint) */
 } cg_conn_entry_t;
 
 /* 1 and *found (and *reg when found) if e still answers for fp; 0 otherwise. */

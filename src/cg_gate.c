@@ -566,6 +566,7 @@ static void memo_set(cg_conn_entry_t *e, const cg_gate_in_t *in, const cg_gate_v
     e->memo_peer = in->peer;
     e->memo_peer_gen = in->peer->gen;
     memcpy(e->memo_expire_in, v->expire_in, sizeof(e->memo_expire_in));
+    e->memo_usage.gen = 0;      /* for this registration: not known yet */
     e->memo = 1;
 }
 
@@ -586,7 +587,8 @@ static void memo_allow(cg_gate_t *g, const cg_gate_in_t *in, const cg_reg_t *reg
     if (v->fp_hex[0] == '\0')
         cg_fp_to_hex(&in->peer->leaf, v->fp_hex);
     cg_metrics_decision(g->metrics, CG_ALLOW);
-    cg_usage_hit(g->usage, reg->id, in->now, client);
+    /* reg is the entry's own: the hint is for it while the memo holds. */
+    cg_usage_hit_hint(g->usage, reg->id, in->now, client, &in->conn->memo_usage);
     if (log_wanted(in->log_ctx, CG_LOG_DEBUG))
         glog(in->log_ctx, CG_LOG_DEBUG, "CG01002: allow app=%s cert=%s fingerprint=%s "
              "client=%s", reg->app_id, reg->id, v->fp_hex, client);
@@ -607,11 +609,22 @@ static int memo_path(cg_gate_t *g, const cg_gate_in_t *in, cg_gate_verdict_t *v)
     return 1;
 }
 
+static int begin_slow(cg_gate_t *g, const cg_gate_in_t *in, cg_gate_lookup_t *lk,
+                      cg_gate_verdict_t *v);
+
 int cg_gate_begin(cg_gate_t *g, const cg_gate_in_t *in, cg_gate_lookup_t *lk,
                   cg_gate_verdict_t *v)
 {
     if (memo_path(g, in, v))
         return CG_GATE_DONE;
+    return begin_slow(g, in, lk, v);
+}
+
+/* Apart, so that the memo path does not pay this one's frame (a cg_reg_t). */
+__attribute__((noinline))
+static int begin_slow(cg_gate_t *g, const cg_gate_in_t *in, cg_gate_lookup_t *lk,
+                      cg_gate_verdict_t *v)
+{
     if (in->peer == NULL || !in->peer->has_leaf || in->app_ambiguous) {
         cg_gate_decide(g, in, CG_STORE_NOTFOUND, NULL, NULL, v);
         return CG_GATE_DONE;
