@@ -30,6 +30,8 @@ int cg_cache_get(cg_cache_t *c, const cg_fp_t *fp, int64_t now_ms, int *found, c
 
 /* Counter of invalidations so far; read it before a store lookup and pass it to put. */
 uint64_t cg_cache_version(const cg_cache_t *c);
+/* The version itself, for a caller that reads it per request without a call. */
+const _Atomic uint64_t *cg_cache_version_at(const cg_cache_t *c);
 
 /* Insert unless an invalidation arrived since `version` was read (it may be stale). */
 void cg_cache_put(cg_cache_t *c, const cg_fp_t *fp, int found, const cg_reg_t *reg,

@@ -24,6 +24,9 @@ struct cg_gate {
     cg_metrics_t *metrics;
     cg_metrics_t *own_metrics;
     void *log_ctx;
+    /* The cache's, read by the memo path without calls (max age: fixed). */
+    const _Atomic uint64_t *cache_version;
+    int64_t cache_max_age_ms;
 };
 
 static cg_gate_log_fn sink;
@@ -212,6 +215,10 @@ cg_gate_t *cg_gate_new(const cg_gate_cfg_t *cfg, cg_metrics_t *metrics, void *lo
              "get 503 and usage is not recorded", err);
     if (cfg->cache_on) {
         g->cache = cg_cache_new(cfg->cache_entries, (int64_t)cfg->cache_max_age_s * 1000);
+        if (g->cache != NULL) {
+            g->cache_version = cg_cache_version_at(g->cache);
+            g->cache_max_age_ms = cg_cache_max_age_ms(g->cache);
+        }
         if (g->cache == NULL)
             glog(log_ctx, CG_LOG_ERR, "CG04005: cannot allocate the registration cache; "
                  "running without it");
@@ -594,6 +601,14 @@ static void memo_allow(cg_gate_t *g, const cg_gate_in_t *in, const cg_reg_t *reg
              "client=%s", reg->app_id, reg->id, v->fp_hex, client);
 }
 
+/* cg_now_ms (the clock e->fetched_ms was read with), without the call. */
+static inline int64_t memo_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
 /* The fast path: this connection's entry (not shared) still answers and its
  * last allow still holds. The entry's fingerprint is the peer's: the memo
  * was set for this fill of the peer. 1: v is the verdict. */
@@ -601,8 +616,8 @@ static int memo_path(cg_gate_t *g, const cg_gate_in_t *in, cg_gate_verdict_t *v)
 {
     const cg_conn_entry_t *e = in->conn;
     if (e == NULL || in->lock != NULL || g->cache == NULL || !memo_allows(e, in) ||
-        !e->valid || !e->found || e->version != cg_cache_version(g->cache) ||
-        cg_now_ms() - e->fetched_ms >= cg_cache_max_age_ms(g->cache))
+        !e->valid || !e->found || e->version != atomic_load(g->cache_version) ||
+        memo_now_ms() - e->fetched_ms >= g->cache_max_age_ms)
         return 0;
     count(&g->metrics->cache_conn_hits, 1);
     memo_allow(g, in, &e->reg, v);

@@ -83,7 +83,7 @@ void cg_usage_hit_hint(cg_usage_t *u, const char *reg_id, int64_t now_s, const c
     u->recs[i].count++;
     u->recs[i].last_seen = now_s;
     set_str(u->recs[i].ip, sizeof(u->recs[i].ip), client_ip ? client_ip : "");
-    cg_usage_tab_unlock(u);
+    atomic_store_explicit(&u->busy, 0, memory_order_release);     /* cg_usage_tab_unlock */
 }
 
 /* One batch, written through the blocking store (the thread, and the last one). */
