@@ -82,7 +82,11 @@ void cg_usage_hit_hint(cg_usage_t *u, const char *reg_id, int64_t now_s, const c
     u->last = i;
     u->recs[i].count++;
     u->recs[i].last_seen = now_s;
-    set_str(u->recs[i].ip, sizeof(u->recs[i].ip), client_ip ? client_ip : "");
+    /* Most hits repeat the record's address: copied only when it differs
+     * (a longer one than the record holds always does). */
+    const char *ip = client_ip ? client_ip : "";
+    if (strcmp(u->recs[i].ip, ip) != 0)
+        set_str(u->recs[i].ip, sizeof(u->recs[i].ip), ip);
     atomic_store_explicit(&u->busy, 0, memory_order_release);     /* cg_usage_tab_unlock */
 }
 
