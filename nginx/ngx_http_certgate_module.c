@@ -722,8 +722,6 @@ static char *cg_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
 /* Whether cg_log would write a line of level (ngx_log_error's own test). */
 static int cg_log_check(void *ctx, int level)
 {
-    if (level == CG_LOG_DEBUG)      /* the one asked per allowed request */
-        return ctx == NULL || ((ngx_log_t *) ctx)->log_level >= NGX_LOG_DEBUG;
     ngx_uint_t lv = level == CG_LOG_CRIT ? NGX_LOG_CRIT : level == CG_LOG_ERR ? NGX_LOG_ERR
                     : level == CG_LOG_WARN ? NGX_LOG_WARN : level == CG_LOG_INFO ? NGX_LOG_INFO
                     : NGX_LOG_DEBUG;
@@ -1622,14 +1620,12 @@ static ngx_int_t cg_gate(ngx_http_request_t *r, int in_rewrite)
     char ip_buf[NGX_SOCKADDR_STRLEN + 1];
     const char *ip = ip_buf;
     if (cc != NULL) {
-        /* Kept per connection while the same: realip sets the request's
-         * address (the stream's on HTTP/2), which may differ per request. */
+        /* Copied per request (comparing first costs as much): realip sets
+         * the request's address (the stream's on HTTP/2), which may differ. */
         const ngx_str_t *a = &r->connection->addr_text;
-        if (a->len != cc->ip_len || ngx_memcmp(a->data, cc->ip, a->len) != 0) {
-            cc->ip_len = ngx_min(a->len, sizeof(cc->ip) - 1);
-            ngx_memcpy(cc->ip, a->data, cc->ip_len);
-            cc->ip[cc->ip_len] = '\0';
-        }
+        cc->ip_len = ngx_min(a->len, sizeof(cc->ip) - 1);
+        ngx_memcpy(cc->ip, a->data, cc->ip_len);
+        cc->ip[cc->ip_len] = '\0';
         ip = cc->ip;
     } else {
         size_t iplen = ngx_min(r->connection->addr_text.len, sizeof(ip_buf) - 1);
@@ -1697,9 +1693,7 @@ static ngx_int_t cg_app_handler(ngx_http_request_t *r)
     /* A main request was decided in this location's rewrite phase; only an
      * app from a variable is left for here. A subrequest is gated here: into
      * a gated location from an ungated one, or from a deny not enforced. */
-    if (r == r->main &&
-        !((cg_main_conf_t *) ngx_http_get_module_main_conf(r, ngx_http_certgate_module))
-             ->app_var_used)
+    if (r == r->main && !cg_mcf->app_var_used)   /* the worker's (this cycle's) */
         return NGX_DECLINED;
     return cg_gate(r, 0);
 }
