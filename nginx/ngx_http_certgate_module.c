@@ -847,7 +847,7 @@ static cg_conn_t *cg_conn_find(ngx_connection_t *c);
 
 static void cg_conn_cleanup(void *data)
 {
-    (void) data;    /* the pool frees it; the marker makes it findable */
+    ngx_free(data);     /* the marker makes it findable too */
 }
 
 /* The last one found, while its connection lives: a connection's number
@@ -887,13 +887,17 @@ static cg_conn_t *cg_conn_find(ngx_connection_t *c)
     for (ngx_pool_cleanup_t *cln = c->pool->cleanup; cln != NULL; cln = cln->next)
         if (cln->handler == cg_conn_cleanup)
             return cln->data;
-    /* With the request slot: one allocation (a large one, outside the pool's blocks). */
-    ngx_pool_cleanup_t *cln = ngx_pool_cleanup_add(c->pool, sizeof(cg_conn_t) + sizeof(cg_req_t));
+    /* With the request slot, and not from the pool: it would be a large
+     * allocation there, one more for every request's TLS buffer
+     * (ngx_palloc_large, ngx_pfree) to walk past. */
+    ngx_pool_cleanup_t *cln = ngx_pool_cleanup_add(c->pool, 0);
     if (cln == NULL)
         return NULL;
-    cg_conn_t *cc = cln->data;
-    ngx_memzero(cc, sizeof(*cc) + sizeof(cg_req_t));
+    cg_conn_t *cc = ngx_calloc(sizeof(cg_conn_t) + sizeof(cg_req_t), c->log);
+    if (cc == NULL)
+        return NULL;
     cc->slot = (cg_req_t *) (cc + 1);
+    cln->data = cc;
     cln->handler = cg_conn_cleanup;
     return cc;
 }
