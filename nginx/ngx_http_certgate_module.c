@@ -95,8 +95,8 @@ typedef struct {
     int64_t x_days_at;              /* registration at this second */
     char ip[NGX_SOCKADDR_STRLEN + 1];   /* the client's address, for the core's log lines */
     size_t ip_len;
-    /* HTTP/1: the state of the connection's current main request (in the
-     * connection's pool, reused by the next one), no allocation per request.
+    /* HTTP/1: the state of the connection's current main request (allocated
+     * with this state, reused by the next one), no allocation per request.
      * Its own only while slot_r and slot_requests (c->requests, counted per
      * request) are the request's: a later request never sees it. */
     struct cg_req_s *slot;
