@@ -91,8 +91,17 @@ typedef struct {
     cg_conn_entry_t dc;
     char x5t[CG_X5T_S256_LEN + 1];  /* RFC 8705 thumbprint of the leaf, "" without one */
     uint64_t x_gen;                 /* the verdict's conn_gen x_app, x_id, x_fp were made for */
+    uint64_t x_days_gen;            /* x_days is the days left of that conn_gen's */
+    int64_t x_days_at;              /* registration at this second */
     char ip[NGX_SOCKADDR_STRLEN + 1];   /* the client's address, for the core's log lines */
     size_t ip_len;
+    /* HTTP/1: the state of the connection's current main request (allocated
+     * with this state, reused by the next one), no allocation per request.
+     * Its own only while slot_r and slot_requests (c->requests, counted per
+     * request) are the request's: a later request never sees it. */
+    struct cg_req_s *slot;
+    ngx_http_request_t *slot_r;
+    ngx_uint_t slot_requests;
 } cg_conn_t;
 
 /* ST_CERT_OK: the rewrite phase admitted the certificate for everything but
@@ -101,23 +110,28 @@ enum { ST_NEW = 0, ST_PENDING, ST_LOOKED_UP, ST_CERT_OK, ST_DECIDED };
 
 typedef struct cg_lookup_s cg_lookup_t;
 
-/* Per request, in r->pool; found again after an internal redirect. */
-typedef struct {
+/* Per request, in r->pool (HTTP/1: the connection's slot); found again after
+ * an internal redirect. */
+typedef struct cg_req_s {
     ngx_http_request_t *r;
     int state;
     cg_lookup_t *lookup;          /* in flight, or NULL */
-    ngx_event_t ev;               /* the timeout, and the resume once the reply is in */
     /* Over 2 kB together: from the request's pool only when needed (a cache miss,
      * a cert_only allow), not for every request. */
     cg_gate_lookup_t *lk;         /* the lookup's state, and its answer once in */
     cg_gate_verdict_t *v;         /* ST_CERT_OK: the certificate's verdict */
     /* The decision, for variables and for redirects after it. */
     cg_reason_t reason;
-    ngx_str_t app_id, cert_id, fingerprint, expire_in;
     ngx_int_t app_var;            /* ST_CERT_OK: the variable naming the app */
-    ngx_str_t x5t_s256;           /* on allow */
     unsigned shadow:1;            /* ST_CERT_OK: the gated location is in shadow mode */
     unsigned not_enforced:1;      /* the deny in reason let the request through */
+    unsigned ev_ready:1;          /* ev set up, the cleanup added (a slot: at its
+                                   * request's first lookup) */
+    unsigned exported:1;          /* an allow set the strings below */
+    /* A slot's reuse (cg_req_new) resets each field above by name, not these. */
+    ngx_str_t app_id, cert_id, fingerprint, expire_in;
+    ngx_str_t x5t_s256;           /* on allow */
+    ngx_event_t ev;               /* the timeout, and the resume once the reply is in */
 } cg_req_t;
 
 /* Outlives the request if it must: hiredis owns it until its last callback. */
@@ -833,27 +847,39 @@ static cg_conn_t *cg_conn_find(ngx_connection_t *c);
 
 static void cg_conn_cleanup(void *data)
 {
-    (void) data;    /* the pool frees it; the marker makes it findable */
+    ngx_free(data);     /* the marker makes it findable too */
 }
+
+/* The last one found, while its connection lives: a connection's number
+ * is unique in the worker's life, a reused ngx_connection_t gets another. */
+static ngx_connection_t *cg_last_c;
+static ngx_atomic_uint_t cg_last_number;
+static cg_conn_t *cg_last_cc;
 
 /* nginx has no per-connection module slot: the state hangs on the pool's
  * cleanup list, found again by its handler. */
 static cg_conn_t *cg_conn_state(ngx_connection_t *c)
 {
-    /* The last one found, while its connection lives: a connection's number
-     * is unique in the worker's life, a reused ngx_connection_t gets another. */
-    static ngx_connection_t *last_c;
-    static ngx_atomic_uint_t last_number;
-    static cg_conn_t *last_cc;
-    if (c == last_c && c->number == last_number)
-        return last_cc;
+    if (c == cg_last_c && c->number == cg_last_number)
+        return cg_last_cc;
     cg_conn_t *found = cg_conn_find(c);
     if (found != NULL) {
-        last_c = c;
-        last_number = c->number;
-        last_cc = found;
+        cg_last_c = c;
+        cg_last_number = c->number;
+        cg_last_cc = found;
     }
     return found;
+}
+
+/* The connection's state if it has one; never adds it. */
+static cg_conn_t *cg_conn_peek(ngx_connection_t *c)
+{
+    if (c == cg_last_c && c->number == cg_last_number)
+        return cg_last_cc;
+    for (ngx_pool_cleanup_t *cln = c->pool->cleanup; cln != NULL; cln = cln->next)
+        if (cln->handler == cg_conn_cleanup)
+            return cln->data;
+    return NULL;
 }
 
 static cg_conn_t *cg_conn_find(ngx_connection_t *c)
@@ -861,11 +887,17 @@ static cg_conn_t *cg_conn_find(ngx_connection_t *c)
     for (ngx_pool_cleanup_t *cln = c->pool->cleanup; cln != NULL; cln = cln->next)
         if (cln->handler == cg_conn_cleanup)
             return cln->data;
-    ngx_pool_cleanup_t *cln = ngx_pool_cleanup_add(c->pool, sizeof(cg_conn_t));
+    /* With the request slot, and not from the pool: it would be a large
+     * allocation there, one more for every request's TLS buffer
+     * (ngx_palloc_large, ngx_pfree) to walk past. */
+    ngx_pool_cleanup_t *cln = ngx_pool_cleanup_add(c->pool, 0);
     if (cln == NULL)
         return NULL;
-    cg_conn_t *cc = cln->data;
-    ngx_memzero(cc, sizeof(*cc));
+    cg_conn_t *cc = ngx_calloc(sizeof(cg_conn_t) + sizeof(cg_req_t), c->log);
+    if (cc == NULL)
+        return NULL;
+    cc->slot = (cg_req_t *) (cc + 1);
+    cln->data = cc;
     cln->handler = cg_conn_cleanup;
     return cc;
 }
@@ -884,12 +916,27 @@ static void cg_req_cleanup(void *data)
     }
 }
 
-static cg_req_t *cg_req_find(ngx_http_request_t *r)
+static ngx_inline int cg_tls(const ngx_connection_t *c)
+{
+    return c->ssl != NULL && c->ssl->connection != NULL;
+}
+
+/* c: the real connection; cc: its state, if it has one. */
+static cg_req_t *cg_req_find_in(ngx_http_request_t *r, ngx_connection_t *c, cg_conn_t *cc)
 {
     cg_req_t *req = ngx_http_get_module_ctx(r, ngx_http_certgate_module);
     if (req != NULL)
         return req;
-    /* An internal redirect clears module contexts; the pool keeps ours. */
+    /* An internal redirect clears module contexts; the slot (HTTP/1, tagged
+     * with the main request; subrequests share its connection) or the pool
+     * keeps ours. */
+    if (cc != NULL && c == r->connection && cc->slot != NULL && cc->slot_r == r->main &&
+        cc->slot_requests == c->requests) {
+        req = cc->slot;
+        req->r = r;
+        ngx_http_set_ctx(r, req, ngx_http_certgate_module);
+        return req;
+    }
     for (ngx_pool_cleanup_t *cln = r->pool->cleanup; cln != NULL; cln = cln->next) {
         if (cln->handler == cg_req_cleanup) {
             req = cln->data;
@@ -901,10 +948,46 @@ static cg_req_t *cg_req_find(ngx_http_request_t *r)
     return NULL;
 }
 
+static cg_req_t *cg_req_find(ngx_http_request_t *r)
+{
+    ngx_connection_t *c = cg_real_connection(r);
+    return cg_req_find_in(r, c, cg_tls(c) ? cg_conn_peek(c) : NULL);
+}
+
 static void cg_resume(ngx_event_t *ev);
 
-static cg_req_t *cg_req_new(ngx_http_request_t *r)
+/* c: the real connection; *ccp: its state, added here for a slot. */
+static cg_req_t *cg_req_new(ngx_http_request_t *r, ngx_connection_t *c, cg_conn_t **ccp)
 {
+    /* HTTP/1 main request on TLS: the connection's slot, unless an earlier
+     * request still has a lookup on it (never on HTTP/1: one request at a time). */
+    cg_conn_t *cc = NULL;
+    if (r == r->main && c == r->connection && cg_tls(c)) {
+        if (*ccp == NULL)
+            *ccp = cg_conn_state(c);
+        cc = *ccp;
+    }
+    if (cc != NULL && cc->slot->lookup == NULL && !cc->slot->ev.timer_set &&
+        !cc->slot->ev.posted) {
+        cg_req_t *req = cc->slot;
+        /* As zeroed, but for the decision's strings (they count only once
+         * exported) and ev (idle, set up again by the first lookup: cg_req_ready). */
+        req->r = r;
+        req->state = ST_NEW;
+        req->lookup = NULL;
+        req->lk = NULL;
+        req->v = NULL;
+        req->reason = CG_ALLOW;
+        req->app_var = 0;
+        req->shadow = 0;
+        req->not_enforced = 0;
+        req->ev_ready = 0;
+        req->exported = 0;
+        cc->slot_r = r;
+        cc->slot_requests = c->requests;
+        ngx_http_set_ctx(r, req, ngx_http_certgate_module);
+        return req;
+    }
     ngx_pool_cleanup_t *cln = ngx_pool_cleanup_add(r->pool, sizeof(cg_req_t));
     if (cln == NULL)
         return NULL;
@@ -914,9 +997,29 @@ static cg_req_t *cg_req_new(ngx_http_request_t *r)
     req->ev.data = req;
     req->ev.handler = cg_resume;
     req->ev.log = r->connection->log;
+    req->ev_ready = 1;
     cln->handler = cg_req_cleanup;
     ngx_http_set_ctx(r, req, ngx_http_certgate_module);
     return req;
+}
+
+/* A slot's timer event and its cleanup, before its first lookup: the
+ * lookup's callback and the timer must not outlive the request. */
+static ngx_int_t cg_req_ready(ngx_http_request_t *r, cg_req_t *req)
+{
+    if (req->ev_ready)
+        return NGX_OK;
+    ngx_pool_cleanup_t *cln = ngx_pool_cleanup_add(r->pool, 0);
+    if (cln == NULL)
+        return NGX_ERROR;
+    ngx_memzero(&req->ev, sizeof(req->ev));
+    req->ev.data = req;
+    req->ev.handler = cg_resume;
+    req->ev.log = r->connection->log;
+    cln->data = req;
+    cln->handler = cg_req_cleanup;
+    req->ev_ready = 1;
+    return NGX_OK;
 }
 
 /* ------------------------------------------------------------ Redis lookup */
@@ -984,6 +1087,10 @@ static ngx_int_t cg_lookup_start(ngx_http_request_t *r, cg_req_t *req)
         cg_gate_lookup_fail(req->lk, CG_STORE_CONN, "cannot connect to Redis");
         return NGX_ERROR;
     }
+    if (cg_req_ready(r, req) != NGX_OK) {
+        cg_gate_lookup_fail(req->lk, CG_STORE_CONN, "out of memory");
+        return NGX_ERROR;
+    }
     cg_lookup_t *lk = ngx_alloc(sizeof(*lk), r->connection->log);
     if (lk == NULL) {
         cg_gate_lookup_fail(req->lk, CG_STORE_CONN, "out of memory");
@@ -1044,9 +1151,9 @@ static ngx_int_t cg_is_forward_header_named(const ngx_table_elt_t *h);
 /* The cheap test inline, the names only for headers that start like ours. */
 static inline ngx_int_t cg_is_forward_header(const ngx_table_elt_t *h)
 {
-    /* Every name of ours starts with "Ce" or "Cl" (any case): most headers end
-     * here, "Connection" and "Content-Type" included. */
-    if (h->key.len < 2 || (h->key.data[0] | 0x20) != 'c' ||
+    /* Every name of ours is 11 to 20 long and starts with "Ce" or "Cl" (any
+     * case): most headers end here, "Connection" and "Content-Type" included. */
+    if (h->key.len - 11 > 20 - 11 || (h->key.data[0] | 0x20) != 'c' ||
         ((h->key.data[1] | 0x20) != 'e' && (h->key.data[1] | 0x20) != 'l'))
         return 0;
     return cg_is_forward_header_named(h);
@@ -1070,13 +1177,20 @@ static ngx_int_t cg_strip_incoming(ngx_http_request_t *r)
     ngx_table_elt_t *h;
     ngx_uint_t i, hit = 0, total = 0;
 
+    /* Most requests carry none of ours: look for one first, count after. */
+    for (part = &r->headers_in.headers.part; part; part = part->next) {
+        h = part->elts;
+        for (i = 0; i < part->nelts; i++)
+            if (cg_is_forward_header(&h[i]))
+                goto found;
+    }
+    return NGX_OK;
+found:
     for (part = &r->headers_in.headers.part; part; part = part->next) {
         h = part->elts;
         for (i = 0; i < part->nelts; i++, total++)
             hit += (ngx_uint_t) cg_is_forward_header(&h[i]);
     }
-    if (hit == 0)
-        return NGX_OK;
     /* ngx_list has no removal: rebuild it without them. (A list's last points
      * into itself, so it is built in place, reading from a copy of the old head.) */
     ngx_list_t old = r->headers_in.headers;
@@ -1301,8 +1415,24 @@ static ngx_int_t cg_kept(ngx_pool_t *p, ngx_str_t *keep, const char *s, size_t l
     return NGX_OK;
 }
 
+/* cg_kept for a short NUL-terminated s (the days left): compared in place. */
+static ngx_int_t cg_kept_cstr(ngx_pool_t *p, ngx_str_t *keep, const char *s, ngx_str_t *out)
+{
+    size_t i = 0;
+    if (keep->data != NULL) {
+        while (i < keep->len && s[i] != '\0' && keep->data[i] == (u_char) s[i])
+            i++;
+        if (i == keep->len && s[i] == '\0') {
+            *out = *keep;
+            return NGX_OK;
+        }
+    }
+    return cg_kept(p, keep, s, ngx_strlen(s), out);
+}
+
 static ngx_int_t cg_export_allow(ngx_http_request_t *r, cg_loc_conf_t *lc, cg_req_t *req,
-                                 const cg_gate_verdict_t *v, ngx_connection_t *c, cg_conn_t *cc)
+                                 const cg_gate_verdict_t *v, ngx_connection_t *c, cg_conn_t *cc,
+                                 int64_t now)
 {
     /* One thread per worker: the connection's copies serve its every request,
      * without comparing while the entry they came from is unchanged. */
@@ -1321,9 +1451,16 @@ static ngx_int_t cg_export_allow(ngx_http_request_t *r, cg_loc_conf_t *lc, cg_re
         } else {
             cc->x_gen = v->conn_gen;
         }
-        if (cg_kept(c->pool, &cc->x_days, v->expire_in, ngx_strlen(v->expire_in),
-                    &req->expire_in) != NGX_OK)
+        /* The days left depend on the registration and the second only. */
+        if (v->conn_gen != 0 && v->conn_gen == cc->x_days_gen && now == cc->x_days_at) {
+            req->expire_in = cc->x_days;
+        } else if (cg_kept_cstr(c->pool, &cc->x_days, v->expire_in, &req->expire_in)
+                   != NGX_OK) {
             return NGX_ERROR;
+        } else {
+            cc->x_days_gen = v->conn_gen;
+            cc->x_days_at = now;
+        }
     } else if (cg_pdup(r->pool, v->regp->app_id, ngx_strlen(v->regp->app_id), &req->app_id) != NGX_OK ||
         cg_pdup(r->pool, v->regp->id, ngx_strlen(v->regp->id), &req->cert_id) != NGX_OK ||
         cg_pdup(r->pool, v->fp_hex, CG_FP_HEX_LEN, &req->fingerprint) != NGX_OK ||
@@ -1333,7 +1470,10 @@ static ngx_int_t cg_export_allow(ngx_http_request_t *r, cg_loc_conf_t *lc, cg_re
         /* Changes only with the leaf, within the connection's life. */
         req->x5t_s256.data = (u_char *) cc->x5t;
         req->x5t_s256.len = CG_X5T_S256_LEN;
+    } else {
+        ngx_str_null(&req->x5t_s256);
     }
+    req->exported = 1;
     if (lc->forward_headers != 1)
         return NGX_OK;
     if (cg_add_header(r, &cg_forward_headers[0], req->app_id) != NGX_OK ||
@@ -1399,7 +1539,10 @@ static int cg_request_app(ngx_http_request_t *r, ngx_uint_t from, const ngx_str_
 static ngx_int_t cg_gate(ngx_http_request_t *r, int in_rewrite)
 {
     cg_loc_conf_t *lc = ngx_http_get_module_loc_conf(r, ngx_http_certgate_module);
-    cg_req_t *req = cg_req_find(r);
+    ngx_connection_t *c = cg_real_connection(r);
+    int tls = cg_tls(c);
+    cg_conn_t *cc = tls ? cg_conn_peek(c) : NULL;
+    cg_req_t *req = cg_req_find_in(r, c, cc);
 
     /* The first decision stands after an internal redirect (an error_page for
      * our 403 is not gated again); an ungated request redirected into a gated
@@ -1439,17 +1582,16 @@ static ngx_int_t cg_gate(ngx_http_request_t *r, int in_rewrite)
         /* Fail closed: a spoofed header must never reach the upstream. */
         if (cg_strip_incoming(r) != NGX_OK)
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        req = cg_req_new(r);
+        req = cg_req_new(r, c, &cc);
         if (req == NULL)
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    ngx_connection_t *c = cg_real_connection(r);
-    cg_conn_t *cc = NULL;
     static const cg_peer_t none;
     const cg_peer_t *peer = &none;
-    if (c->ssl != NULL && c->ssl->connection != NULL) {
-        cc = cg_conn_state(c);
+    if (tls) {
+        if (cc == NULL)
+            cc = cg_conn_state(c);
         if (cc == NULL)
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         /* An unreadable certificate is treated like a missing one: deny. */
@@ -1482,14 +1624,12 @@ static ngx_int_t cg_gate(ngx_http_request_t *r, int in_rewrite)
     char ip_buf[NGX_SOCKADDR_STRLEN + 1];
     const char *ip = ip_buf;
     if (cc != NULL) {
-        /* Kept per connection while the same: realip sets the request's
-         * address (the stream's on HTTP/2), which may differ per request. */
+        /* Copied per request (comparing first costs as much): realip sets
+         * the request's address (the stream's on HTTP/2), which may differ. */
         const ngx_str_t *a = &r->connection->addr_text;
-        if (a->len != cc->ip_len || ngx_memcmp(a->data, cc->ip, a->len) != 0) {
-            cc->ip_len = ngx_min(a->len, sizeof(cc->ip) - 1);
-            ngx_memcpy(cc->ip, a->data, cc->ip_len);
-            cc->ip[cc->ip_len] = '\0';
-        }
+        cc->ip_len = ngx_min(a->len, sizeof(cc->ip) - 1);
+        ngx_memcpy(cc->ip, a->data, cc->ip_len);
+        cc->ip[cc->ip_len] = '\0';
         ip = cc->ip;
     } else {
         size_t iplen = ngx_min(r->connection->addr_text.len, sizeof(ip_buf) - 1);
@@ -1543,7 +1683,7 @@ static ngx_int_t cg_gate(ngx_http_request_t *r, int in_rewrite)
     req->state = ST_DECIDED;
     req->reason = v.reason;
     if (v.reason == CG_ALLOW)
-        return cg_export_allow(r, lc, req, &v, c, cc) == NGX_OK ? NGX_DECLINED
+        return cg_export_allow(r, lc, req, &v, c, cc, in.now) == NGX_OK ? NGX_DECLINED
                                                               : NGX_HTTP_INTERNAL_SERVER_ERROR;
     if (v.pass) {   /* shadow (CG01010) or fail-open (CG02002): not enforced */
         req->not_enforced = 1;
@@ -1557,9 +1697,7 @@ static ngx_int_t cg_app_handler(ngx_http_request_t *r)
     /* A main request was decided in this location's rewrite phase; only an
      * app from a variable is left for here. A subrequest is gated here: into
      * a gated location from an ungated one, or from a deny not enforced. */
-    if (r == r->main &&
-        !((cg_main_conf_t *) ngx_http_get_module_main_conf(r, ngx_http_certgate_module))
-             ->app_var_used)
+    if (r == r->main && !cg_mcf->app_var_used)   /* the worker's (this cycle's) */
         return NGX_DECLINED;
     return cg_gate(r, 0);
 }
@@ -1626,6 +1764,9 @@ static ngx_int_t cg_variable(ngx_http_request_t *r, ngx_http_variable_value_t *v
     ngx_str_t s = ngx_null_string;
 
     if (req != NULL && req->state == ST_DECIDED) {
+        /* The strings are the request's only once an allow exported them. */
+        if (!req->exported && data != 4 && data != 5)
+            data = 7;
         switch (data) {
         case 0: s = req->app_id; break;
         case 1: s = req->cert_id; break;
@@ -1639,6 +1780,7 @@ static ngx_int_t cg_variable(ngx_http_request_t *r, ngx_http_variable_value_t *v
             }
             break;
         case 6: s = req->x5t_s256; break;
+        case 7: break;
         default: s.data = (u_char *) cg_reason_name(req->reason); s.len = ngx_strlen(s.data);
         }
     }

@@ -165,6 +165,11 @@ uint64_t cg_cache_version(const cg_cache_t *c)
     return atomic_load(&((cg_cache_t *)c)->version);
 }
 
+const _Atomic uint64_t *cg_cache_version_at(const cg_cache_t *c)
+{
+    return &c->version;
+}
+
 void cg_cache_put(cg_cache_t *c, const cg_fp_t *fp, int found, const cg_reg_t *reg,
                   int64_t now_ms, uint64_t version)
 {

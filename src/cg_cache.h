@@ -13,6 +13,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include "cg_reg.h"
+#include "cg_usage.h"
 
 typedef struct cg_cache cg_cache_t;
 
@@ -29,6 +30,8 @@ int cg_cache_get(cg_cache_t *c, const cg_fp_t *fp, int64_t now_ms, int *found, c
 
 /* Counter of invalidations so far; read it before a store lookup and pass it to put. */
 uint64_t cg_cache_version(const cg_cache_t *c);
+/* The version itself, for a caller that reads it per request without a call. */
+const _Atomic uint64_t *cg_cache_version_at(const cg_cache_t *c);
 
 /* Insert unless an invalidation arrived since `version` was read (it may be stale). */
 void cg_cache_put(cg_cache_t *c, const cg_fp_t *fp, int found, const cg_reg_t *reg,
@@ -74,6 +77,7 @@ typedef struct {
     int memo_app_set;           /* 0: the request named no app (NULL) */
     char memo_app[CG_APP_MAX + 1];
     char memo_expire_in[24];
+    cg_usage_hint_t memo_usage;     /* where reg's usage record is (cg_usage_hit_hint) */
 } cg_conn_entry_t;
 
 /* 1 and *found (and *reg when found) if e still answers for fp; 0 otherwise. */

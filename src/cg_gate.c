@@ -24,6 +24,9 @@ struct cg_gate {
     cg_metrics_t *metrics;
     cg_metrics_t *own_metrics;
     void *log_ctx;
+    /* The cache's, read by the memo path without calls (max age: fixed). */
+    const _Atomic uint64_t *cache_version;
+    int64_t cache_max_age_ms;
 };
 
 static cg_gate_log_fn sink;
@@ -212,6 +215,10 @@ cg_gate_t *cg_gate_new(const cg_gate_cfg_t *cfg, cg_metrics_t *metrics, void *lo
              "get 503 and usage is not recorded", err);
     if (cfg->cache_on) {
         g->cache = cg_cache_new(cfg->cache_entries, (int64_t)cfg->cache_max_age_s * 1000);
+        if (g->cache != NULL) {
+            g->cache_version = cg_cache_version_at(g->cache);
+            g->cache_max_age_ms = cg_cache_max_age_ms(g->cache);
+        }
         if (g->cache == NULL)
             glog(log_ctx, CG_LOG_ERR, "CG04005: cannot allocate the registration cache; "
                  "running without it");
@@ -566,6 +573,7 @@ static void memo_set(cg_conn_entry_t *e, const cg_gate_in_t *in, const cg_gate_v
     e->memo_peer = in->peer;
     e->memo_peer_gen = in->peer->gen;
     memcpy(e->memo_expire_in, v->expire_in, sizeof(e->memo_expire_in));
+    e->memo_usage.gen = 0;      /* for this registration: not known yet */
     e->memo = 1;
 }
 
@@ -586,10 +594,19 @@ static void memo_allow(cg_gate_t *g, const cg_gate_in_t *in, const cg_reg_t *reg
     if (v->fp_hex[0] == '\0')
         cg_fp_to_hex(&in->peer->leaf, v->fp_hex);
     cg_metrics_decision(g->metrics, CG_ALLOW);
-    cg_usage_hit(g->usage, reg->id, in->now, client);
+    /* reg is the entry's own: the hint is for it while the memo holds. */
+    cg_usage_hit_hint(g->usage, reg->id, in->now, client, &in->conn->memo_usage);
     if (log_wanted(in->log_ctx, CG_LOG_DEBUG))
         glog(in->log_ctx, CG_LOG_DEBUG, "CG01002: allow app=%s cert=%s fingerprint=%s "
              "client=%s", reg->app_id, reg->id, v->fp_hex, client);
+}
+
+/* cg_now_ms (the clock e->fetched_ms was read with), without the call. */
+static inline int64_t memo_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 /* The fast path: this connection's entry (not shared) still answers and its
@@ -599,19 +616,30 @@ static int memo_path(cg_gate_t *g, const cg_gate_in_t *in, cg_gate_verdict_t *v)
 {
     const cg_conn_entry_t *e = in->conn;
     if (e == NULL || in->lock != NULL || g->cache == NULL || !memo_allows(e, in) ||
-        !e->valid || !e->found || e->version != cg_cache_version(g->cache) ||
-        cg_now_ms() - e->fetched_ms >= cg_cache_max_age_ms(g->cache))
+        !e->valid || !e->found || e->version != atomic_load(g->cache_version) ||
+        memo_now_ms() - e->fetched_ms >= g->cache_max_age_ms)
         return 0;
     count(&g->metrics->cache_conn_hits, 1);
     memo_allow(g, in, &e->reg, v);
     return 1;
 }
 
+static int begin_slow(cg_gate_t *g, const cg_gate_in_t *in, cg_gate_lookup_t *lk,
+                      cg_gate_verdict_t *v);
+
 int cg_gate_begin(cg_gate_t *g, const cg_gate_in_t *in, cg_gate_lookup_t *lk,
                   cg_gate_verdict_t *v)
 {
     if (memo_path(g, in, v))
         return CG_GATE_DONE;
+    return begin_slow(g, in, lk, v);
+}
+
+/* Apart, so that the memo path does not pay this one's frame (a cg_reg_t). */
+__attribute__((noinline))
+static int begin_slow(cg_gate_t *g, const cg_gate_in_t *in, cg_gate_lookup_t *lk,
+                      cg_gate_verdict_t *v)
+{
     if (in->peer == NULL || !in->peer->has_leaf || in->app_ambiguous) {
         cg_gate_decide(g, in, CG_STORE_NOTFOUND, NULL, NULL, v);
         return CG_GATE_DONE;

@@ -31,13 +31,35 @@ void cg_usage_tab_unlock(cg_usage_t *u)
     atomic_store_explicit(&u->busy, 0, memory_order_release);
 }
 
+uint64_t cg_usage_next_gen(void)
+{
+    static atomic_uint_fast64_t next;
+    return (uint64_t) atomic_fetch_add_explicit(&next, 1, memory_order_relaxed) + 1;
+}
+
+/* cg_usage_tab_lock inline: taken for every allowed request. */
+static inline void tab_lock(cg_usage_t *u)
+{
+    if (atomic_exchange_explicit(&u->busy, 1, memory_order_acquire))
+        cg_usage_tab_lock(u);
+}
+
 void cg_usage_hit(cg_usage_t *u, const char *reg_id, int64_t now_s, const char *client_ip)
+{
+    cg_usage_hit_hint(u, reg_id, now_s, client_ip, NULL);
+}
+
+void cg_usage_hit_hint(cg_usage_t *u, const char *reg_id, int64_t now_s, const char *client_ip,
+                       cg_usage_hint_t *hint)
 {
     if (u == NULL)
         return;
-    cg_usage_tab_lock(u);
+    tab_lock(u);
     size_t i = u->last;
-    if (i >= u->n || strcmp(u->recs[i].id, reg_id) != 0) {
+    /* Within one generation a slot keeps its registration: records are only added. */
+    if (hint != NULL && hint->gen == u->gen && hint->slot < u->n) {
+        i = hint->slot;
+    } else if (i >= u->n || strcmp(u->recs[i].id, reg_id) != 0) {
         /* Linear scan: the table holds the registrations seen in a few seconds. */
         i = 0;
         while (i < u->n && strcmp(u->recs[i].id, reg_id) != 0)
@@ -53,11 +75,19 @@ void cg_usage_hit(cg_usage_t *u, const char *reg_id, int64_t now_s, const char *
         u->recs[i].count = 0;
         u->n++;
     }
+    if (hint != NULL) {
+        hint->gen = u->gen;
+        hint->slot = i;
+    }
     u->last = i;
     u->recs[i].count++;
     u->recs[i].last_seen = now_s;
-    set_str(u->recs[i].ip, sizeof(u->recs[i].ip), client_ip ? client_ip : "");
-    cg_usage_tab_unlock(u);
+    /* Most hits repeat the record's address: copied only when it differs
+     * (a longer one than the record holds always does). */
+    const char *ip = client_ip ? client_ip : "";
+    if (strcmp(u->recs[i].ip, ip) != 0)
+        set_str(u->recs[i].ip, sizeof(u->recs[i].ip), ip);
+    atomic_store_explicit(&u->busy, 0, memory_order_release);     /* cg_usage_tab_unlock */
 }
 
 /* One batch, written through the blocking store (the thread, and the last one). */
@@ -109,6 +139,7 @@ cg_usage_t *cg_usage_new(cg_store_t *st, size_t cap, int timeout_ms,
     u->on_flush = on_flush;
     u->arg = arg;
     u->batch.u = u;
+    u->gen = cg_usage_next_gen();
     atomic_init(&u->busy, 0);
     u->recs = calloc(u->cap, sizeof(cg_usage_rec_t));
     u->spare = calloc(u->cap, sizeof(cg_usage_rec_t));

@@ -21,6 +21,17 @@ cg_usage_t *cg_usage_start(cg_store_t *st, size_t cap, int interval_ms, int time
                            cg_usage_flush_fn on_flush, void *arg);
 /* Record one allowed request. Thread-safe, no I/O. */
 void cg_usage_hit(cg_usage_t *u, const char *reg_id, int64_t now_s, const char *client_ip);
+
+/* Where a registration's record is in the table now; all zero: not known. */
+typedef struct {
+    uint64_t gen;
+    size_t slot;
+} cg_usage_hint_t;
+/* cg_usage_hit for a caller that records one registration again and again:
+ * *hint (zeroed first, and again whenever reg_id may name another
+ * registration) saves looking the record up while the table is not swapped. */
+void cg_usage_hit_hint(cg_usage_t *u, const char *reg_id, int64_t now_s, const char *client_ip,
+                       cg_usage_hint_t *hint);
 /* Final flush (blocking, timeout_ms), stop and join; frees u. */
 void cg_usage_stop(cg_usage_t *u);
 

@@ -34,6 +34,7 @@ cg_usage_batch_t *cg_usage_batch_take(cg_usage_t *u)
     u->recs = u->spare;
     u->spare = recs;
     u->n = 0;
+    u->gen = cg_usage_next_gen();
     u->dropped = 0;
     cg_usage_tab_unlock(u);
     if (n == 0 && dropped == 0)

@@ -48,10 +48,13 @@ struct cg_usage {
     cg_usage_rec_t *recs, *spare;   /* swapped at flush, so hits never wait for Redis */
     size_t n, cap, dropped;
     size_t last;                /* slot of the last hit: most hits repeat it */
+    uint64_t gen;               /* of recs: new at every swap, unique in the process (hints) */
     struct cg_usage_batch batch;
 };
 
 void cg_usage_tab_lock(cg_usage_t *u);
+/* A table generation no other table of the process has had (never 0). */
+uint64_t cg_usage_next_gen(void);
 void cg_usage_tab_unlock(cg_usage_t *u);
 
 #endif

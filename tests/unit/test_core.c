@@ -1735,6 +1735,83 @@ static void test_usage_batch_steps(void **state)
     cg_store_free(st);
 }
 
+/* Command i of batch b: its key, count, last_seen and ip. */
+static void assert_usage_cmd(cg_usage_batch_t *b, size_t i, const char *key, const char *count,
+                             const char *seen, const char *ip)
+{
+    int argc;
+    const char *const *argv;
+    const size_t *lens;
+    cg_usage_batch_cmd(b, i, &argc, &argv, &lens);
+    assert_int_equal(argc, 7);
+    assert_string_equal(argv[3], key);
+    assert_string_equal(argv[4], count);
+    assert_string_equal(argv[5], seen);
+    assert_string_equal(argv[6], ip);
+}
+
+/* The memo path's hint: right while the table holds, never across a swap
+ * (the slot then holds another registration) nor from another table. */
+static void test_usage_hint(void **state)
+{
+    (void)state;
+    char err[128];
+    cg_store_cfg_t c = { .host = "127.0.0.1", .port = 1, .prefix = "certgate:",
+                         .timeout_ms = 100, .max_idle = 1 };
+    cg_store_t *st = cg_store_new(&c, err, sizeof(err));
+    assert_non_null(st);
+    flush_seen_t seen = { 0 };
+    cg_usage_t *u = cg_usage_new(st, 4, 100, record_flush, &seen);
+    cg_usage_t *u2 = cg_usage_new(st, 4, 100, record_flush, &seen);
+    assert_non_null(u);
+    assert_non_null(u2);
+    redisReply ok = { .type = REDIS_REPLY_INTEGER, .integer = 1 };
+
+    cg_usage_hint_t h = { 0 };
+    cg_usage_hit_hint(u, "r1", 1000, "10.0.0.1", &h);
+    cg_usage_hit(u, "r2", 1001, "10.0.0.2");
+    cg_usage_hit_hint(u, "r1", 1002, "10.0.0.3", &h);   /* by the hint, not the last slot */
+    cg_usage_batch_t *b = cg_usage_batch_take(u);
+    assert_non_null(b);
+    assert_int_equal(cg_usage_batch_len(b), 2);
+    assert_usage_cmd(b, 0, "certgate:usage:r1", "2", "1002", "10.0.0.3");
+    assert_usage_cmd(b, 1, "certgate:usage:r2", "1", "1001", "10.0.0.2");
+    cg_usage_hint_t first = h;                          /* slot 0 of u's first table */
+    cg_usage_batch_reply(b, &ok);
+    cg_usage_batch_reply(b, &ok);
+    cg_usage_batch_end(b, NULL);
+
+    /* Swapped: slot 0 is r2's now; the old hint must not count r1 there. */
+    cg_usage_hit(u, "r2", 1003, "10.0.0.4");
+    cg_usage_hit_hint(u, "r1", 1004, "10.0.0.5", &h);
+    cg_usage_hit_hint(u, "r1", 1005, "10.0.0.6", &h);
+    b = cg_usage_batch_take(u);
+    assert_non_null(b);
+    assert_int_equal(cg_usage_batch_len(b), 2);
+    assert_usage_cmd(b, 0, "certgate:usage:r2", "1", "1003", "10.0.0.4");
+    assert_usage_cmd(b, 1, "certgate:usage:r1", "2", "1005", "10.0.0.6");
+    cg_usage_batch_reply(b, &ok);
+    cg_usage_batch_reply(b, &ok);
+    cg_usage_batch_end(b, NULL);
+
+    /* Another table (made as u's first was): its slot 0 is r9's, not r1's. */
+    cg_usage_hit(u2, "r9", 1006, "10.0.0.7");
+    cg_usage_hit(u2, "r3", 1007, "10.0.0.8");
+    cg_usage_hit_hint(u2, "r1", 1008, "10.0.0.9", &first);
+    b = cg_usage_batch_take(u2);
+    assert_non_null(b);
+    assert_int_equal(cg_usage_batch_len(b), 3);
+    assert_usage_cmd(b, 0, "certgate:usage:r9", "1", "1006", "10.0.0.7");
+    assert_usage_cmd(b, 1, "certgate:usage:r3", "1", "1007", "10.0.0.8");
+    assert_usage_cmd(b, 2, "certgate:usage:r1", "1", "1008", "10.0.0.9");
+    for (int i = 0; i < 3; i++)
+        cg_usage_batch_reply(b, &ok);
+    cg_usage_batch_end(b, NULL);
+    cg_usage_stop(u);
+    cg_usage_stop(u2);
+    cg_store_free(st);
+}
+
 static int inval_calls;
 static int64_t inval_lag;
 
@@ -2112,6 +2189,7 @@ int main(void)
         cmocka_unit_test(test_admin_console_files),
         cmocka_unit_test(test_sentinel_event_outside_lock),
         cmocka_unit_test(test_usage_batch_steps),
+        cmocka_unit_test(test_usage_hint),
         cmocka_unit_test(test_sub_messages),
         cmocka_unit_test(test_conn_entry_other_cache),
         cmocka_unit_test(test_fp_cache),
