@@ -1056,12 +1056,21 @@ static ngx_int_t cg_adm_body_filter(ngx_http_request_t *r, ngx_chain_t *in)
 }
 
 /* nginx's own 413 page for a body the filter stopped becomes the API's JSON error. */
+static ngx_int_t cg_adm_header_replace(ngx_http_request_t *r, cg_adm_ctx_t *ctx);
+
+/* Every response passes here: the check alone, without the replacement's frame. */
 static ngx_int_t cg_adm_header_filter(ngx_http_request_t *r)
 {
     cg_adm_ctx_t *ctx = ngx_http_get_module_ctx(r, ngx_http_certgate_admin_module);
     if (ctx == NULL || !ctx->too_large || ctx->replaced
         || r->headers_out.status != NGX_HTTP_REQUEST_ENTITY_TOO_LARGE)
         return cg_adm_next_header_filter(r);
+    return cg_adm_header_replace(r, ctx);
+}
+
+__attribute__((noinline)) static ngx_int_t cg_adm_header_replace(ngx_http_request_t *r,
+                                                                 cg_adm_ctx_t *ctx)
+{
     ctx->replaced = 1;
     cg_adm_too_large(ctx);
     cg_adm_log(r, ctx);
@@ -1084,11 +1093,22 @@ static ngx_int_t cg_adm_header_filter(ngx_http_request_t *r)
     return cg_adm_next_header_filter(r);
 }
 
+static ngx_int_t cg_adm_output_replace(ngx_http_request_t *r, ngx_chain_t *in,
+                                       cg_adm_ctx_t *ctx);
+
+/* Every response passes here: the check alone, without the replacement's frame. */
 static ngx_int_t cg_adm_output_filter(ngx_http_request_t *r, ngx_chain_t *in)
 {
     cg_adm_ctx_t *ctx = ngx_http_get_module_ctx(r, ngx_http_certgate_admin_module);
     if (ctx == NULL || !ctx->replaced)
         return cg_adm_next_output_filter(r, in);
+    return cg_adm_output_replace(r, in, ctx);
+}
+
+__attribute__((noinline)) static ngx_int_t cg_adm_output_replace(ngx_http_request_t *r,
+                                                                 ngx_chain_t *in,
+                                                                 cg_adm_ctx_t *ctx)
+{
     for (ngx_chain_t *cl = in; cl; cl = cl->next)
         cl->buf->pos = cl->buf->last;    /* nginx's page is not sent */
     if (ctx->resp.body == NULL)
@@ -1106,10 +1126,9 @@ static ngx_int_t cg_adm_output_filter(ngx_http_request_t *r, ngx_chain_t *in)
 
 static ngx_int_t cg_adm_postconf(ngx_conf_t *cf)
 {
-    /* Filters run for every request: only where an admin API is. */
-    cg_adm_main_t *mc = ngx_http_conf_get_module_main_conf(cf, ngx_http_certgate_admin_module);
-    if (mc == NULL || !mc->used)
-        return NGX_OK;
+    /* Installed whatever this configuration says: the filter chain is global,
+     * and a reload that fails after this point leaves it to the old
+     * configuration's workers. Each returns at once without an admin request. */
     cg_adm_next_body_filter = ngx_http_top_request_body_filter;
     ngx_http_top_request_body_filter = cg_adm_body_filter;
     cg_adm_next_header_filter = ngx_http_top_header_filter;

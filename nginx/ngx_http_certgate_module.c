@@ -1719,7 +1719,18 @@ static ngx_int_t cg_rewrite_handler(ngx_http_request_t *r)
  * before the precontent phase checked the app: check the app now, and on a
  * mismatch send a 403 without a body instead.
  */
+static ngx_int_t cg_header_filter_app(ngx_http_request_t *r);
+
+/* Every response passes here: the check alone, without the app check's frame. */
 static ngx_int_t cg_header_filter(ngx_http_request_t *r)
+{
+    cg_main_conf_t *mc = ngx_http_get_module_main_conf(r, ngx_http_certgate_module);
+    if (mc == NULL || !mc->app_var_used)
+        return cg_next_header_filter(r);
+    return cg_header_filter_app(r);
+}
+
+__attribute__((noinline)) static ngx_int_t cg_header_filter_app(ngx_http_request_t *r)
 {
     cg_req_t *req = r == r->main ? cg_req_find(r) : NULL;
     if (req == NULL || req->state != ST_CERT_OK)
@@ -1869,6 +1880,12 @@ static ngx_int_t cg_init(ngx_conf_t *cf)
     ngx_http_core_main_conf_t *cmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_core_module);
     cg_main_conf_t *mc = ngx_http_conf_get_module_main_conf(cf, ngx_http_certgate_module);
 
+    /* Installed whatever this configuration says: the filter chain is global,
+     * and a reload that fails after this point leaves it to the old
+     * configuration's workers (a respawned one included). The filter returns
+     * at once unless the request's configuration names an app by variable. */
+    cg_next_header_filter = ngx_http_top_header_filter;
+    ngx_http_top_header_filter = cg_header_filter;
     if (!mc->used)
         return NGX_OK;
     /* The gate runs in the rewrite phase, ahead of the rewrite module's
@@ -1886,11 +1903,6 @@ static ngx_int_t cg_init(ngx_conf_t *cf)
     if (h == NULL)
         return NGX_ERROR;
     *h = cg_app_handler;
-    /* Runs for every response: only where an app comes from a variable. */
-    if (mc->app_var_used) {
-        cg_next_header_filter = ngx_http_top_header_filter;
-        ngx_http_top_header_filter = cg_header_filter;
-    }
 
     /* Resumed TLS 1.3 sessions carry the chain in the ticket (see cg_tls.h). */
     ngx_http_core_srv_conf_t **cscf = cmcf->servers.elts;
