@@ -845,16 +845,22 @@ static ngx_connection_t *cg_real_connection(ngx_http_request_t *r)
 
 static cg_conn_t *cg_conn_find(ngx_connection_t *c);
 
-static void cg_conn_cleanup(void *data)
-{
-    ngx_free(data);     /* the marker makes it findable too */
-}
-
 /* The last one found, while its connection lives: a connection's number
- * is unique in the worker's life, a reused ngx_connection_t gets another. */
+ * is unique in the worker's life, a reused ngx_connection_t gets another;
+ * and the state's cleanup forgets it (a reload without a master process
+ * starts the numbers again). */
 static ngx_connection_t *cg_last_c;
 static ngx_atomic_uint_t cg_last_number;
 static cg_conn_t *cg_last_cc;
+
+static void cg_conn_cleanup(void *data)
+{
+    if (data == cg_last_cc) {
+        cg_last_c = NULL;
+        cg_last_cc = NULL;
+    }
+    ngx_free(data);     /* the marker makes it findable too */
+}
 
 /* nginx has no per-connection module slot: the state hangs on the pool's
  * cleanup list, found again by its handler. */
