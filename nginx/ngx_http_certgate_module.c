@@ -1104,6 +1104,9 @@ static ngx_int_t cg_lookup_start(ngx_http_request_t *r, cg_req_t *req)
     }
     lk->req = req;
     lk->lk = *req->lk;
+    /* cg_resume runs this request's phases: a subrequest that found req
+     * since (an auth_request's) left its own r there. */
+    req->r = r;
     if (redisAsyncCommandArgv(ac, cg_on_reply, lk, req->lk->argc, req->lk->argv, req->lk->lens)
         != REDIS_OK) {
         ngx_free(lk);
