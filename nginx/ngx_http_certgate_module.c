@@ -843,8 +843,6 @@ static ngx_connection_t *cg_real_connection(ngx_http_request_t *r)
     return r->connection;
 }
 
-static cg_conn_t *cg_conn_find(ngx_connection_t *c);
-
 /* The last one found, while its connection lives: a connection's number
  * is unique in the worker's life, a reused ngx_connection_t gets another;
  * and the state's cleanup forgets it (a reload without a master process
@@ -862,22 +860,9 @@ static void cg_conn_cleanup(void *data)
     ngx_free(data);     /* the marker makes it findable too */
 }
 
-/* nginx has no per-connection module slot: the state hangs on the pool's
- * cleanup list, found again by its handler. */
-static cg_conn_t *cg_conn_state(ngx_connection_t *c)
-{
-    if (c == cg_last_c && c->number == cg_last_number)
-        return cg_last_cc;
-    cg_conn_t *found = cg_conn_find(c);
-    if (found != NULL) {
-        cg_last_c = c;
-        cg_last_number = c->number;
-        cg_last_cc = found;
-    }
-    return found;
-}
-
-/* The connection's state if it has one; never adds it. */
+/* The connection's state if it has one; never adds it. nginx has no
+ * per-connection module slot: the state hangs on the pool's cleanup list,
+ * found again by its handler. */
 static cg_conn_t *cg_conn_peek(ngx_connection_t *c)
 {
     if (c == cg_last_c && c->number == cg_last_number)
@@ -888,23 +873,27 @@ static cg_conn_t *cg_conn_peek(ngx_connection_t *c)
     return NULL;
 }
 
-static cg_conn_t *cg_conn_find(ngx_connection_t *c)
+/* The connection's state, added if it has none yet. */
+static cg_conn_t *cg_conn_state(ngx_connection_t *c)
 {
-    for (ngx_pool_cleanup_t *cln = c->pool->cleanup; cln != NULL; cln = cln->next)
-        if (cln->handler == cg_conn_cleanup)
-            return cln->data;
-    /* With the request slot, and not from the pool: it would be a large
-     * allocation there, one more for every request's TLS buffer
-     * (ngx_palloc_large, ngx_pfree) to walk past. */
-    ngx_pool_cleanup_t *cln = ngx_pool_cleanup_add(c->pool, 0);
-    if (cln == NULL)
-        return NULL;
-    cg_conn_t *cc = ngx_calloc(sizeof(cg_conn_t) + sizeof(cg_req_t), c->log);
-    if (cc == NULL)
-        return NULL;
-    cc->slot = (cg_req_t *) (cc + 1);
-    cln->data = cc;
-    cln->handler = cg_conn_cleanup;
+    cg_conn_t *cc = cg_conn_peek(c);
+    if (cc == NULL) {
+        /* With the request slot, and not from the pool: it would be a large
+         * allocation there, one more for every request's TLS buffer
+         * (ngx_palloc_large, ngx_pfree) to walk past. */
+        ngx_pool_cleanup_t *cln = ngx_pool_cleanup_add(c->pool, 0);
+        if (cln == NULL)
+            return NULL;
+        cc = ngx_calloc(sizeof(cg_conn_t) + sizeof(cg_req_t), c->log);
+        if (cc == NULL)
+            return NULL;
+        cc->slot = (cg_req_t *) (cc + 1);
+        cln->data = cc;
+        cln->handler = cg_conn_cleanup;
+    }
+    cg_last_c = c;
+    cg_last_number = c->number;
+    cg_last_cc = cc;
     return cc;
 }
 
