@@ -3,6 +3,7 @@ import socket
 import ssl
 import subprocess
 import threading
+import time
 
 import requests
 
@@ -63,6 +64,31 @@ def tls_context(stack, cert):
     c, k = files_for(stack, cert)
     ctx.load_cert_chain(c, k)
     return ctx
+
+
+def raw_tls(stack, cert):
+    """A TLS 1.3 socket to the stack's server with cert, for hand-written requests."""
+    sock = socket.create_connection(("127.0.0.1", stack.server.port), timeout=10)
+    return tls_context(stack, cert).wrap_socket(sock, server_hostname="localhost")
+
+
+def assert_revoked_within(stack, cert, reg_id, path, bound_s=1.0):
+    """On a live keep-alive connection, what the admin API's inactivate does to
+    the store (record, then publish) is enforced within bound_s. Returns the seconds."""
+    s = session(stack, cert)
+    for _ in range(5):
+        assert s.get(stack.server.url(path), timeout=10).status_code == 200
+    stack.r.hset("certgate:reg:" + reg_id, "status", "INACTIVATED")
+    t0 = time.monotonic()
+    stack.r.publish("certgate:invalidate", cert.fingerprint)
+    while True:
+        resp = s.get(stack.server.url(path), timeout=10)
+        if resp.status_code == 403:
+            break
+        assert time.monotonic() - t0 < bound_s, "still allowed %.1f s after the write" % bound_s
+        time.sleep(0.01)
+    assert reason_of(resp) == "inactivated"
+    return time.monotonic() - t0
 
 
 def raw_get(stack, ctx, path, session=None):

@@ -4,13 +4,11 @@ the same keep-alive connection must never see an earlier one's decision; an
 internal redirect and a subrequest of the same request must still find it; a
 lookup in flight when the client goes away must end cleanly."""
 import os
-import socket
-import ssl
 import time
 
 import pytest
 
-from clients import files_for, session
+from clients import raw_tls, session
 from conftest import Stack
 from harness import register
 
@@ -112,14 +110,6 @@ def test_subrequest_finds_the_main_requests_decision(reg, pki):
     resp = s.get(reg.server.url("/echo/y"), timeout=10)
     assert resp.text == "echo app= reason=\n"
     s.close()
-
-
-def raw_tls(stack, cert):
-    ctx = ssl.create_default_context(cafile=stack.server_ca)
-    c, k = files_for(stack, cert)
-    ctx.load_cert_chain(c, k)
-    sock = socket.create_connection(("127.0.0.1", stack.server.port), timeout=10)
-    return ctx.wrap_socket(sock, server_hostname="localhost")
 
 
 def read_response(sock):

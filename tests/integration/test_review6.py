@@ -2,13 +2,12 @@
 and its subrequests (the connection's slot on HTTP/1, the pool's on HTTP/2)."""
 import os
 import socket
-import ssl
 import subprocess
 import time
 
 import pytest
 
-from clients import files_for
+from clients import files_for, raw_tls
 from conftest import Stack
 from harness import register
 
@@ -43,14 +42,6 @@ def stack(pki):
         f.write("yes\n")
     yield s
     s.close()
-
-
-def raw_tls(stack, cert):
-    ctx = ssl.create_default_context(cafile=stack.server_ca)
-    c, k = files_for(stack, cert)
-    ctx.load_cert_chain(c, k)
-    sock = socket.create_connection(("127.0.0.1", stack.server.port), timeout=10)
-    return ctx.wrap_socket(sock, server_hostname="localhost")
 
 
 def read_status(sock):
