@@ -8,7 +8,8 @@ CFLAGS_COMMON = -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -O2 -g -fPIC $(EXTR
 CORE_SRC = src/cg_fp.c src/cg_reg.c src/cg_decide.c src/cg_store.c src/cg_registry.c src/cg_tls.c \
            src/cg_cert.c src/cg_policy.c src/cg_cache.c src/cg_sub.c src/cg_metrics.c src/cg_usage.c \
            src/cg_thread.c src/cg_gate.c src/cg_sentinel.c $(ADMIN_SRC) \
-           src/cg_usage_batch.c src/cg_sub_msg.c src/cg_fpcache.c
+           src/cg_usage_batch.c src/cg_sub_msg.c src/cg_fpcache.c \
+           src/cg_certkeep.c
 # The admin API, by job (src/cg_admin_int.h says which file does what).
 ADMIN_SRC = src/cg_admin.c src/cg_admin_route.c src/cg_admin_view.c src/cg_admin_upload.c \
             src/cg_admin_lifecycle.c src/cg_admin_entity.c src/cg_admin_read.c src/cg_admin_stats.c \

@@ -82,8 +82,9 @@ static int upload_fields(json_t *obj, adm_upload_t *u, const char *code_bad, int
     }
     u->app = json_is_string(ja) ? strdup(json_string_value(ja)) : NULL;
     u->customer = json_is_string(jcu) ? strdup(json_string_value(jcu)) : NULL;
-    u->certs = cg_cert_read_all((const unsigned char *)json_string_value(jc),
-                                json_string_length(jc), p7, err, sizeof(err));
+    /* What follows the leaf (a bundle) repeats from upload to upload: kept. */
+    u->certs = cg_cert_read_all_kept((const unsigned char *)json_string_value(jc),
+                                     json_string_length(jc), p7, 1, err, sizeof(err));
     if (u->certs == NULL) {
         adm_errorf(resp, 400, "Certificate.Invalid", "certificate: %s", err);
         return -1;
@@ -103,9 +104,10 @@ static int upload_fields(json_t *obj, adm_upload_t *u, const char *code_bad, int
                 adm_errorf(resp, 400, code_bad, "chain must be a PEM string or an array of them");
                 return -1;
             }
-            STACK_OF(X509) *more = cg_cert_read_all((const unsigned char *)json_string_value(el),
-                                                    json_string_length(el), NULL, err,
-                                                    sizeof(err));
+            STACK_OF(X509) *more = cg_cert_read_all_kept((const unsigned char *)
+                                                         json_string_value(el),
+                                                         json_string_length(el), NULL, 0, err,
+                                                         sizeof(err));
             if (more == NULL || take_certs(u, more) != 0) {
                 json_decref(parts);
                 adm_errorf(resp, 400, "Chain.Invalid", "chain element %zu: %s", i,
@@ -195,7 +197,7 @@ static int read_upload(const cg_admin_req_t *req, cg_admin_resp_t *resp, adm_upl
                ctype_is(ct, "application/pkcs7-mime") || ctype_is(ct, "application/x-x509-ca-cert") ||
                ctype_is(ct, "application/pkcs7-certificates") ||
                ctype_is(ct, "application/x-pkcs7-certificates")) {
-        u->certs = cg_cert_read_all(req->body, req->body_len, &p7, err, sizeof(err));
+        u->certs = cg_cert_read_all_kept(req->body, req->body_len, &p7, 1, err, sizeof(err));
         if (u->certs == NULL) {
             adm_errorf(resp, 400, "Certificate.Invalid", "%s", err);
             return -1;

@@ -1,6 +1,7 @@
 #include "cg_cert.h"
 
 #include <ctype.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,6 +33,12 @@ static X509 *der_cert(const unsigned char *p, size_t len)
         return NULL;
     }
     return x;
+}
+
+/* The certificate at index `at` of a read: through the kept ones from keep_from on. */
+static X509 *der_cert_at(const unsigned char *p, size_t len, int at, int keep_from)
+{
+    return at >= keep_from ? cg_cert_d2i_kept(p, len) : der_cert(p, len);
 }
 
 static int push_pkcs7(STACK_OF(X509) *out, const unsigned char *p, size_t len)
@@ -107,7 +114,7 @@ done:
 }
 
 static int read_pem(STACK_OF(X509) *out, const unsigned char *buf, size_t len, int *p7,
-                    char *err, size_t errlen)
+                    int keep_from, char *err, size_t errlen)
 {
     BIO *bio = BIO_new_mem_buf(buf, (int)len);
     int rc = -1, blocks = 0;
@@ -133,7 +140,7 @@ static int read_pem(STACK_OF(X509) *out, const unsigned char *buf, size_t len, i
         blocks++;
         int ok = 0;
         if (strcmp(name, "CERTIFICATE") == 0 || strcmp(name, "X509 CERTIFICATE") == 0) {
-            X509 *x = der_cert(data, (size_t)dlen);
+            X509 *x = der_cert_at(data, (size_t)dlen, sk_X509_num(out), keep_from);
             ok = x != NULL && sk_X509_push(out, x);
             if (x != NULL && !ok)
                 X509_free(x);
@@ -163,9 +170,10 @@ static int read_pem(STACK_OF(X509) *out, const unsigned char *buf, size_t len, i
     return rc;
 }
 
-static int read_der(STACK_OF(X509) *out, const unsigned char *p, size_t len, int *p7)
+static int read_der(STACK_OF(X509) *out, const unsigned char *p, size_t len, int *p7,
+                    int keep_from)
 {
-    X509 *x = der_cert(p, len);
+    X509 *x = der_cert_at(p, len, sk_X509_num(out), keep_from);
     if (x != NULL) {
         if (!sk_X509_push(out, x)) {
             X509_free(x);
@@ -182,6 +190,12 @@ static int read_der(STACK_OF(X509) *out, const unsigned char *p, size_t len, int
 
 STACK_OF(X509) *cg_cert_read_all(const unsigned char *buf, size_t len, int *from_pkcs7,
                                  char *err, size_t errlen)
+{
+    return cg_cert_read_all_kept(buf, len, from_pkcs7, INT_MAX, err, errlen);
+}
+
+STACK_OF(X509) *cg_cert_read_all_kept(const unsigned char *buf, size_t len, int *from_pkcs7,
+                                      int keep_from, char *err, size_t errlen)
 {
     STACK_OF(X509) *out;
     int p7 = 0, rc;
@@ -210,13 +224,13 @@ STACK_OF(X509) *cg_cert_read_all(const unsigned char *buf, size_t len, int *from
                 return NULL;
             }
         }
-        rc = read_pem(out, buf, len, &p7, err, errlen);
+        rc = read_pem(out, buf, len, &p7, keep_from, err, errlen);
     } else {
-        rc = read_der(out, buf, len, &p7);
+        rc = read_der(out, buf, len, &p7, keep_from);
         if (rc != 0 && is_b64(buf, len)) {
             size_t dlen = 0;
             unsigned char *der = b64_decode(buf, len, &dlen);
-            rc = der ? read_der(out, der, dlen, &p7) : -1;
+            rc = der ? read_der(out, der, dlen, &p7, keep_from) : -1;
             free(der);
         }
         if (rc != 0)
@@ -528,9 +542,13 @@ int cg_cert_link(X509 *child, X509 *issuer)
     int rc = X509_check_issued(issuer, child);
     if (rc != X509_V_OK)
         return rc;
+    if (cg_cert_link_known(child, issuer))
+        return X509_V_OK;
     EVP_PKEY *pk = X509_get0_pubkey(issuer);
     rc = (pk != NULL && X509_verify(child, pk) == 1) ? X509_V_OK : X509_V_ERR_CERT_SIGNATURE_FAILURE;
     ERR_clear_error();
+    if (rc == X509_V_OK)
+        cg_cert_link_note(child, issuer);
     return rc;
 }
 

@@ -26,6 +26,25 @@
 STACK_OF(X509) *cg_cert_read_all(const unsigned char *buf, size_t len, int *from_pkcs7,
                                  char *err, size_t errlen);
 
+/*
+ * The same, with the certificates from index keep_from on decoded through the
+ * process's kept ones (cg_certkeep.c): chain certificates, which repeat from
+ * upload to upload. A kept certificate is shared: never modify one.
+ */
+STACK_OF(X509) *cg_cert_read_all_kept(const unsigned char *buf, size_t len, int *from_pkcs7,
+                                      int keep_from, char *err, size_t errlen);
+
+/* One DER certificate, whole (no trailing bytes), from the kept ones when the
+ * same bytes were decoded before; a new reference, or NULL. */
+X509 *cg_cert_d2i_kept(const unsigned char *der, size_t len);
+/* Whether child's signature was verified with issuer's key before, both kept
+ * objects; and remember that it was. */
+int cg_cert_link_known(X509 *child, X509 *issuer);
+void cg_cert_link_note(X509 *child, X509 *issuer);
+/* Counters for tests and status; and drop every kept certificate. */
+void cg_cert_kept_stats(uint64_t *hits, uint64_t *misses, uint64_t *links);
+void cg_cert_kept_clear(void);
+
 /* Order a PKCS#7 bag leaf first by issuer names. 0, or -1 (err) if there is not
  * exactly one leaf or the certificates do not form one chain. */
 int cg_cert_order_bag(STACK_OF(X509) *sk, char *err, size_t errlen);

@@ -15,6 +15,7 @@
 #include <openssl/x509v3.h>
 #include <openssl/evp.h>
 
+#include "cg_cert.h"
 #include "cg_decide.h"
 #include "cg_fp.h"
 #include "cg_gate.h"
@@ -2140,6 +2141,123 @@ static void test_fp_cache_big_not_kept(void **state)
     OPENSSL_free(der);
 }
 
+/* A certificate named cn with key k, issued by `issuer` (NULL: self-issued)
+ * and signed with signer; as PEM appended to bio. NULL on failure. */
+static X509 *kept_cert(const char *cn, EVP_PKEY *k, X509 *issuer, EVP_PKEY *signer, BIO *bio)
+{
+    X509 *x = X509_new();
+    if (x != NULL && X509_set_version(x, 2) == 1 &&
+        ASN1_INTEGER_set(X509_get_serialNumber(x), 9) == 1 &&
+        X509_gmtime_adj(X509_getm_notBefore(x), 0) != NULL &&
+        X509_gmtime_adj(X509_getm_notAfter(x), 86400) != NULL &&
+        X509_NAME_add_entry_by_txt(X509_get_subject_name(x), "CN", MBSTRING_ASC,
+                                   (const unsigned char *)cn, -1, -1, 0) == 1 &&
+        X509_set_issuer_name(x, X509_get_subject_name(issuer ? issuer : x)) == 1 &&
+        X509_set_pubkey(x, k) == 1 && X509_sign(x, signer, EVP_sha256()) > 0 &&
+        (bio == NULL || PEM_write_bio_X509(bio, x) == 1))
+        return x;
+    X509_free(x);
+    return NULL;
+}
+
+/* Chain certificates read again come from the process's kept ones, only for
+ * the same bytes; a remembered signature check holds for that issuer object
+ * alone (another key under the same name is checked, and fails). */
+static void test_cert_kept(void **state)
+{
+    (void)state;
+    cg_cert_kept_clear();
+    EVP_PKEY *kr = EVP_EC_gen("P-256"), *kl = EVP_EC_gen("P-256"), *kw = EVP_EC_gen("P-256");
+    BIO *bundle = BIO_new(BIO_s_mem()), *rootonly = BIO_new(BIO_s_mem());
+    assert_true(kr && kl && kw && bundle && rootonly);
+    X509 *root = kept_cert("kept root", kr, NULL, kr, NULL);
+    assert_non_null(root);
+    X509 *leaf = kept_cert("kept leaf", kl, root, kr, bundle);
+    assert_non_null(leaf);
+    assert_int_equal(PEM_write_bio_X509(bundle, root), 1);
+    assert_int_equal(PEM_write_bio_X509(rootonly, root), 1);
+    /* Same name as root, another key: issues nothing root issued. */
+    X509 *wrong = kept_cert("kept root", kw, NULL, kw, NULL);
+    assert_non_null(wrong);
+    char *b = NULL, *ro = NULL;
+    long bl = BIO_get_mem_data(bundle, &b), rl = BIO_get_mem_data(rootonly, &ro);
+    char err[200];
+    uint64_t h0, m0, l0, h1, m1, l1;
+    cg_cert_kept_stats(&h0, &m0, &l0);
+    STACK_OF(X509) *s1 = cg_cert_read_all_kept((const unsigned char *)b, (size_t)bl, NULL, 1,
+                                               err, sizeof(err));
+    STACK_OF(X509) *s2 = cg_cert_read_all_kept((const unsigned char *)b, (size_t)bl, NULL, 1,
+                                               err, sizeof(err));
+    assert_non_null(s1);
+    assert_non_null(s2);
+    assert_int_equal(sk_X509_num(s1), 2);
+    assert_int_equal(sk_X509_num(s2), 2);
+    assert_ptr_not_equal(sk_X509_value(s1, 0), sk_X509_value(s2, 0));   /* the leaf: never kept */
+    assert_ptr_equal(sk_X509_value(s1, 1), sk_X509_value(s2, 1));       /* the root: kept */
+    assert_int_equal(X509_cmp(sk_X509_value(s2, 1), root), 0);
+    cg_cert_kept_stats(&h1, &m1, &l1);
+    assert_int_equal(m1 - m0, 1);
+    assert_int_equal(h1 - h0, 1);
+    /* cg_cert_read_all keeps nothing. */
+    STACK_OF(X509) *s3 = cg_cert_read_all((const unsigned char *)ro, (size_t)rl, NULL, err,
+                                          sizeof(err));
+    assert_non_null(s3);
+    assert_ptr_not_equal(sk_X509_value(s3, 0), sk_X509_value(s1, 1));
+    X509 *kroot = sk_X509_value(s1, 1);
+    /* The root's self-signature: checked once, then remembered for that object. */
+    assert_int_equal(cg_cert_link(kroot, kroot), X509_V_OK);
+    assert_int_equal(cg_cert_link(kroot, kroot), X509_V_OK);
+    cg_cert_kept_stats(&h1, &m1, &l1);
+    assert_int_equal(l1 - l0, 1);
+    /* A kept leaf (keep_from 0) under the kept root: remembered per issuer. */
+    STACK_OF(X509) *s4 = cg_cert_read_all_kept((const unsigned char *)b, (size_t)bl, NULL, 0,
+                                               err, sizeof(err));
+    assert_non_null(s4);
+    X509 *kleaf = sk_X509_value(s4, 0);
+    assert_ptr_equal(sk_X509_value(s4, 1), kroot);
+    assert_int_equal(cg_cert_link(kleaf, kroot), X509_V_OK);
+    assert_int_equal(cg_cert_link(kleaf, kroot), X509_V_OK);
+    assert_int_equal(cg_cert_link(kleaf, wrong), X509_V_ERR_CERT_SIGNATURE_FAILURE);
+    assert_int_equal(cg_cert_link(kleaf, sk_X509_value(s3, 0)), X509_V_OK);  /* not kept: checked */
+    cg_cert_kept_stats(&h1, &m1, &l1);
+    assert_int_equal(l1 - l0, 2);
+    /* The root with one signature bit flipped: other bytes, another object
+     * that fails its own check; and trailing bytes are refused. */
+    unsigned char *der = NULL;
+    int n = i2d_X509(root, &der);
+    assert_true(n > 0);
+    der[n - 1] ^= 0x01;
+    X509 *flipped = cg_cert_d2i_kept(der, (size_t)n);
+    assert_non_null(flipped);
+    assert_ptr_not_equal(flipped, kroot);
+    assert_int_equal(cg_cert_link(flipped, flipped), X509_V_ERR_CERT_SIGNATURE_FAILURE);
+    der[n - 1] ^= 0x01;
+    X509 *again = cg_cert_d2i_kept(der, (size_t)n);
+    assert_ptr_equal(again, kroot);
+    unsigned char *longer = malloc((size_t)n + 1);
+    assert_non_null(longer);
+    memcpy(longer, der, (size_t)n);
+    longer[n] = 0;
+    assert_null(cg_cert_d2i_kept(longer, (size_t)n + 1));
+    free(longer);
+    OPENSSL_free(der);
+    X509_free(flipped);
+    X509_free(again);
+    sk_X509_pop_free(s1, X509_free);
+    sk_X509_pop_free(s2, X509_free);
+    sk_X509_pop_free(s3, X509_free);
+    sk_X509_pop_free(s4, X509_free);
+    X509_free(root);
+    X509_free(leaf);
+    X509_free(wrong);
+    BIO_free(bundle);
+    BIO_free(rootonly);
+    EVP_PKEY_free(kr);
+    EVP_PKEY_free(kl);
+    EVP_PKEY_free(kw);
+    cg_cert_kept_clear();
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -2195,6 +2313,7 @@ int main(void)
         cmocka_unit_test(test_fp_cache),
         cmocka_unit_test(test_fp_cache_no_sha1),
         cmocka_unit_test(test_fp_cache_big_not_kept),
+        cmocka_unit_test(test_cert_kept),
     };
     return cmocka_run_group_tests_name("certgate core", tests, NULL, NULL);
 }
