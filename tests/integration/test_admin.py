@@ -641,6 +641,32 @@ def test_a_refused_chain_says_which_element_and_why(api, pki):
     assert "ordered leaf to root" in msg, msg
 
 
+def test_a_known_ca_name_under_another_key_is_checked_again(stack, api, pki):
+    # The gateway keeps chain certificates it decoded and the links it checked
+    # (cg_certkeep.c): a root with the same name but another key must not ride
+    # on the genuine root's checked link. One keep-alive connection: the same
+    # server process sees all three uploads.
+    s = requests.Session()
+    s.trust_env = False
+    s.verify = stack.server_ca
+    s.auth = ("dev1", stack.server.admin_users["dev1"])
+    url = stack.server.url(api.base + "/certs")
+
+    def up(cert, chain):
+        return s.post(url, json={"certificate": cert.pem.decode(), "chain": chain,
+                                 "appId": "app1"}, timeout=30)
+
+    one, two = pki.leaf_of("kept chain one"), pki.leaf_of("kept chain two")
+    assert up(one, one.der_chain_pem()).status_code == 201
+    before = sorted(stack.r.keys("*"))
+    impostor = make_cert("certgate test root CA", ca=True, days=3650)   # same name, another key
+    resp = up(two, (pki.inter.pem + impostor.pem).decode())
+    assert resp.status_code == 400 and error_code(resp) == "Chain.Invalid", resp.text
+    assert "key did not sign it" in resp.json()["message"], resp.text
+    assert sorted(stack.r.keys("*")) == before
+    assert up(two, two.der_chain_pem()).status_code == 201
+
+
 def test_admin_requests_are_logged_as_certgate_lines(stack, api):
     # CG06001 is certgate's: "LogLevel ... certgate:debug" (the harness's) shows it on httpd;
     # nginx logs it at info from the adapter.
