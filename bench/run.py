@@ -512,10 +512,12 @@ def report(args, results, scale, revo, ngx, ir, uploads):
     lines += ["", "Targets (instructions):", ""] + callgrind.target_lines(ir, args.servers, args.modes)
     lines += callgrind.centres_lines(ir, args.servers, args.modes)
     lines += ["", "## Admin upload rate", "",
-              "POST /certs as a developer, one certificate each, one keep-alive connection, "
+              "POST /certs as a developer, one certificate each, one keep-alive connection "
+              "(Python's http.client, bodies encoded beforehand), "
               "on a fresh httpd + Redis with N registrations of the same app already stored "
               "(bench/upload_rate.py); rounds one after the other, each adding its uploads. "
-              "Wall clock: met only if the slowest round meets the target.", ""]
+              "Wall clock: met only if the slowest round meets the target. httpd CPU: user + "
+              "system time of httpd's processes per upload (/proc), the median round.", ""]
     lines += upload_rate.lines(uploads)
     lines += ["", "## Wall clock (httpd)", "",
              "%s, 2 cores: httpd pinned to CPU 0, wrk to CPU 1 (taskset), Redis unpinned. "
