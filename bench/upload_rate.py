@@ -61,7 +61,8 @@ def fill(r, n, app, prefix="certgate:"):
 
 
 def httpd_cpu(pidfile):
-    """CPU seconds (user + system) of the httpd parent and its children so far."""
+    """CPU seconds (user + system) of the httpd parent and its children so far,
+    those that ended included."""
     with open(pidfile) as f:
         parent = f.read().strip()
     pids = [parent]
@@ -77,7 +78,8 @@ def httpd_cpu(pidfile):
                 fields = f.read().rsplit(")", 1)[1].split()
         except OSError:
             continue            # a child that ended (its time is in the parent's cutime)
-        total += int(fields[11]) + int(fields[12])
+        # utime, stime; and cutime, cstime: the children that ended and were reaped.
+        total += sum(int(v) for v in fields[11:15])
     return total / os.sysconf("SC_CLK_TCK")
 
 
