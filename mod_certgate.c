@@ -402,9 +402,19 @@ static int gate_log_check(void *ctx, int level)
     return lc == NULL || lc->s == NULL || APLOG_IS_LEVEL(lc->s, lv);
 }
 
+static apr_status_t caches_cleanup(void *data)
+{
+    (void)data;
+    cg_process_caches_free();
+    return APR_SUCCESS;
+}
+
 static void cg_child_init(apr_pool_t *p, server_rec *s)
 {
     cg_srv_t *main_conf = cgh_srv_conf(s);
+
+    /* Registered first, so it runs last: after the gates and their threads. */
+    apr_pool_cleanup_register(p, NULL, caches_cleanup, apr_pool_cleanup_null);
 
     cg_gate_set_log(gate_log);
     cg_gate_set_log_check(gate_log_check);

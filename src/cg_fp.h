@@ -30,6 +30,8 @@ int cg_fp_x509(struct x509_st *x, cg_fp_t *out);
 int cg_fp_x509_cached(struct x509_st *x, cg_fp_t *out);
 /* Answers from the cache and digests made, so far in this process. */
 void cg_fp_cache_stats(uint64_t *hits, uint64_t *misses);
+/* Drop every kept fingerprint (process exit). */
+void cg_fp_cache_clear(void);
 
 /* out must hold CG_FP_HEX_LEN + 1 bytes. */
 void cg_fp_to_hex(const cg_fp_t *fp, char *out);

@@ -116,3 +116,16 @@ void cg_fp_cache_stats(uint64_t *hits, uint64_t *misses)
     *hits = atomic_load(&n_hits);
     *misses = atomic_load(&n_misses);
 }
+
+void cg_fp_cache_clear(void)
+{
+    X509 *old[SLOTS];
+    pthread_mutex_lock(&lock);
+    for (size_t i = 0; i < SLOTS; i++) {
+        old[i] = slots[i].x;
+        slots[i].x = NULL;
+    }
+    pthread_mutex_unlock(&lock);
+    for (size_t i = 0; i < SLOTS; i++)
+        X509_free(old[i]);      /* NULL is fine */
+}

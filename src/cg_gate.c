@@ -9,6 +9,8 @@
 #include <hiredis/hiredis.h>
 #include <openssl/crypto.h>
 
+#include "cg_cert.h"
+#include "cg_fp.h"
 #include "cg_sentinel.h"
 #include "cg_sub.h"
 #include "cg_usage.h"
@@ -303,6 +305,12 @@ void cg_gate_free(cg_gate_t *g)
     free(g->own_metrics);
     free_cfg(&g->cfg);
     free(g);
+}
+
+void cg_process_caches_free(void)
+{
+    cg_fp_cache_clear();
+    cg_cert_kept_clear();
 }
 
 cg_store_t *cg_gate_store(cg_gate_t *g)

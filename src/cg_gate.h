@@ -88,6 +88,10 @@ cg_gate_t *cg_gate_new(const cg_gate_cfg_t *cfg, cg_metrics_t *metrics, void *lo
 void cg_gate_start(cg_gate_t *g);
 /* Stop the threads (last usage flush included), then free everything. */
 void cg_gate_free(cg_gate_t *g);
+/* The process's caches of certificates (fingerprints, kept chain
+ * certificates): freed when the process ends, after its last request (an
+ * httpd child's pool cleanup, nginx's exit_process). */
+void cg_process_caches_free(void);
 
 /* Sentinel events of a store made outside a gate (nginx's admin API), logged
  * (CG11001..CG11005) and counted as a gate's: cfg.sentinel_event =

@@ -1993,6 +1993,14 @@ static void test_fp_cache(void **state)
     assert_int_equal(cg_fp_x509_cached(c2, &got), 0);
     assert_memory_equal(got.b, want_c.b, CG_FP_LEN);
     assert_memory_not_equal(got.b, want_a.b, CG_FP_LEN);
+    /* Cleared (process exit): digested again, and still right. */
+    cg_process_caches_free();
+    cg_fp_cache_stats(&h0, &m0);
+    assert_int_equal(cg_fp_x509_cached(a, &got), 0);
+    assert_memory_equal(got.b, want_a.b, CG_FP_LEN);
+    cg_fp_cache_stats(&h1, &m1);
+    assert_int_equal(m1 - m0, 1);
+    assert_int_equal(h1 - h0, 0);
     X509_free(a);
     X509_free(a2);
     X509_free(b);
