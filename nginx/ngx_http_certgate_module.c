@@ -1644,6 +1644,8 @@ static ngx_int_t cg_gate(ngx_http_request_t *r, int in_rewrite)
         .now = (int64_t) ngx_time(),
         .client = ip,
         .log_ctx = r->connection->log,
+        /* cg_log_check's answer for a debug line, without the call per request. */
+        .debug_off = r->connection->log->log_level < NGX_LOG_DEBUG,
         .conn = cc != NULL ? &cc->dc : NULL,
         .shadow = req->state == ST_CERT_OK ? req->shadow && (lc->enabled != 1 || lc->shadow == 1)
                                            : lc->shadow == 1,

@@ -122,6 +122,8 @@ typedef struct {
     void *lock_arg;
     int shadow;                 /* shadow mode: decide, log and count, refuse nothing */
     int stale_s;                /* CertGateOnStoreError stale N: N, else 0 */
+    int debug_off;              /* 1: the adapter knows its sink drops debug lines for
+                                 * log_ctx (the sink's check is then not called) */
 } cg_gate_in_t;
 
 #define CG_GATE_ERR_MAX 160
