@@ -1692,21 +1692,18 @@ static ngx_int_t cg_gate(ngx_http_request_t *r, int in_rewrite)
     return cg_respond_deny(r, v.reason);
 }
 
+/* Installed only where some certgate_app_from variable is: a request (main or
+ * sub) was decided in its location's rewrite phase; the app from a variable
+ * is left for here. */
 static ngx_int_t cg_app_handler(ngx_http_request_t *r)
 {
-    /* A main request was decided in this location's rewrite phase; only an
-     * app from a variable is left for here. A subrequest is gated here: into
-     * a gated location from an ungated one, or from a deny not enforced. */
-    if (r == r->main && !cg_mcf->app_var_used)   /* the worker's (this cycle's) */
-        return NGX_DECLINED;
     return cg_gate(r, 0);
 }
 
 static ngx_int_t cg_rewrite_handler(ngx_http_request_t *r)
 {
-    /* Subrequests are not gated: the precontent handler skips them too. */
-    if (r != r->main)
-        return NGX_DECLINED;
+    /* Subrequests too (nginx skips the access phase for them, not this one):
+     * into a gated location from an ungated one, or from a deny not enforced. */
     ngx_int_t rc = cg_gate(r, 1);
     /* This phase's checker finalizes the request on NGX_AGAIN; NGX_DONE waits
      * for cg_resume, which runs the phases again from this handler. */
@@ -1897,12 +1894,14 @@ static ngx_int_t cg_init(ngx_conf_t *cf)
     if (h == NULL)
         return NGX_ERROR;
     *h = cg_rewrite_handler;
-    /* Always: subrequests (SSI, add_before_body...) are gated there only
-     * (cg_app_handler). */
-    h = ngx_array_push(&cmcf->phases[NGX_HTTP_PRECONTENT_PHASE].handlers);
-    if (h == NULL)
-        return NGX_ERROR;
-    *h = cg_app_handler;
+    /* Only for an app named by a variable: subrequests (SSI, add_before_body...)
+     * are gated in the rewrite phase like main requests. */
+    if (mc->app_var_used) {
+        h = ngx_array_push(&cmcf->phases[NGX_HTTP_PRECONTENT_PHASE].handlers);
+        if (h == NULL)
+            return NGX_ERROR;
+        *h = cg_app_handler;
+    }
 
     /* Resumed TLS 1.3 sessions carry the chain in the ticket (see cg_tls.h). */
     ngx_http_core_srv_conf_t **cscf = cmcf->servers.elts;
