@@ -95,6 +95,7 @@ typedef struct {
     int64_t x_days_at;              /* registration at this second */
     char ip[NGX_SOCKADDR_STRLEN + 1];   /* the client's address, for the core's log lines */
     size_t ip_len;
+    const u_char *ip_src;           /* HTTP/1: the addr_text.data ip was copied from */
     /* HTTP/1: the state of the connection's current main request (allocated
      * with this state, reused by the next one), no allocation per request.
      * Its own only while slot_r and slot_requests (c->requests, counted per
@@ -128,11 +129,14 @@ typedef struct cg_req_s {
     unsigned ev_ready:1;          /* ev set up, the cleanup added (a slot: at its
                                    * request's first lookup) */
     unsigned exported:1;          /* an allow set the strings below */
-    /* A slot's reuse (cg_req_new) resets each field above by name, not these. */
+    /* A slot's reuse (cg_req_new) zeroes the fields from state to here, not these. */
     ngx_str_t app_id, cert_id, fingerprint, expire_in;
     ngx_str_t x5t_s256;           /* on allow */
     ngx_event_t ev;               /* the timeout, and the resume once the reply is in */
 } cg_req_t;
+
+/* cg_req_new resets a slot by zeroing its fields from state on. */
+_Static_assert(ST_NEW == 0 && CG_ALLOW == 0, "a zeroed cg_req_t is a new request");
 
 /* Outlives the request if it must: hiredis owns it until its last callback. */
 struct cg_lookup_s {
@@ -916,8 +920,9 @@ static ngx_inline int cg_tls(const ngx_connection_t *c)
     return c->ssl != NULL && c->ssl->connection != NULL;
 }
 
-/* c: the real connection; cc: its state, if it has one. */
-static cg_req_t *cg_req_find_in(ngx_http_request_t *r, ngx_connection_t *c, cg_conn_t *cc)
+/* c: the real connection; cc: its state, if it has one. Inline: the gate's
+ * every request asks. */
+static ngx_inline __attribute__((always_inline)) cg_req_t *cg_req_find_in(ngx_http_request_t *r, ngx_connection_t *c, cg_conn_t *cc)
 {
     cg_req_t *req = ngx_http_get_module_ctx(r, ngx_http_certgate_module);
     if (req != NULL)
@@ -968,16 +973,8 @@ static cg_req_t *cg_req_new(ngx_http_request_t *r, ngx_connection_t *c, cg_conn_
         /* As zeroed, but for the decision's strings (they count only once
          * exported) and ev (idle, set up again by the first lookup: cg_req_ready). */
         req->r = r;
-        req->state = ST_NEW;
-        req->lookup = NULL;
-        req->lk = NULL;
-        req->v = NULL;
-        req->reason = CG_ALLOW;
-        req->app_var = 0;
-        req->shadow = 0;
-        req->not_enforced = 0;
-        req->ev_ready = 0;
-        req->exported = 0;
+        /* state ST_NEW, reason CG_ALLOW, the flags 0: all zero, in one go. */
+        ngx_memzero(&req->state, offsetof(cg_req_t, app_id) - offsetof(cg_req_t, state));
         cc->slot_r = r;
         cc->slot_requests = c->requests;
         ngx_http_set_ctx(r, req, ngx_http_certgate_module);
@@ -1531,8 +1528,10 @@ static int cg_request_app(ngx_http_request_t *r, ngx_uint_t from, const ngx_str_
 }
 
 /*
- * The gate, from the rewrite phase (in_rewrite) or the precontent phase. NGX_AGAIN:
- * a lookup is in flight and will resume the phases.
+ * The gate, from the rewrite phase (in_rewrite) or the precontent phase. NGX_DONE:
+ * a lookup is in flight and will resume the phases (cg_resume, from this
+ * handler). Not NGX_AGAIN: the rewrite phase's checker would finalize the
+ * request; the precontent phase's takes both alike.
  */
 static ngx_int_t cg_gate(ngx_http_request_t *r, int in_rewrite)
 {
@@ -1561,7 +1560,7 @@ static ngx_int_t cg_gate(ngx_http_request_t *r, int in_rewrite)
         req->shadow = 0;
     }
     if (req != NULL && req->state == ST_PENDING)
-        return NGX_AGAIN;
+        return NGX_DONE;
     /* The answer is in and we run now: the posted resume must not run the
      * phases a second time. */
     if (req != NULL && req->state == ST_LOOKED_UP && req->ev.posted) {
@@ -1622,12 +1621,18 @@ static ngx_int_t cg_gate(ngx_http_request_t *r, int in_rewrite)
     char ip_buf[NGX_SOCKADDR_STRLEN + 1];
     const char *ip = ip_buf;
     if (cc != NULL) {
-        /* Copied per request (comparing first costs as much): realip sets
-         * the request's address (the stream's on HTTP/2), which may differ. */
+        /* realip sets the request's address (the stream's on HTTP/2), which may
+         * differ. On HTTP/1 it allocates it in the connection's pool, where
+         * nothing is freed while the connection lives: the same pointer and
+         * length are the same text. Copied otherwise (a stream's pool is freed
+         * and its memory reused). */
         const ngx_str_t *a = &r->connection->addr_text;
-        cc->ip_len = ngx_min(a->len, sizeof(cc->ip) - 1);
-        ngx_memcpy(cc->ip, a->data, cc->ip_len);
-        cc->ip[cc->ip_len] = '\0';
+        if (a->data != cc->ip_src || a->len != cc->ip_len || r->connection != c) {
+            cc->ip_len = ngx_min(a->len, sizeof(cc->ip) - 1);
+            ngx_memcpy(cc->ip, a->data, cc->ip_len);
+            cc->ip[cc->ip_len] = '\0';
+            cc->ip_src = r->connection == c ? a->data : NULL;
+        }
         ip = cc->ip;
     } else {
         size_t iplen = ngx_min(r->connection->addr_text.len, sizeof(ip_buf) - 1);
@@ -1665,7 +1670,7 @@ static ngx_int_t cg_gate(ngx_http_request_t *r, int in_rewrite)
         } else {
             cg_lookup_move(req->lk, &lk);
             if (cg_lookup_start(r, req) == NGX_AGAIN)
-                return NGX_AGAIN;
+                return NGX_DONE;
             cg_gate_finish(cg_gate_p, &in, req->lk, &v);
         }
     }
@@ -1704,10 +1709,7 @@ static ngx_int_t cg_rewrite_handler(ngx_http_request_t *r)
 {
     /* Subrequests too (nginx skips the access phase for them, not this one):
      * into a gated location from an ungated one, or from a deny not enforced. */
-    ngx_int_t rc = cg_gate(r, 1);
-    /* This phase's checker finalizes the request on NGX_AGAIN; NGX_DONE waits
-     * for cg_resume, which runs the phases again from this handler. */
-    return rc == NGX_AGAIN ? NGX_DONE : rc;
+    return cg_gate(r, 1);
 }
 
 /*
