@@ -96,6 +96,7 @@ typedef struct {
     char ip[NGX_SOCKADDR_STRLEN + 1];   /* the client's address, for the core's log lines */
     size_t ip_len;
     const u_char *ip_src;           /* HTTP/1: the addr_text.data ip was copied from */
+    uint64_t ip_seq;                /* new at every copy into ip (cg_gate_in_t.client_seq) */
     /* HTTP/1: the state of the connection's current main request (allocated
      * with this state, reused by the next one), no allocation per request.
      * Its own only while slot_r and slot_requests (c->requests, counted per
@@ -853,6 +854,7 @@ static ngx_connection_t *cg_real_connection(ngx_http_request_t *r)
  * starts the numbers again). */
 static ngx_connection_t *cg_last_c;
 static ngx_atomic_uint_t cg_last_number;
+static uint64_t cg_ip_seq;      /* the last cg_conn_t.ip_seq given, in this worker */
 static cg_conn_t *cg_last_cc;
 
 static void cg_conn_cleanup(void *data)
@@ -1632,6 +1634,7 @@ static ngx_int_t cg_gate(ngx_http_request_t *r, int in_rewrite)
             ngx_memcpy(cc->ip, a->data, cc->ip_len);
             cc->ip[cc->ip_len] = '\0';
             cc->ip_src = r->connection == c ? a->data : NULL;
+            cc->ip_seq = ++cg_ip_seq;
         }
         ip = cc->ip;
     } else {
@@ -1648,6 +1651,7 @@ static ngx_int_t cg_gate(ngx_http_request_t *r, int in_rewrite)
         .stale_s = lc->stale_s > 0 ? (int) lc->stale_s : 0,
         .now = (int64_t) ngx_time(),
         .client = ip,
+        .client_seq = cc != NULL ? cc->ip_seq : 0,
         .log_ctx = r->connection->log,
         /* cg_log_check's answer for a debug line, without the call per request. */
         .debug_off = r->connection->log->log_level < NGX_LOG_DEBUG,

@@ -593,8 +593,9 @@ static void memo_allow(cg_gate_t *g, const cg_gate_in_t *in, const cg_reg_t *reg
     memcpy(v->expire_in, in->conn->memo_expire_in, sizeof(v->expire_in));
     if (v->fp_hex[0] == '\0')
         cg_fp_to_hex(&in->peer->leaf, v->fp_hex);
-    cg_metrics_decision(g->metrics, CG_ALLOW);
+    count(&g->metrics->decisions[CG_ALLOW], 1);     /* cg_metrics_decision, inline */
     /* reg is the entry's own: the hint is for it while the memo holds. */
+    in->conn->memo_usage.client_seq = in->client_seq;
     cg_usage_hit_hint(g->usage, reg->id, in->now, client, &in->conn->memo_usage);
     if (!in->debug_off && log_wanted(in->log_ctx, CG_LOG_DEBUG))
         glog(in->log_ctx, CG_LOG_DEBUG, "CG01002: allow app=%s cert=%s fingerprint=%s "

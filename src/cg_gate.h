@@ -124,6 +124,9 @@ typedef struct {
     int stale_s;                /* CertGateOnStoreError stale N: N, else 0 */
     int debug_off;              /* 1: the adapter knows its sink drops debug lines for
                                  * log_ctx (the sink's check is then not called) */
+    uint64_t client_seq;        /* non-zero: the text at client is the same whenever this
+                                 * value and that pointer are (the adapter's own copy of
+                                 * the address); 0: not known */
 } cg_gate_in_t;
 
 #define CG_GATE_ERR_MAX 160

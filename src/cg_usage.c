@@ -56,9 +56,11 @@ void cg_usage_hit_hint(cg_usage_t *u, const char *reg_id, int64_t now_s, const c
         return;
     tab_lock(u);
     size_t i = u->last;
+    int hinted = 0;
     /* Within one generation a slot keeps its registration: records are only added. */
     if (hint != NULL && hint->gen == u->gen && hint->slot < u->n) {
         i = hint->slot;
+        hinted = 1;
     } else if (i >= u->n || strcmp(u->recs[i].id, reg_id) != 0) {
         /* Linear scan: the table holds the registrations seen in a few seconds. */
         i = 0;
@@ -73,6 +75,7 @@ void cg_usage_hit_hint(cg_usage_t *u, const char *reg_id, int64_t now_s, const c
         }
         set_str(u->recs[i].id, sizeof(u->recs[i].id), reg_id);
         u->recs[i].count = 0;
+        u->recs[i].ip_seq = 0;
         u->n++;
     }
     if (hint != NULL) {
@@ -83,10 +86,23 @@ void cg_usage_hit_hint(cg_usage_t *u, const char *reg_id, int64_t now_s, const c
     u->recs[i].count++;
     u->recs[i].last_seen = now_s;
     /* Most hits repeat the record's address: copied only when it differs
-     * (a longer one than the record holds always does). */
+     * (a longer one than the record holds always does). Not even compared
+     * when this hint recorded the caller's unchanged text in this record
+     * (same generation and slot) and nobody changed the record's since. */
     const char *ip = client_ip ? client_ip : "";
-    if (strcmp(u->recs[i].ip, ip) != 0)
-        set_str(u->recs[i].ip, sizeof(u->recs[i].ip), ip);
+    cg_usage_rec_t *rec = &u->recs[i];
+    if (!hinted || hint->client_seq == 0 || hint->ip != ip ||
+        hint->ip_client_seq != hint->client_seq || hint->rec_ip_seq != rec->ip_seq) {
+        if (strcmp(rec->ip, ip) != 0) {
+            set_str(rec->ip, sizeof(rec->ip), ip);
+            rec->ip_seq++;
+        }
+        if (hint != NULL) {
+            hint->ip = ip;
+            hint->ip_client_seq = hint->client_seq;
+            hint->rec_ip_seq = rec->ip_seq;
+        }
+    }
     atomic_store_explicit(&u->busy, 0, memory_order_release);     /* cg_usage_tab_unlock */
 }
 
