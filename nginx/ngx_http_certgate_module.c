@@ -130,14 +130,11 @@ typedef struct cg_req_s {
     unsigned ev_ready:1;          /* ev set up, the cleanup added (a slot: at its
                                    * request's first lookup) */
     unsigned exported:1;          /* an allow set the strings below */
-    /* A slot's reuse (cg_req_new) zeroes the fields from state to here, not these. */
+    /* A slot's reuse (cg_req_new) resets each field above by name, not these. */
     ngx_str_t app_id, cert_id, fingerprint, expire_in;
     ngx_str_t x5t_s256;           /* on allow */
     ngx_event_t ev;               /* the timeout, and the resume once the reply is in */
 } cg_req_t;
-
-/* cg_req_new resets a slot by zeroing its fields from state on. */
-_Static_assert(ST_NEW == 0 && CG_ALLOW == 0, "a zeroed cg_req_t is a new request");
 
 /* Outlives the request if it must: hiredis owns it until its last callback. */
 struct cg_lookup_s {
@@ -975,8 +972,16 @@ static cg_req_t *cg_req_new(ngx_http_request_t *r, ngx_connection_t *c, cg_conn_
         /* As zeroed, but for the decision's strings (they count only once
          * exported) and ev (idle, set up again by the first lookup: cg_req_ready). */
         req->r = r;
-        /* state ST_NEW, reason CG_ALLOW, the flags 0: all zero, in one go. */
-        ngx_memzero(&req->state, offsetof(cg_req_t, app_id) - offsetof(cg_req_t, state));
+        req->state = ST_NEW;
+        req->lookup = NULL;
+        req->lk = NULL;
+        req->v = NULL;
+        req->reason = CG_ALLOW;
+        req->app_var = 0;
+        req->shadow = 0;
+        req->not_enforced = 0;
+        req->ev_ready = 0;
+        req->exported = 0;
         cc->slot_r = r;
         cc->slot_requests = c->requests;
         ngx_http_set_ctx(r, req, ngx_http_certgate_module);
