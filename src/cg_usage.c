@@ -37,24 +37,16 @@ uint64_t cg_usage_next_gen(void)
     return (uint64_t) atomic_fetch_add_explicit(&next, 1, memory_order_relaxed) + 1;
 }
 
-/* cg_usage_tab_lock inline: taken for every allowed request. */
-static inline void tab_lock(cg_usage_t *u)
-{
-    if (atomic_exchange_explicit(&u->busy, 1, memory_order_acquire))
-        cg_usage_tab_lock(u);
-}
-
 void cg_usage_hit(cg_usage_t *u, const char *reg_id, int64_t now_s, const char *client_ip)
 {
     cg_usage_hit_hint(u, reg_id, now_s, client_ip, NULL);
 }
 
-void cg_usage_hit_hint(cg_usage_t *u, const char *reg_id, int64_t now_s, const char *client_ip,
+/* cg_usage_hit_hint with the table locked; unlocks it. */
+__attribute__((noinline))
+static void hit_locked(cg_usage_t *u, const char *reg_id, int64_t now_s, const char *client_ip,
                        cg_usage_hint_t *hint)
 {
-    if (u == NULL)
-        return;
-    tab_lock(u);
     size_t i = u->last;
     int hinted = 0;
     /* Within one generation a slot keeps its registration: records are only added. */
@@ -104,6 +96,40 @@ void cg_usage_hit_hint(cg_usage_t *u, const char *reg_id, int64_t now_s, const c
         }
     }
     atomic_store_explicit(&u->busy, 0, memory_order_release);     /* cg_usage_tab_unlock */
+}
+
+__attribute__((noinline))
+static void hit_contended(cg_usage_t *u, const char *reg_id, int64_t now_s, const char *client_ip,
+                          cg_usage_hint_t *hint)
+{
+    cg_usage_tab_lock(u);
+    hit_locked(u, reg_id, now_s, client_ip, hint);
+}
+
+void cg_usage_hit_hint(cg_usage_t *u, const char *reg_id, int64_t now_s, const char *client_ip,
+                       cg_usage_hint_t *hint)
+{
+    if (u == NULL)
+        return;
+    /* cg_usage_tab_lock inline (every allowed request takes it), the wait apart:
+     * the common case below calls nothing. */
+    if (atomic_exchange_explicit(&u->busy, 1, memory_order_acquire)) {
+        hit_contended(u, reg_id, now_s, client_ip, hint);
+        return;
+    }
+    /* The common case of hit_locked: the hint's record, the caller's address
+     * unchanged there (see hit_locked). */
+    if (hint != NULL && hint->gen == u->gen && hint->slot < u->n && hint->client_seq != 0 &&
+        hint->ip == (client_ip ? client_ip : "") && hint->ip_client_seq == hint->client_seq &&
+        hint->rec_ip_seq == u->recs[hint->slot].ip_seq) {
+        cg_usage_rec_t *rec = &u->recs[hint->slot];
+        u->last = hint->slot;
+        rec->count++;
+        rec->last_seen = now_s;
+        atomic_store_explicit(&u->busy, 0, memory_order_release);
+        return;
+    }
+    hit_locked(u, reg_id, now_s, client_ip, hint);
 }
 
 /* One batch, written through the blocking store (the thread, and the last one). */

@@ -3,6 +3,7 @@ the precontent handler is installed only where some certgate_app_from
 variable is). No such variable in this configuration: the precontent handler
 is absent, so whatever is checked here is checked in the rewrite phase."""
 import os
+import time
 
 import pytest
 
@@ -23,6 +24,9 @@ NGINX_SERVER = """
             certgate on;
             return 200 "ngxka enforced content\\n";
         }
+        # realip: the address of a request, not of its connection.
+        set_real_ip_from 127.0.0.1;
+        real_ip_header X-Real-IP;
 """
 
 
@@ -81,3 +85,25 @@ def test_ssi_include_while_redis_hangs_is_refused_and_answered(stack, pki):
     assert resp.text.startswith("page ") and SECRET not in resp.text, resp.text
     resp = get(stack, "/kaopen/file.txt", pki.leaf)
     assert resp.status_code == 200 and SECRET in resp.text, resp.text
+
+
+def test_usage_records_each_requests_address_across_connections(stack, pki):
+    # Connection 1 repeats its address (not compared again while the record
+    # holds it); connection 2 records another; connection 1's next request
+    # must put its own back.
+    reg_id = register(stack.r, pki.leaf_b, "app1", reg_id="ngxka-usage")
+    one, two = session(stack, pki.leaf_b), session(stack, pki.leaf_b)
+    url = stack.server.url("/gated/kasecret.txt")
+    # (The first requests of a connection set up its entry, then its memo.)
+    for s, ip in [(one, None)] * 4 + [(two, "192.0.2.33"), (one, None)]:
+        resp = s.get(url, headers={"X-Real-IP": ip} if ip else {}, timeout=10)
+        assert resp.status_code == 200, resp.text
+    deadline = time.monotonic() + 10
+    usage = {}
+    while time.monotonic() < deadline:
+        usage = stack.r.hgetall("certgate:usage:" + reg_id)
+        if usage.get(b"count") == b"6":
+            break
+        time.sleep(0.1)
+    assert usage.get(b"count") == b"6", usage
+    assert usage.get(b"last_ip") == b"127.0.0.1", usage
