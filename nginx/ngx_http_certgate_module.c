@@ -956,12 +956,13 @@ static cg_req_t *cg_req_find(ngx_http_request_t *r)
 static void cg_resume(ngx_event_t *ev);
 
 /* c: the real connection; *ccp: its state, added here for a slot. */
-static cg_req_t *cg_req_new(ngx_http_request_t *r, ngx_connection_t *c, cg_conn_t **ccp)
+static cg_req_t *cg_req_new(ngx_http_request_t *r, ngx_connection_t *c, int tls,
+                            cg_conn_t **ccp)
 {
     /* HTTP/1 main request on TLS: the connection's slot, unless an earlier
      * request still has a lookup on it (never on HTTP/1: one request at a time). */
     cg_conn_t *cc = NULL;
-    if (r == r->main && c == r->connection && cg_tls(c)) {
+    if (r == r->main && c == r->connection && tls) {
         if (*ccp == NULL)
             *ccp = cg_conn_state(c);
         cc = *ccp;
@@ -1586,7 +1587,7 @@ static ngx_int_t cg_gate(ngx_http_request_t *r, int in_rewrite)
         /* Fail closed: a spoofed header must never reach the upstream. */
         if (cg_strip_incoming(r) != NGX_OK)
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        req = cg_req_new(r, c, &cc);
+        req = cg_req_new(r, c, tls, &cc);
         if (req == NULL)
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
