@@ -43,17 +43,31 @@ void cg_usage_hit(cg_usage_t *u, const char *reg_id, int64_t now_s, const char *
 }
 
 /* cg_usage_hit_hint with the table locked; unlocks it. */
+/* The record's address from this hit, noted in hint; then unlocks the table.
+ * Most hits repeat the record's address: copied only when it differs (a
+ * longer one than the record holds always does). */
+__attribute__((noinline))
+static void hit_ip(cg_usage_t *u, cg_usage_rec_t *rec, const char *ip, cg_usage_hint_t *hint)
+{
+    if (strcmp(rec->ip, ip) != 0) {
+        set_str(rec->ip, sizeof(rec->ip), ip);
+        rec->ip_seq++;
+    }
+    if (hint != NULL) {
+        hint->ip = ip;
+        hint->ip_client_seq = hint->client_seq;
+        hint->rec_ip_seq = rec->ip_seq;
+    }
+    atomic_store_explicit(&u->busy, 0, memory_order_release);     /* cg_usage_tab_unlock */
+}
+
+/* cg_usage_hit_hint with the table locked, without a usable hint; unlocks it. */
 __attribute__((noinline))
 static void hit_locked(cg_usage_t *u, const char *reg_id, int64_t now_s, const char *client_ip,
                        cg_usage_hint_t *hint)
 {
     size_t i = u->last;
-    int hinted = 0;
-    /* Within one generation a slot keeps its registration: records are only added. */
-    if (hint != NULL && hint->gen == u->gen && hint->slot < u->n) {
-        i = hint->slot;
-        hinted = 1;
-    } else if (i >= u->n || strcmp(u->recs[i].id, reg_id) != 0) {
+    if (i >= u->n || strcmp(u->recs[i].id, reg_id) != 0) {
         /* Linear scan: the table holds the registrations seen in a few seconds. */
         i = 0;
         while (i < u->n && strcmp(u->recs[i].id, reg_id) != 0)
@@ -77,23 +91,30 @@ static void hit_locked(cg_usage_t *u, const char *reg_id, int64_t now_s, const c
     u->last = i;
     u->recs[i].count++;
     u->recs[i].last_seen = now_s;
-    /* Most hits repeat the record's address: copied only when it differs
-     * (a longer one than the record holds always does). Not even compared
-     * when this hint recorded the caller's unchanged text in this record
-     * (same generation and slot) and nobody changed the record's since. */
+    hit_ip(u, &u->recs[i], client_ip ? client_ip : "", hint);
+}
+
+/* With the table locked; unlocks it. */
+static inline void hit(cg_usage_t *u, const char *reg_id, int64_t now_s, const char *client_ip,
+                       cg_usage_hint_t *hint)
+{
+    /* Within one generation a slot keeps its registration: records are only added. */
+    if (hint == NULL || hint->gen != u->gen || hint->slot >= u->n) {
+        hit_locked(u, reg_id, now_s, client_ip, hint);
+        return;
+    }
+    cg_usage_rec_t *rec = &u->recs[hint->slot];
     const char *ip = client_ip ? client_ip : "";
-    cg_usage_rec_t *rec = &u->recs[i];
-    if (!hinted || hint->client_seq == 0 || hint->ip != ip ||
-        hint->ip_client_seq != hint->client_seq || hint->rec_ip_seq != rec->ip_seq) {
-        if (strcmp(rec->ip, ip) != 0) {
-            set_str(rec->ip, sizeof(rec->ip), ip);
-            rec->ip_seq++;
-        }
-        if (hint != NULL) {
-            hint->ip = ip;
-            hint->ip_client_seq = hint->client_seq;
-            hint->rec_ip_seq = rec->ip_seq;
-        }
+    u->last = hint->slot;
+    rec->count++;
+    rec->last_seen = now_s;
+    /* The address is not even compared when this hint recorded the caller's
+     * unchanged text (client_seq) in this record and nobody changed the
+     * record's since. */
+    if (hint->client_seq == 0 || hint->ip != ip || hint->ip_client_seq != hint->client_seq ||
+        hint->rec_ip_seq != rec->ip_seq) {
+        hit_ip(u, rec, ip, hint);
+        return;
     }
     atomic_store_explicit(&u->busy, 0, memory_order_release);     /* cg_usage_tab_unlock */
 }
@@ -103,7 +124,7 @@ static void hit_contended(cg_usage_t *u, const char *reg_id, int64_t now_s, cons
                           cg_usage_hint_t *hint)
 {
     cg_usage_tab_lock(u);
-    hit_locked(u, reg_id, now_s, client_ip, hint);
+    hit(u, reg_id, now_s, client_ip, hint);
 }
 
 void cg_usage_hit_hint(cg_usage_t *u, const char *reg_id, int64_t now_s, const char *client_ip,
@@ -112,24 +133,12 @@ void cg_usage_hit_hint(cg_usage_t *u, const char *reg_id, int64_t now_s, const c
     if (u == NULL)
         return;
     /* cg_usage_tab_lock inline (every allowed request takes it), the wait apart:
-     * the common case below calls nothing. */
+     * the common case calls nothing, or one function last. */
     if (atomic_exchange_explicit(&u->busy, 1, memory_order_acquire)) {
         hit_contended(u, reg_id, now_s, client_ip, hint);
         return;
     }
-    /* The common case of hit_locked: the hint's record, the caller's address
-     * unchanged there (see hit_locked). */
-    if (hint != NULL && hint->gen == u->gen && hint->slot < u->n && hint->client_seq != 0 &&
-        hint->ip == (client_ip ? client_ip : "") && hint->ip_client_seq == hint->client_seq &&
-        hint->rec_ip_seq == u->recs[hint->slot].ip_seq) {
-        cg_usage_rec_t *rec = &u->recs[hint->slot];
-        u->last = hint->slot;
-        rec->count++;
-        rec->last_seen = now_s;
-        atomic_store_explicit(&u->busy, 0, memory_order_release);
-        return;
-    }
-    hit_locked(u, reg_id, now_s, client_ip, hint);
+    hit(u, reg_id, now_s, client_ip, hint);
 }
 
 /* One batch, written through the blocking store (the thread, and the last one). */
