@@ -95,6 +95,8 @@ typedef struct {
     int64_t x_days_at;              /* registration at this second */
     char ip[NGX_SOCKADDR_STRLEN + 1];   /* the client's address, for the core's log lines */
     size_t ip_len;
+    const u_char *ip_src;           /* HTTP/1: the addr_text.data ip was copied from */
+    uint64_t ip_seq;                /* new at every copy into ip (cg_gate_in_t.client_seq) */
     /* HTTP/1: the state of the connection's current main request (allocated
      * with this state, reused by the next one), no allocation per request.
      * Its own only while slot_r and slot_requests (c->requests, counted per
@@ -849,6 +851,7 @@ static ngx_connection_t *cg_real_connection(ngx_http_request_t *r)
  * starts the numbers again). */
 static ngx_connection_t *cg_last_c;
 static ngx_atomic_uint_t cg_last_number;
+static uint64_t cg_ip_seq;      /* the last cg_conn_t.ip_seq given, in this worker */
 static cg_conn_t *cg_last_cc;
 
 static void cg_conn_cleanup(void *data)
@@ -916,8 +919,9 @@ static ngx_inline int cg_tls(const ngx_connection_t *c)
     return c->ssl != NULL && c->ssl->connection != NULL;
 }
 
-/* c: the real connection; cc: its state, if it has one. */
-static cg_req_t *cg_req_find_in(ngx_http_request_t *r, ngx_connection_t *c, cg_conn_t *cc)
+/* c: the real connection; cc: its state, if it has one. Inline: the gate's
+ * every request asks. */
+static ngx_inline __attribute__((always_inline)) cg_req_t *cg_req_find_in(ngx_http_request_t *r, ngx_connection_t *c, cg_conn_t *cc)
 {
     cg_req_t *req = ngx_http_get_module_ctx(r, ngx_http_certgate_module);
     if (req != NULL)
@@ -952,12 +956,13 @@ static cg_req_t *cg_req_find(ngx_http_request_t *r)
 static void cg_resume(ngx_event_t *ev);
 
 /* c: the real connection; *ccp: its state, added here for a slot. */
-static cg_req_t *cg_req_new(ngx_http_request_t *r, ngx_connection_t *c, cg_conn_t **ccp)
+static cg_req_t *cg_req_new(ngx_http_request_t *r, ngx_connection_t *c, int tls,
+                            cg_conn_t **ccp)
 {
     /* HTTP/1 main request on TLS: the connection's slot, unless an earlier
      * request still has a lookup on it (never on HTTP/1: one request at a time). */
     cg_conn_t *cc = NULL;
-    if (r == r->main && c == r->connection && cg_tls(c)) {
+    if (r == r->main && c == r->connection && tls) {
         if (*ccp == NULL)
             *ccp = cg_conn_state(c);
         cc = *ccp;
@@ -1531,8 +1536,10 @@ static int cg_request_app(ngx_http_request_t *r, ngx_uint_t from, const ngx_str_
 }
 
 /*
- * The gate, from the rewrite phase (in_rewrite) or the precontent phase. NGX_AGAIN:
- * a lookup is in flight and will resume the phases.
+ * The gate, from the rewrite phase (in_rewrite) or the precontent phase. NGX_DONE:
+ * a lookup is in flight and will resume the phases (cg_resume, from this
+ * handler). Not NGX_AGAIN: the rewrite phase's checker would finalize the
+ * request; the precontent phase's takes both alike.
  */
 static ngx_int_t cg_gate(ngx_http_request_t *r, int in_rewrite)
 {
@@ -1561,7 +1568,7 @@ static ngx_int_t cg_gate(ngx_http_request_t *r, int in_rewrite)
         req->shadow = 0;
     }
     if (req != NULL && req->state == ST_PENDING)
-        return NGX_AGAIN;
+        return NGX_DONE;
     /* The answer is in and we run now: the posted resume must not run the
      * phases a second time. */
     if (req != NULL && req->state == ST_LOOKED_UP && req->ev.posted) {
@@ -1580,7 +1587,7 @@ static ngx_int_t cg_gate(ngx_http_request_t *r, int in_rewrite)
         /* Fail closed: a spoofed header must never reach the upstream. */
         if (cg_strip_incoming(r) != NGX_OK)
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        req = cg_req_new(r, c, &cc);
+        req = cg_req_new(r, c, tls, &cc);
         if (req == NULL)
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
@@ -1622,12 +1629,19 @@ static ngx_int_t cg_gate(ngx_http_request_t *r, int in_rewrite)
     char ip_buf[NGX_SOCKADDR_STRLEN + 1];
     const char *ip = ip_buf;
     if (cc != NULL) {
-        /* Copied per request (comparing first costs as much): realip sets
-         * the request's address (the stream's on HTTP/2), which may differ. */
+        /* realip sets the request's address (the stream's on HTTP/2), which may
+         * differ. On HTTP/1 it allocates it in the connection's pool, where
+         * nothing is freed while the connection lives: the same pointer and
+         * length are the same text. Copied otherwise (a stream's pool is freed
+         * and its memory reused). */
         const ngx_str_t *a = &r->connection->addr_text;
-        cc->ip_len = ngx_min(a->len, sizeof(cc->ip) - 1);
-        ngx_memcpy(cc->ip, a->data, cc->ip_len);
-        cc->ip[cc->ip_len] = '\0';
+        if (a->data != cc->ip_src || a->len != cc->ip_len || r->connection != c) {
+            cc->ip_len = ngx_min(a->len, sizeof(cc->ip) - 1);
+            ngx_memcpy(cc->ip, a->data, cc->ip_len);
+            cc->ip[cc->ip_len] = '\0';
+            cc->ip_src = r->connection == c ? a->data : NULL;
+            cc->ip_seq = ++cg_ip_seq;
+        }
         ip = cc->ip;
     } else {
         size_t iplen = ngx_min(r->connection->addr_text.len, sizeof(ip_buf) - 1);
@@ -1643,7 +1657,10 @@ static ngx_int_t cg_gate(ngx_http_request_t *r, int in_rewrite)
         .stale_s = lc->stale_s > 0 ? (int) lc->stale_s : 0,
         .now = (int64_t) ngx_time(),
         .client = ip,
+        .client_seq = cc != NULL ? cc->ip_seq : 0,
         .log_ctx = r->connection->log,
+        /* cg_log_check's answer for a debug line, without the call per request. */
+        .debug_off = r->connection->log->log_level < NGX_LOG_DEBUG,
         .conn = cc != NULL ? &cc->dc : NULL,
         .shadow = req->state == ST_CERT_OK ? req->shadow && (lc->enabled != 1 || lc->shadow == 1)
                                            : lc->shadow == 1,
@@ -1663,7 +1680,7 @@ static ngx_int_t cg_gate(ngx_http_request_t *r, int in_rewrite)
         } else {
             cg_lookup_move(req->lk, &lk);
             if (cg_lookup_start(r, req) == NGX_AGAIN)
-                return NGX_AGAIN;
+                return NGX_DONE;
             cg_gate_finish(cg_gate_p, &in, req->lk, &v);
         }
     }
@@ -1690,25 +1707,19 @@ static ngx_int_t cg_gate(ngx_http_request_t *r, int in_rewrite)
     return cg_respond_deny(r, v.reason);
 }
 
+/* Installed only where some certgate_app_from variable is: a request (main or
+ * sub) was decided in its location's rewrite phase; the app from a variable
+ * is left for here. */
 static ngx_int_t cg_app_handler(ngx_http_request_t *r)
 {
-    /* A main request was decided in this location's rewrite phase; only an
-     * app from a variable is left for here. A subrequest is gated here: into
-     * a gated location from an ungated one, or from a deny not enforced. */
-    if (r == r->main && !cg_mcf->app_var_used)   /* the worker's (this cycle's) */
-        return NGX_DECLINED;
     return cg_gate(r, 0);
 }
 
 static ngx_int_t cg_rewrite_handler(ngx_http_request_t *r)
 {
-    /* Subrequests are not gated: the precontent handler skips them too. */
-    if (r != r->main)
-        return NGX_DECLINED;
-    ngx_int_t rc = cg_gate(r, 1);
-    /* This phase's checker finalizes the request on NGX_AGAIN; NGX_DONE waits
-     * for cg_resume, which runs the phases again from this handler. */
-    return rc == NGX_AGAIN ? NGX_DONE : rc;
+    /* Subrequests too (nginx skips the access phase for them, not this one):
+     * into a gated location from an ungated one, or from a deny not enforced. */
+    return cg_gate(r, 1);
 }
 
 /*
@@ -1895,12 +1906,14 @@ static ngx_int_t cg_init(ngx_conf_t *cf)
     if (h == NULL)
         return NGX_ERROR;
     *h = cg_rewrite_handler;
-    /* Always: subrequests (SSI, add_before_body...) are gated there only
-     * (cg_app_handler). */
-    h = ngx_array_push(&cmcf->phases[NGX_HTTP_PRECONTENT_PHASE].handlers);
-    if (h == NULL)
-        return NGX_ERROR;
-    *h = cg_app_handler;
+    /* Only for an app named by a variable: subrequests (SSI, add_before_body...)
+     * are gated in the rewrite phase like main requests. */
+    if (mc->app_var_used) {
+        h = ngx_array_push(&cmcf->phases[NGX_HTTP_PRECONTENT_PHASE].handlers);
+        if (h == NULL)
+            return NGX_ERROR;
+        *h = cg_app_handler;
+    }
 
     /* Resumed TLS 1.3 sessions carry the chain in the ticket (see cg_tls.h). */
     ngx_http_core_srv_conf_t **cscf = cmcf->servers.elts;

@@ -498,7 +498,7 @@ static void decide(cg_gate_t *g, const cg_gate_in_t *in, cg_store_rc_t rc,
         v->pass = 1;
         i64_to_dec(cg_expire_in_days(regp, in->now), v->expire_in);
         cg_usage_hit(g->usage, regp->id, in->now, client);
-        if (log_wanted(in->log_ctx, CG_LOG_DEBUG))
+        if (!in->debug_off && log_wanted(in->log_ctx, CG_LOG_DEBUG))
             glog(in->log_ctx, CG_LOG_DEBUG, "CG01002: allow app=%s cert=%s fingerprint=%s "
                  "client=%s", regp->app_id, regp->id, v->fp_hex, client);
         return;
@@ -601,10 +601,11 @@ static void memo_allow(cg_gate_t *g, const cg_gate_in_t *in, const cg_reg_t *reg
     memcpy(v->expire_in, in->conn->memo_expire_in, sizeof(v->expire_in));
     if (v->fp_hex[0] == '\0')
         cg_fp_to_hex(&in->peer->leaf, v->fp_hex);
-    cg_metrics_decision(g->metrics, CG_ALLOW);
+    count(&g->metrics->decisions[CG_ALLOW], 1);     /* cg_metrics_decision, inline */
     /* reg is the entry's own: the hint is for it while the memo holds. */
+    in->conn->memo_usage.client_seq = in->client_seq;
     cg_usage_hit_hint(g->usage, reg->id, in->now, client, &in->conn->memo_usage);
-    if (log_wanted(in->log_ctx, CG_LOG_DEBUG))
+    if (!in->debug_off && log_wanted(in->log_ctx, CG_LOG_DEBUG))
         glog(in->log_ctx, CG_LOG_DEBUG, "CG01002: allow app=%s cert=%s fingerprint=%s "
              "client=%s", reg->app_id, reg->id, v->fp_hex, client);
 }

@@ -118,6 +118,8 @@ typedef struct {
     int app_ambiguous;
     int cert_only;              /* the app is checked later: an allow is not final */
     int fail_open;              /* CertGateOnStoreError allow */
+    int debug_off;              /* 1: the adapter knows its sink drops debug lines for
+                                 * log_ctx (the sink's check is then not called) */
     int64_t now;                /* unix seconds */
     const char *client;         /* client address, for the log */
     void *log_ctx;
@@ -126,6 +128,9 @@ typedef struct {
     void *lock_arg;
     int shadow;                 /* shadow mode: decide, log and count, refuse nothing */
     int stale_s;                /* CertGateOnStoreError stale N: N, else 0 */
+    uint64_t client_seq;        /* non-zero: the text at client is the same whenever this
+                                 * value and that pointer are (the adapter's own copy of
+                                 * the address); 0: not known */
 } cg_gate_in_t;
 
 #define CG_GATE_ERR_MAX 160

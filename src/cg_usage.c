@@ -37,29 +37,37 @@ uint64_t cg_usage_next_gen(void)
     return (uint64_t) atomic_fetch_add_explicit(&next, 1, memory_order_relaxed) + 1;
 }
 
-/* cg_usage_tab_lock inline: taken for every allowed request. */
-static inline void tab_lock(cg_usage_t *u)
-{
-    if (atomic_exchange_explicit(&u->busy, 1, memory_order_acquire))
-        cg_usage_tab_lock(u);
-}
-
 void cg_usage_hit(cg_usage_t *u, const char *reg_id, int64_t now_s, const char *client_ip)
 {
     cg_usage_hit_hint(u, reg_id, now_s, client_ip, NULL);
 }
 
-void cg_usage_hit_hint(cg_usage_t *u, const char *reg_id, int64_t now_s, const char *client_ip,
+/* cg_usage_hit_hint with the table locked; unlocks it. */
+/* The record's address from this hit, noted in hint; then unlocks the table.
+ * Most hits repeat the record's address: copied only when it differs (a
+ * longer one than the record holds always does). */
+__attribute__((noinline))
+static void hit_ip(cg_usage_t *u, cg_usage_rec_t *rec, const char *ip, cg_usage_hint_t *hint)
+{
+    if (strcmp(rec->ip, ip) != 0) {
+        set_str(rec->ip, sizeof(rec->ip), ip);
+        rec->ip_seq++;
+    }
+    if (hint != NULL) {
+        hint->ip = ip;
+        hint->ip_client_seq = hint->client_seq;
+        hint->rec_ip_seq = rec->ip_seq;
+    }
+    atomic_store_explicit(&u->busy, 0, memory_order_release);     /* cg_usage_tab_unlock */
+}
+
+/* cg_usage_hit_hint with the table locked, without a usable hint; unlocks it. */
+__attribute__((noinline))
+static void hit_locked(cg_usage_t *u, const char *reg_id, int64_t now_s, const char *client_ip,
                        cg_usage_hint_t *hint)
 {
-    if (u == NULL)
-        return;
-    tab_lock(u);
     size_t i = u->last;
-    /* Within one generation a slot keeps its registration: records are only added. */
-    if (hint != NULL && hint->gen == u->gen && hint->slot < u->n) {
-        i = hint->slot;
-    } else if (i >= u->n || strcmp(u->recs[i].id, reg_id) != 0) {
+    if (i >= u->n || strcmp(u->recs[i].id, reg_id) != 0) {
         /* Linear scan: the table holds the registrations seen in a few seconds. */
         i = 0;
         while (i < u->n && strcmp(u->recs[i].id, reg_id) != 0)
@@ -73,6 +81,7 @@ void cg_usage_hit_hint(cg_usage_t *u, const char *reg_id, int64_t now_s, const c
         }
         set_str(u->recs[i].id, sizeof(u->recs[i].id), reg_id);
         u->recs[i].count = 0;
+        u->recs[i].ip_seq = 0;
         u->n++;
     }
     if (hint != NULL) {
@@ -82,12 +91,54 @@ void cg_usage_hit_hint(cg_usage_t *u, const char *reg_id, int64_t now_s, const c
     u->last = i;
     u->recs[i].count++;
     u->recs[i].last_seen = now_s;
-    /* Most hits repeat the record's address: copied only when it differs
-     * (a longer one than the record holds always does). */
+    hit_ip(u, &u->recs[i], client_ip ? client_ip : "", hint);
+}
+
+/* With the table locked; unlocks it. */
+static inline void hit(cg_usage_t *u, const char *reg_id, int64_t now_s, const char *client_ip,
+                       cg_usage_hint_t *hint)
+{
+    /* Within one generation a slot keeps its registration: records are only added. */
+    if (hint == NULL || hint->gen != u->gen || hint->slot >= u->n) {
+        hit_locked(u, reg_id, now_s, client_ip, hint);
+        return;
+    }
+    cg_usage_rec_t *rec = &u->recs[hint->slot];
     const char *ip = client_ip ? client_ip : "";
-    if (strcmp(u->recs[i].ip, ip) != 0)
-        set_str(u->recs[i].ip, sizeof(u->recs[i].ip), ip);
+    u->last = hint->slot;
+    rec->count++;
+    rec->last_seen = now_s;
+    /* The address is not even compared when this hint recorded the caller's
+     * unchanged text (client_seq) in this record and nobody changed the
+     * record's since. */
+    if (hint->client_seq == 0 || hint->ip != ip || hint->ip_client_seq != hint->client_seq ||
+        hint->rec_ip_seq != rec->ip_seq) {
+        hit_ip(u, rec, ip, hint);
+        return;
+    }
     atomic_store_explicit(&u->busy, 0, memory_order_release);     /* cg_usage_tab_unlock */
+}
+
+__attribute__((noinline))
+static void hit_contended(cg_usage_t *u, const char *reg_id, int64_t now_s, const char *client_ip,
+                          cg_usage_hint_t *hint)
+{
+    cg_usage_tab_lock(u);
+    hit(u, reg_id, now_s, client_ip, hint);
+}
+
+void cg_usage_hit_hint(cg_usage_t *u, const char *reg_id, int64_t now_s, const char *client_ip,
+                       cg_usage_hint_t *hint)
+{
+    if (u == NULL)
+        return;
+    /* cg_usage_tab_lock inline (every allowed request takes it), the wait apart:
+     * the common case calls nothing, or one function last. */
+    if (atomic_exchange_explicit(&u->busy, 1, memory_order_acquire)) {
+        hit_contended(u, reg_id, now_s, client_ip, hint);
+        return;
+    }
+    hit(u, reg_id, now_s, client_ip, hint);
 }
 
 /* One batch, written through the blocking store (the thread, and the last one). */

@@ -26,6 +26,14 @@ void cg_usage_hit(cg_usage_t *u, const char *reg_id, int64_t now_s, const char *
 typedef struct {
     uint64_t gen;
     size_t slot;
+    /* Set by the caller before each call: non-zero when the text at client_ip is
+     * the same whenever this value and that pointer are (an adapter's own copy
+     * of the address); 0: not known. */
+    uint64_t client_seq;
+    /* The address last recorded through this hint, and the record's ip_seq
+     * then: while neither changed, the address is not compared again. */
+    const char *ip;
+    uint64_t ip_client_seq, rec_ip_seq;
 } cg_usage_hint_t;
 /* cg_usage_hit for a caller that records one registration again and again:
  * *hint (zeroed first, and again whenever reg_id may name another

@@ -16,6 +16,7 @@ typedef struct {
     uint64_t count;
     int64_t last_seen;
     char ip[CG_USAGE_IP_MAX];
+    uint64_t ip_seq;            /* changes whenever ip does (hints) */
 } cg_usage_rec_t;
 
 /* One batch at a time: the records of spare, and their commands. */

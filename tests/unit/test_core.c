@@ -1813,6 +1813,58 @@ static void test_usage_hint(void **state)
     cg_store_free(st);
 }
 
+/* A hint's caller that says its address text is unchanged (client_seq) is not
+ * compared again, unless another hit changed the record's address since. */
+static void test_usage_hint_address(void **state)
+{
+    (void)state;
+    char err[128];
+    cg_store_cfg_t c = { .host = "127.0.0.1", .port = 1, .prefix = "certgate:",
+                         .timeout_ms = 100, .max_idle = 1 };
+    cg_store_t *st = cg_store_new(&c, err, sizeof(err));
+    assert_non_null(st);
+    flush_seen_t seen = { 0 };
+    cg_usage_t *u = cg_usage_new(st, 4, 100, record_flush, &seen);
+    assert_non_null(u);
+    redisReply ok = { .type = REDIS_REPLY_INTEGER, .integer = 1 };
+    char ip[16] = "10.0.0.1";
+    cg_usage_hint_t h = { 0 };
+
+    h.client_seq = 7;
+    cg_usage_hit_hint(u, "r1", 1000, ip, &h);
+    cg_usage_hit_hint(u, "r1", 1001, ip, &h);           /* same text: not compared */
+    cg_usage_hit(u, "r1", 1002, "10.0.0.2");            /* another client of r1 */
+    cg_usage_hit_hint(u, "r1", 1003, ip, &h);           /* the record changed: compared */
+    cg_usage_batch_t *b = cg_usage_batch_take(u);
+    assert_non_null(b);
+    assert_int_equal(cg_usage_batch_len(b), 1);
+    assert_usage_cmd(b, 0, "certgate:usage:r1", "4", "1003", "10.0.0.1");
+    cg_usage_batch_reply(b, &ok);
+    cg_usage_batch_end(b, NULL);
+
+    /* The caller's text changes with its client_seq; with 0 it is always compared. */
+    cg_usage_hit_hint(u, "r1", 1004, ip, &h);
+    strcpy(ip, "10.0.0.3");
+    h.client_seq = 8;
+    cg_usage_hit_hint(u, "r1", 1005, ip, &h);
+    b = cg_usage_batch_take(u);
+    assert_non_null(b);
+    assert_usage_cmd(b, 0, "certgate:usage:r1", "2", "1005", "10.0.0.3");
+    cg_usage_batch_reply(b, &ok);
+    cg_usage_batch_end(b, NULL);
+    h.client_seq = 0;
+    cg_usage_hit_hint(u, "r1", 1006, ip, &h);
+    strcpy(ip, "10.0.0.4");
+    cg_usage_hit_hint(u, "r1", 1007, ip, &h);
+    b = cg_usage_batch_take(u);
+    assert_non_null(b);
+    assert_usage_cmd(b, 0, "certgate:usage:r1", "2", "1007", "10.0.0.4");
+    cg_usage_batch_reply(b, &ok);
+    cg_usage_batch_end(b, NULL);
+    cg_usage_stop(u);
+    cg_store_free(st);
+}
+
 static int inval_calls;
 static int64_t inval_lag;
 
@@ -2348,6 +2400,7 @@ int main(void)
         cmocka_unit_test(test_sentinel_event_outside_lock),
         cmocka_unit_test(test_usage_batch_steps),
         cmocka_unit_test(test_usage_hint),
+        cmocka_unit_test(test_usage_hint_address),
         cmocka_unit_test(test_sub_messages),
         cmocka_unit_test(test_conn_entry_other_cache),
         cmocka_unit_test(test_fp_cache),
