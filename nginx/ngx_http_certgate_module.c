@@ -832,6 +832,7 @@ static void cg_exit_process(ngx_cycle_t *cycle)
     cg_ngx_bg_stop();   /* the last usage batch is written by cg_gate_free */
     cg_gate_free(cg_gate_p);
     cg_gate_p = NULL;
+    cg_process_caches_free();   /* after the gate: nothing reads them any more */
 }
 
 /* ------------------------------------------------------------ state */
