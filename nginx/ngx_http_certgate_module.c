@@ -116,6 +116,10 @@ typedef struct cg_lookup_s cg_lookup_t;
  * an internal redirect. */
 typedef struct cg_req_s {
     ngx_http_request_t *r;
+    /* The request it was made for (NULL: the slot, its main request's): the
+     * main request's pool also holds its subrequests' states, and a sibling's
+     * is not theirs. */
+    ngx_http_request_t *owner;
     int state;
     cg_lookup_t *lookup;          /* in flight, or NULL */
     /* Over 2 kB together: from the request's pool only when needed (a cache miss,
@@ -920,6 +924,17 @@ static ngx_inline int cg_tls(const ngx_connection_t *c)
     return c->ssl != NULL && c->ssl->connection != NULL;
 }
 
+/* req, found in r's pool, is r's own or an ancestor's (its decision stands
+ * for r): not a sibling subrequest's, whose lookup may be in flight. */
+static ngx_int_t cg_req_is_ours(ngx_http_request_t *r, const cg_req_t *req)
+{
+    ngx_http_request_t *o = req->owner != NULL ? req->owner : r->main;
+    for (ngx_http_request_t *p = r; p != NULL; p = p->parent)
+        if (p == o)
+            return 1;
+    return 0;
+}
+
 /* c: the real connection; cc: its state, if it has one. Inline: the gate's
  * every request asks. */
 static ngx_inline __attribute__((always_inline)) cg_req_t *cg_req_find_in(ngx_http_request_t *r, ngx_connection_t *c, cg_conn_t *cc)
@@ -938,7 +953,7 @@ static ngx_inline __attribute__((always_inline)) cg_req_t *cg_req_find_in(ngx_ht
         return req;
     }
     for (ngx_pool_cleanup_t *cln = r->pool->cleanup; cln != NULL; cln = cln->next) {
-        if (cln->handler == cg_req_cleanup) {
+        if (cln->handler == cg_req_cleanup && cg_req_is_ours(r, cln->data)) {
             req = cln->data;
             req->r = r;
             ngx_http_set_ctx(r, req, ngx_http_certgate_module);
@@ -995,6 +1010,7 @@ static cg_req_t *cg_req_new(ngx_http_request_t *r, ngx_connection_t *c, int tls,
     cg_req_t *req = cln->data;
     ngx_memzero(req, sizeof(*req));
     req->r = r;
+    req->owner = r;
     req->ev.data = req;
     req->ev.handler = cg_resume;
     req->ev.log = r->connection->log;
@@ -1557,7 +1573,7 @@ static ngx_int_t cg_gate(ngx_http_request_t *r, int in_rewrite)
     if (req != NULL && req->state == ST_DECIDED) {
         if (!req->not_enforced || lc->enabled != 1 || lc->shadow == 1)
             return NGX_DECLINED;
-        if (r != r->main) {     /* req is the main request's: refuse, do not decide again */
+        if (r != r->main) {     /* req is its own or an ancestor's: refuse, do not decide again */
             ngx_log_error(NGX_LOG_WARN, r->connection->log, 0, "CG01001: deny reason=%s "
                           "fingerprint=- app=- asked=- cert=- client=%V (subrequest into an "
                           "enforcing location; the request's refusal was not enforced)",

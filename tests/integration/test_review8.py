@@ -1,0 +1,183 @@
+"""Review of ngxka: nginx gates subrequests in the rewrite phase. Subrequests
+of one page share the main request's pool; each must be decided (and resumed)
+on its own: a sibling's state is not theirs."""
+import os
+import subprocess
+import threading
+import time
+
+import pytest
+import requests
+
+from clients import files_for, session
+from conftest import Stack
+from harness import flush_store, register
+
+SECRET_A = "r8 secret A\n"
+SECRET_B = "r8 secret B\n"
+
+# Two gated locations (one a file, one answering in its rewrite phase), two
+# whose app comes from a variable (app1, app2), and pages including them.
+NGINX_SERVER = """
+        location /r8open/ {
+            ssi on;
+            ssi_types text/plain;
+        }
+        location /r8a/ { certgate on; }
+        location /r8b/ {
+            certgate on;
+            return 200 "r8 secret B\\n";
+        }
+        location /r8app1/ {
+            certgate on;
+            set $r8app app1;
+            certgate_app_from variable $r8app;
+            return 200 "r8 secret A\\n";
+        }
+        location /r8app2/ {
+            certgate on;
+            set $r8app app2;
+            certgate_app_from variable $r8app;
+            return 200 "r8 secret B\\n";
+        }
+        location /r8app1f/ {
+            certgate on;
+            set $r8app app1;
+            certgate_app_from variable $r8app;
+        }
+        location /r8app2f/ {
+            certgate on;
+            set $r8app app2;
+            certgate_app_from variable $r8app;
+        }
+        location /r8dbg/ {
+            certgate on;
+            error_log {work}/logs/r8debug.log debug;
+        }
+"""
+
+PAGES = {
+    "two.txt": '<!--# include virtual="/r8a/s.txt" --> | <!--# include virtual="/r8b/x" --> end\n',
+    "twowait.txt": '<!--# include virtual="/r8a/s.txt" wait="yes" --> | '
+                   '<!--# include virtual="/r8b/x" wait="yes" --> end\n',
+    "apps.txt": '<!--# include virtual="/r8app1/x" --> | <!--# include virtual="/r8app2/x" --> end\n',
+    "appsf.txt": '<!--# include virtual="/r8app1f/s.txt" --> | '
+                 '<!--# include virtual="/r8app2f/s.txt" --> end\n',
+    "appswait.txt": '<!--# include virtual="/r8app1/x" wait="yes" --> | '
+                    '<!--# include virtual="/r8app2/x" wait="yes" --> end\n',
+}
+
+
+@pytest.fixture(scope="module")
+def ngx(pki):
+    s = Stack(pki, server="nginx",
+              nginx_args={"extra_server": NGINX_SERVER, "workers": 1, "timeout_ms": 1000})
+    for d, text in (("r8a", SECRET_A), ("r8dbg", SECRET_A), ("r8app1f", SECRET_A),
+                    ("r8app2f", SECRET_B), ("r8open", None)):
+        os.makedirs(os.path.join(s.work, "htdocs", d), exist_ok=True)
+        if text:
+            with open(os.path.join(s.work, "htdocs", d, "s.txt"), "w") as f:
+                f.write(text)
+    for name, text in PAGES.items():
+        with open(os.path.join(s.work, "htdocs", "r8open", name), "w") as f:
+            f.write(text)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def stack(ngx):
+    flush_store(ngx.r)
+    return ngx
+
+
+def fetch(stack, sess, page):
+    # A hung subrequest holds the page: a short timeout shows it.
+    resp = sess.get(stack.server.url("/r8open/" + page), timeout=6)
+    assert resp.status_code == 200, resp.text
+    assert resp.text.rstrip().endswith("end"), resp.text
+    return resp.text
+
+
+@pytest.mark.parametrize("page", ["two.txt", "twowait.txt"])
+def test_two_gated_includes_refused_without_registration(stack, pki, page):
+    # Neither include may be served to a certificate registered for nothing:
+    # the second one must not take the first one's decision (or its wait).
+    register(stack.r, pki.leaf, "app1")
+    s = session(stack, pki.leaf_other)
+    for _ in range(3):      # the first after the flush looks up, then the cache
+        text = fetch(stack, s, page)
+        assert SECRET_A not in text and SECRET_B not in text, text
+
+
+@pytest.mark.parametrize("page", ["two.txt", "twowait.txt"])
+def test_two_gated_includes_served_to_registered_cert(stack, pki, page):
+    # Both subrequests wait for Redis at first: each must be resumed.
+    register(stack.r, pki.leaf, "app1")
+    s = session(stack, pki.leaf)
+    for _ in range(3):
+        text = fetch(stack, s, page)
+        assert SECRET_A in text and SECRET_B in text, text
+
+
+@pytest.mark.parametrize("page", ["two.txt", "twowait.txt"])
+def test_two_gated_includes_while_redis_is_slow(stack, pki, page):
+    # Redis stopped for a moment: both subrequests' lookups are in flight
+    # together; the reply must resume each of them, and the page completes.
+    register(stack.r, pki.leaf, "app1")
+    stack.redis.pause()
+    timer = threading.Timer(0.4, stack.redis.resume)
+    timer.start()
+    try:
+        s = session(stack, pki.leaf)
+        text = fetch(stack, s, page)
+    finally:
+        timer.join()
+        stack.redis.resume()
+    assert SECRET_A in text and SECRET_B in text, text
+
+
+@pytest.mark.parametrize("page", ["appsf.txt"])
+def test_sibling_include_of_another_app_is_decided_on_its_own(stack, pki, page):
+    # Registered for app1 only: the app2 location's include is refused, even
+    # after the app1 include on the same page was allowed.
+    register(stack.r, pki.leaf, "app1")
+    s = session(stack, pki.leaf)
+    for _ in range(3):
+        text = fetch(stack, s, page)
+        assert SECRET_A in text, text
+        assert SECRET_B not in text, text
+
+
+@pytest.mark.parametrize("http2", [False, True], ids=["http1", "http2"])
+def test_two_gated_includes_over_curl(stack, pki, http2):
+    register(stack.r, pki.leaf_other, "app1")
+    c, k = files_for(stack, pki.leaf)       # not registered
+    cmd = ["curl", "-s", "--cacert", stack.server_ca, "--max-time", "6",
+           "--http2" if http2 else "--http1.1", "--cert", c, "--key", k]
+    for page in ("two.txt", "apps.txt"):
+        cmd.append(stack.server.url("/r8open/" + page))
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, (out.returncode, out.stdout)
+    assert out.stdout.count("end") == 2, out.stdout
+    assert "secret" not in out.stdout, out.stdout
+
+
+def test_debug_error_log_of_a_location_gets_allow_lines(stack, pki):
+    # The server's error log is at info: a location's own debug log still
+    # gets CG01002 for each allow (the memo's path included).
+    register(stack.r, pki.leaf, "app1")
+    path = os.path.join(stack.work, "logs", "r8debug.log")
+    before = open(path).read().count("CG01002") if os.path.exists(path) else 0
+    s = session(stack, pki.leaf)
+    for _ in range(4):
+        resp = s.get(stack.server.url("/r8dbg/s.txt"), timeout=10)
+        assert resp.status_code == 200, resp.text
+    deadline = time.monotonic() + 5
+    n = 0
+    while time.monotonic() < deadline:
+        n = open(path).read().count("CG01002") - before
+        if n >= 4:
+            break
+        time.sleep(0.1)
+    assert n == 4, n
