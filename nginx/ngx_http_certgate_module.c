@@ -1758,8 +1758,10 @@ static ngx_int_t cg_header_filter(ngx_http_request_t *r)
 
 __attribute__((noinline)) static ngx_int_t cg_header_filter_app(ngx_http_request_t *r)
 {
-    cg_req_t *req = r == r->main ? cg_req_find(r) : NULL;
-    if (req == NULL || req->state != ST_CERT_OK)
+    /* A subrequest's own state only (its location answered in the rewrite
+     * phase): an ancestor's app may still be set by its auth_request_set. */
+    cg_req_t *req = cg_req_find(r);
+    if (req == NULL || req->state != ST_CERT_OK || (r != r->main && req->owner != r))
         return cg_next_header_filter(r);
     char app[CG_APP_MAX + 2];
     cg_request_app(r, APP_FROM_VARIABLE, NULL, req->app_var, app, sizeof(app));

@@ -137,7 +137,7 @@ def test_two_gated_includes_while_redis_is_slow(stack, pki, page):
     assert SECRET_A in text and SECRET_B in text, text
 
 
-@pytest.mark.parametrize("page", ["appsf.txt"])
+@pytest.mark.parametrize("page", ["apps.txt", "appsf.txt", "appswait.txt"])
 def test_sibling_include_of_another_app_is_decided_on_its_own(stack, pki, page):
     # Registered for app1 only: the app2 location's include is refused, even
     # after the app1 include on the same page was allowed.
