@@ -1233,6 +1233,33 @@ found:
     return NGX_OK;
 }
 
+/* A subrequest's headers_in is a copy of its parent's: the copied list's last
+ * part is the parent's, where a push lands unseen by the subrequest (and its
+ * upstream) and seen by the parent. A list of its own first. */
+static ngx_int_t cg_own_header_list(ngx_http_request_t *r)
+{
+    ngx_list_part_t *part;
+    ngx_uint_t i, total = 0;
+    ngx_list_t old = r->headers_in.headers;
+    for (part = &old.part; part; part = part->next)
+        total += part->nelts;
+    if (ngx_list_init(&r->headers_in.headers, r->pool, total + 8,
+                      sizeof(ngx_table_elt_t)) != NGX_OK) {
+        r->headers_in.headers = old;
+        return NGX_ERROR;
+    }
+    for (part = &old.part; part; part = part->next) {
+        ngx_table_elt_t *h = part->elts;
+        for (i = 0; i < part->nelts; i++) {
+            ngx_table_elt_t *n = ngx_list_push(&r->headers_in.headers);
+            if (n == NULL)
+                return NGX_ERROR;
+            *n = h[i];
+        }
+    }
+    return NGX_OK;
+}
+
 static ngx_int_t cg_add_header(ngx_http_request_t *r, const ngx_str_t *name, ngx_str_t value)
 {
     ngx_table_elt_t *h = ngx_list_push(&r->headers_in.headers);
@@ -1496,6 +1523,8 @@ static ngx_int_t cg_export_allow(ngx_http_request_t *r, cg_loc_conf_t *lc, cg_re
     req->exported = 1;
     if (lc->forward_headers != 1)
         return NGX_OK;
+    if (r != r->main && cg_own_header_list(r) != NGX_OK)
+        return NGX_ERROR;
     if (cg_add_header(r, &cg_forward_headers[0], req->app_id) != NGX_OK ||
         cg_add_header(r, &cg_forward_headers[1], req->cert_id) != NGX_OK ||
         cg_add_header(r, &cg_forward_headers[2], req->fingerprint) != NGX_OK ||

@@ -11,7 +11,7 @@ import requests
 
 from clients import files_for, session
 from conftest import Stack
-from harness import flush_store, register
+from harness import flush_store, free_port, register
 
 SECRET_A = "r8 secret A\n"
 SECRET_B = "r8 secret B\n"
@@ -50,6 +50,11 @@ NGINX_SERVER = """
             set $r8app app2;
             certgate_app_from variable $r8app;
         }
+        location /r8fwd/ {
+            certgate on;
+            certgate_forward_headers on;
+            proxy_pass http://127.0.0.1:{echo_port};
+        }
         location /r8dbg/ {
             certgate on;
             error_log {work}/logs/r8debug.log debug;
@@ -63,6 +68,7 @@ PAGES = {
     "apps.txt": '<!--# include virtual="/r8app1/x" --> | <!--# include virtual="/r8app2/x" --> end\n',
     "appsf.txt": '<!--# include virtual="/r8app1f/s.txt" --> | '
                  '<!--# include virtual="/r8app2f/s.txt" --> end\n',
+    "fwd.txt": '<!--# include virtual="/r8fwd/x" --> end\n',
     "appswait.txt": '<!--# include virtual="/r8app1/x" wait="yes" --> | '
                     '<!--# include virtual="/r8app2/x" wait="yes" --> end\n',
 }
@@ -70,8 +76,14 @@ PAGES = {
 
 @pytest.fixture(scope="module")
 def ngx(pki):
+    # The upstream of /r8fwd/: the headers it was sent (a request of its own,
+    # whose variables the page's header filter has not read).
+    port = free_port()
+    echo = ("server { listen 127.0.0.1:%d; location / { return 200 "
+            "\"app=$http_certgate_app_id\\n\"; } }" % port)
     s = Stack(pki, server="nginx",
-              nginx_args={"extra_server": NGINX_SERVER, "workers": 1, "timeout_ms": 1000})
+              nginx_args={"extra_server": NGINX_SERVER.replace("{echo_port}", str(port)),
+                          "extra_http": echo, "workers": 1, "timeout_ms": 1000})
     for d, text in (("r8a", SECRET_A), ("r8dbg", SECRET_A), ("r8app1f", SECRET_A),
                     ("r8app2f", SECRET_B), ("r8open", None)):
         os.makedirs(os.path.join(s.work, "htdocs", d), exist_ok=True)
@@ -181,3 +193,15 @@ def test_debug_error_log_of_a_location_gets_allow_lines(stack, pki):
             break
         time.sleep(0.1)
     assert n == 4, n
+
+
+def test_forwarded_headers_reach_a_subrequests_upstream(stack, pki):
+    # certgate_forward_headers in a location reached by an SSI include: the
+    # subrequest's upstream gets them, as a main request's does.
+    register(stack.r, pki.leaf, "app1")
+    s = session(stack, pki.leaf)
+    resp = s.get(stack.server.url("/r8fwd/x"), timeout=6)
+    assert resp.text == "app=app1\n", resp.text
+    for _ in range(2):
+        text = fetch(stack, s, "fwd.txt")
+        assert "app=app1\n end" in text, text
