@@ -2,6 +2,7 @@
 of one page share the main request's pool; each must be decided (and resumed)
 on its own: a sibling's state is not theirs."""
 import os
+import re
 import subprocess
 import threading
 import time
@@ -55,6 +56,9 @@ NGINX_SERVER = """
             certgate_forward_headers on;
             proxy_pass http://127.0.0.1:{echo_port};
         }
+        # realip: the address of a request, not of its connection.
+        set_real_ip_from 127.0.0.1;
+        real_ip_header X-Real-IP;
         location /r8dbg/ {
             certgate on;
             error_log {work}/logs/r8debug.log debug;
@@ -205,3 +209,66 @@ def test_forwarded_headers_reach_a_subrequests_upstream(stack, pki):
     for _ in range(2):
         text = fetch(stack, s, "fwd.txt")
         assert "app=app1\n end" in text, text
+
+
+# One connection, the address changing back and forth: the connection's own,
+# a realip one, the same text again (another allocation), another one.
+ADDRS = ["192.0.2.41", None, "192.0.2.41", "192.0.2.42", None, None]
+
+
+def expected(ip):
+    return ip or "127.0.0.1"
+
+
+@pytest.mark.parametrize("http2", [False, True], ids=["http1", "http2"])
+def test_deny_lines_name_each_requests_address_on_one_connection(stack, pki, http2):
+    register(stack.r, pki.leaf_other, "app1")
+    before = len(stack.server.read_log())
+    if http2:
+        c, k = files_for(stack, pki.leaf)
+        cmd = ["curl", "-s", "--cacert", stack.server_ca, "--max-time", "10", "--http2"]
+        for i, ip in enumerate(ADDRS):
+            if i:
+                cmd.append("--next")
+            cmd += ["--http2", "--cacert", stack.server_ca, "--cert", c, "--key", k,
+                    "-o", "/dev/null", "-w", "%{http_code} %{num_connects}\\n"]
+            if ip:
+                cmd += ["-H", "X-Real-IP: " + ip]
+            cmd.append(stack.server.url("/r8a/s.txt"))
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout.split()
+        assert out[0::2] == ["403"] * len(ADDRS), out
+        assert out[1::2] == ["1"] + ["0"] * (len(ADDRS) - 1), out     # one connection
+    else:
+        s = session(stack, pki.leaf)
+        for ip in ADDRS:
+            resp = s.get(stack.server.url("/r8a/s.txt"),
+                         headers={"X-Real-IP": ip} if ip else {}, timeout=10)
+            assert resp.status_code == 403
+    log = stack.server.read_log()[before:]
+    clients = re.findall(r"CG01001: deny reason=unregistered .*?client=([^,\s]+)", log)
+    assert clients == [expected(ip) for ip in ADDRS], log[-3000:]
+
+
+def test_usage_names_each_requests_address_on_one_connection(stack, pki):
+    # Allowed within one second from the connection's entry (the memo, whose
+    # usage hint skips comparing an unchanged address): the address written is
+    # the last request's, also when only its address changed.
+    reg_id = register(stack.r, pki.leaf, "app1", reg_id="r8-usage")
+    s = session(stack, pki.leaf)
+    total = 0
+    for burst in ([None] * 4 + ["192.0.2.41"], ["192.0.2.41"] * 4 + [None],
+                  [None] * 4 + ["192.0.2.42"]):
+        for ip in burst:
+            resp = s.get(stack.server.url("/r8a/s.txt"),
+                         headers={"X-Real-IP": ip} if ip else {}, timeout=10)
+            assert resp.status_code == 200
+        total += len(burst)
+        deadline = time.monotonic() + 10
+        usage = {}
+        while time.monotonic() < deadline:
+            usage = stack.r.hgetall("certgate:usage:" + reg_id)
+            if usage.get(b"count") == str(total).encode():
+                break
+            time.sleep(0.05)
+        assert usage.get(b"count") == str(total).encode(), usage
+        assert usage.get(b"last_ip") == expected(burst[-1]).encode(), (burst, usage)
