@@ -272,3 +272,27 @@ def test_usage_names_each_requests_address_on_one_connection(stack, pki):
             time.sleep(0.05)
         assert usage.get(b"count") == str(total).encode(), usage
         assert usage.get(b"last_ip") == expected(burst[-1]).encode(), (burst, usage)
+
+
+@pytest.mark.parametrize("http2", [False, True], ids=["http1", "http2"])
+def test_page_abandoned_while_two_includes_wait_for_redis(stack, pki, http2):
+    # The client leaves while both subrequests' lookups are in flight (an
+    # HTTP/2 stream is reset, its pool freed): nothing may resume into freed
+    # state; the worker keeps serving (a crash fails the module's teardown).
+    register(stack.r, pki.leaf, "app1")
+    c, k = files_for(stack, pki.leaf)
+    before = len(stack.server.read_log())
+    stack.redis.pause()
+    try:
+        subprocess.run(["curl", "-s", "-o", "/dev/null", "--cacert", stack.server_ca,
+                        "--max-time", "0.3", "--http2" if http2 else "--http1.1",
+                        "--cert", c, "--key", k, stack.server.url("/r8open/two.txt")],
+                       capture_output=True, timeout=30)
+        time.sleep(0.2)
+    finally:
+        stack.redis.resume()
+    time.sleep(1.2)         # past the lookups' timeout
+    text = fetch(stack, session(stack, pki.leaf), "two.txt")
+    assert SECRET_A in text and SECRET_B in text, text
+    log = stack.server.read_log()[before:]
+    assert "exited on signal" not in log and "[alert]" not in log, log[-3000:]
