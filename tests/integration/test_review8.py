@@ -56,6 +56,13 @@ NGINX_SERVER = """
             certgate_forward_headers on;
             proxy_pass http://127.0.0.1:{echo_port};
         }
+        # An ungated location whose auth_request goes to a gated one.
+        location /r8auth/ { auth_request /r8authz; }
+        location = /r8authz {
+            internal;
+            certgate on;
+            return 204;
+        }
         # realip: the address of a request, not of its connection.
         set_real_ip_from 127.0.0.1;
         real_ip_header X-Real-IP;
@@ -88,7 +95,7 @@ def ngx(pki):
     s = Stack(pki, server="nginx",
               nginx_args={"extra_server": NGINX_SERVER.replace("{echo_port}", str(port)),
                           "extra_http": echo, "workers": 1, "timeout_ms": 1000})
-    for d, text in (("r8a", SECRET_A), ("r8dbg", SECRET_A), ("r8app1f", SECRET_A),
+    for d, text in (("r8auth", SECRET_A), ("r8a", SECRET_A), ("r8dbg", SECRET_A), ("r8app1f", SECRET_A),
                     ("r8app2f", SECRET_B), ("r8open", None)):
         os.makedirs(os.path.join(s.work, "htdocs", d), exist_ok=True)
         if text:
@@ -296,3 +303,23 @@ def test_page_abandoned_while_two_includes_wait_for_redis(stack, pki, http2):
     assert SECRET_A in text and SECRET_B in text, text
     log = stack.server.read_log()[before:]
     assert "exited on signal" not in log and "[alert]" not in log, log[-3000:]
+
+
+@pytest.mark.parametrize("slow", [False, True], ids=["lookup", "redis-stopped-briefly"])
+def test_auth_request_into_gated_location_waits_for_its_lookup(stack, pki, slow):
+    # The auth subrequest waits for Redis in its rewrite phase (NGX_DONE); its
+    # answer resumes it, its end resumes the main request's access phase.
+    register(stack.r, pki.leaf, "app1")
+    for cert, want in ((pki.leaf_other, 403), (pki.leaf, 200)):
+        if slow:
+            stack.redis.pause()
+            timer = threading.Timer(0.3, stack.redis.resume)
+            timer.start()
+        try:
+            resp = session(stack, cert).get(stack.server.url("/r8auth/s.txt"), timeout=6)
+        finally:
+            if slow:
+                timer.join()
+                stack.redis.resume()
+        assert resp.status_code == want, resp.text
+        assert (SECRET_A in resp.text) == (want == 200), resp.text
