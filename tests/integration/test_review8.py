@@ -56,6 +56,12 @@ NGINX_SERVER = """
             certgate_forward_headers on;
             proxy_pass http://127.0.0.1:{echo_port};
         }
+        # An ungated page with gated bodies before and after it.
+        location /r8add/ {
+            add_before_body /r8a/s.txt;
+            add_after_body /r8b/x;
+            addition_types text/plain;
+        }
         # An ungated location whose auth_request goes to a gated one.
         location /r8auth/ { auth_request /r8authz; }
         location = /r8authz {
@@ -95,8 +101,9 @@ def ngx(pki):
     s = Stack(pki, server="nginx",
               nginx_args={"extra_server": NGINX_SERVER.replace("{echo_port}", str(port)),
                           "extra_http": echo, "workers": 1, "timeout_ms": 1000})
-    for d, text in (("r8auth", SECRET_A), ("r8a", SECRET_A), ("r8dbg", SECRET_A), ("r8app1f", SECRET_A),
-                    ("r8app2f", SECRET_B), ("r8open", None)):
+    for d, text in (("r8auth", SECRET_A), ("r8add", "page\n"), ("r8a", SECRET_A),
+                    ("r8dbg", SECRET_A), ("r8app1f", SECRET_A), ("r8app2f", SECRET_B),
+                    ("r8open", None)):
         os.makedirs(os.path.join(s.work, "htdocs", d), exist_ok=True)
         if text:
             with open(os.path.join(s.work, "htdocs", d, "s.txt"), "w") as f:
@@ -323,3 +330,16 @@ def test_auth_request_into_gated_location_waits_for_its_lookup(stack, pki, slow)
                 stack.redis.resume()
         assert resp.status_code == want, resp.text
         assert (SECRET_A in resp.text) == (want == 200), resp.text
+
+
+@pytest.mark.parametrize("cert", ["registered", "unregistered"])
+def test_add_before_and_after_body_of_gated_locations(stack, pki, cert):
+    # Two subrequests of one page (addition filter), each decided on its own,
+    # the first ones with a lookup each.
+    register(stack.r, pki.leaf, "app1")
+    s = session(stack, pki.leaf if cert == "registered" else pki.leaf_other)
+    for _ in range(2):
+        resp = s.get(stack.server.url("/r8add/s.txt"), timeout=6)
+        assert resp.status_code == 200 and "page\n" in resp.text, resp.text
+        assert (SECRET_A in resp.text, SECRET_B in resp.text) == (
+            (True, True) if cert == "registered" else (False, False)), resp.text
