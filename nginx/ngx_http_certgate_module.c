@@ -1153,6 +1153,8 @@ static void cg_resume(ngx_event_t *ev)
     } else if (req->state != ST_LOOKED_UP) {
         return;     /* another event ran the handler first and used the answer */
     }
+    /* The error log's request: another subrequest of the page may have run since. */
+    ngx_http_set_log_request(c->log, r);
     ngx_http_core_run_phases(r);
     ngx_http_run_posted_requests(c);
 }

@@ -343,3 +343,14 @@ def test_add_before_and_after_body_of_gated_locations(stack, pki, cert):
         assert resp.status_code == 200 and "page\n" in resp.text, resp.text
         assert (SECRET_A in resp.text, SECRET_B in resp.text) == (
             (True, True) if cert == "registered" else (False, False)), resp.text
+
+
+def test_deny_lines_after_a_lookup_name_their_subrequest(stack, pki):
+    # Both includes wait for Redis; each one's deny line, logged when its
+    # answer resumes it, names that subrequest (not the last one to run).
+    register(stack.r, pki.leaf, "app1")
+    before = len(stack.server.read_log())
+    fetch(stack, session(stack, pki.leaf_other), "two.txt")
+    log = stack.server.read_log()[before:]
+    subs = re.findall(r'CG01001: deny reason=unregistered .*subrequest: "([^"]+)"', log)
+    assert sorted(subs) == ["/r8a/s.txt", "/r8b/x"], log[-3000:]
