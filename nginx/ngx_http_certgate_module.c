@@ -116,6 +116,10 @@ typedef struct cg_lookup_s cg_lookup_t;
  * an internal redirect. */
 typedef struct cg_req_s {
     ngx_http_request_t *r;
+    /* The request it was made for (NULL: the slot, its main request's): the
+     * main request's pool also holds its subrequests' states, and a sibling's
+     * is not theirs. */
+    ngx_http_request_t *owner;
     int state;
     cg_lookup_t *lookup;          /* in flight, or NULL */
     /* Over 2 kB together: from the request's pool only when needed (a cache miss,
@@ -920,6 +924,17 @@ static ngx_inline int cg_tls(const ngx_connection_t *c)
     return c->ssl != NULL && c->ssl->connection != NULL;
 }
 
+/* req, found in r's pool, is r's own or an ancestor's (its decision stands
+ * for r): not a sibling subrequest's, whose lookup may be in flight. */
+static ngx_int_t cg_req_is_ours(ngx_http_request_t *r, const cg_req_t *req)
+{
+    ngx_http_request_t *o = req->owner != NULL ? req->owner : r->main;
+    for (ngx_http_request_t *p = r; p != NULL; p = p->parent)
+        if (p == o)
+            return 1;
+    return 0;
+}
+
 /* c: the real connection; cc: its state, if it has one. Inline: the gate's
  * every request asks. */
 static ngx_inline __attribute__((always_inline)) cg_req_t *cg_req_find_in(ngx_http_request_t *r, ngx_connection_t *c, cg_conn_t *cc)
@@ -938,7 +953,7 @@ static ngx_inline __attribute__((always_inline)) cg_req_t *cg_req_find_in(ngx_ht
         return req;
     }
     for (ngx_pool_cleanup_t *cln = r->pool->cleanup; cln != NULL; cln = cln->next) {
-        if (cln->handler == cg_req_cleanup) {
+        if (cln->handler == cg_req_cleanup && cg_req_is_ours(r, cln->data)) {
             req = cln->data;
             req->r = r;
             ngx_http_set_ctx(r, req, ngx_http_certgate_module);
@@ -995,6 +1010,7 @@ static cg_req_t *cg_req_new(ngx_http_request_t *r, ngx_connection_t *c, int tls,
     cg_req_t *req = cln->data;
     ngx_memzero(req, sizeof(*req));
     req->r = r;
+    req->owner = r;
     req->ev.data = req;
     req->ev.handler = cg_resume;
     req->ev.log = r->connection->log;
@@ -1137,6 +1153,8 @@ static void cg_resume(ngx_event_t *ev)
     } else if (req->state != ST_LOOKED_UP) {
         return;     /* another event ran the handler first and used the answer */
     }
+    /* The error log's request: another subrequest of the page may have run since. */
+    ngx_http_set_log_request(c->log, r);
     ngx_http_core_run_phases(r);
     ngx_http_run_posted_requests(c);
 }
@@ -1208,6 +1226,33 @@ found:
         for (i = 0; i < part->nelts; i++) {
             if (cg_is_forward_header(&h[i]))
                 continue;
+            ngx_table_elt_t *n = ngx_list_push(&r->headers_in.headers);
+            if (n == NULL)
+                return NGX_ERROR;
+            *n = h[i];
+        }
+    }
+    return NGX_OK;
+}
+
+/* A subrequest's headers_in is a copy of its parent's: the copied list's last
+ * part is the parent's, where a push lands unseen by the subrequest (and its
+ * upstream) and seen by the parent. A list of its own first. */
+static ngx_int_t cg_own_header_list(ngx_http_request_t *r)
+{
+    ngx_list_part_t *part;
+    ngx_uint_t i, total = 0;
+    ngx_list_t old = r->headers_in.headers;
+    for (part = &old.part; part; part = part->next)
+        total += part->nelts;
+    if (ngx_list_init(&r->headers_in.headers, r->pool, total + 8,
+                      sizeof(ngx_table_elt_t)) != NGX_OK) {
+        r->headers_in.headers = old;
+        return NGX_ERROR;
+    }
+    for (part = &old.part; part; part = part->next) {
+        ngx_table_elt_t *h = part->elts;
+        for (i = 0; i < part->nelts; i++) {
             ngx_table_elt_t *n = ngx_list_push(&r->headers_in.headers);
             if (n == NULL)
                 return NGX_ERROR;
@@ -1480,6 +1525,8 @@ static ngx_int_t cg_export_allow(ngx_http_request_t *r, cg_loc_conf_t *lc, cg_re
     req->exported = 1;
     if (lc->forward_headers != 1)
         return NGX_OK;
+    if (r != r->main && cg_own_header_list(r) != NGX_OK)
+        return NGX_ERROR;
     if (cg_add_header(r, &cg_forward_headers[0], req->app_id) != NGX_OK ||
         cg_add_header(r, &cg_forward_headers[1], req->cert_id) != NGX_OK ||
         cg_add_header(r, &cg_forward_headers[2], req->fingerprint) != NGX_OK ||
@@ -1557,7 +1604,7 @@ static ngx_int_t cg_gate(ngx_http_request_t *r, int in_rewrite)
     if (req != NULL && req->state == ST_DECIDED) {
         if (!req->not_enforced || lc->enabled != 1 || lc->shadow == 1)
             return NGX_DECLINED;
-        if (r != r->main) {     /* req is the main request's: refuse, do not decide again */
+        if (r != r->main) {     /* req is its own or an ancestor's: refuse, do not decide again */
             ngx_log_error(NGX_LOG_WARN, r->connection->log, 0, "CG01001: deny reason=%s "
                           "fingerprint=- app=- asked=- cert=- client=%V (subrequest into an "
                           "enforcing location; the request's refusal was not enforced)",
@@ -1742,8 +1789,10 @@ static ngx_int_t cg_header_filter(ngx_http_request_t *r)
 
 __attribute__((noinline)) static ngx_int_t cg_header_filter_app(ngx_http_request_t *r)
 {
-    cg_req_t *req = r == r->main ? cg_req_find(r) : NULL;
-    if (req == NULL || req->state != ST_CERT_OK)
+    /* A subrequest's own state only (its location answered in the rewrite
+     * phase): an ancestor's app may still be set by its auth_request_set. */
+    cg_req_t *req = cg_req_find(r);
+    if (req == NULL || req->state != ST_CERT_OK || (r != r->main && req->owner != r))
         return cg_next_header_filter(r);
     char app[CG_APP_MAX + 2];
     cg_request_app(r, APP_FROM_VARIABLE, NULL, req->app_var, app, sizeof(app));
