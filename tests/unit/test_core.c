@@ -1666,6 +1666,17 @@ static void test_sentinel_event_outside_lock(void **state)
 
 /* ------------------------------------------ usage and subscriber without I/O */
 
+/* A store nothing listens for (port 1): what the usage tests drive by hand. */
+static cg_store_t *unreachable_store(void)
+{
+    char err[128];
+    cg_store_cfg_t c = { .host = "127.0.0.1", .port = 1, .prefix = "certgate:",
+                         .timeout_ms = 100, .max_idle = 1 };
+    cg_store_t *st = cg_store_new(&c, err, sizeof(err));
+    assert_non_null(st);
+    return st;
+}
+
 typedef struct {
     int calls;
     size_t written, dropped;
@@ -1685,11 +1696,7 @@ static void record_flush(void *arg, size_t written, size_t dropped, const char *
 static void test_usage_batch_steps(void **state)
 {
     (void)state;
-    char err[128];
-    cg_store_cfg_t c = { .host = "127.0.0.1", .port = 1, .prefix = "certgate:",
-                         .timeout_ms = 100, .max_idle = 1 };
-    cg_store_t *st = cg_store_new(&c, err, sizeof(err));
-    assert_non_null(st);
+    cg_store_t *st = unreachable_store();
     flush_seen_t seen = { 0 };
     cg_usage_t *u = cg_usage_new(st, 2, 100, record_flush, &seen);
     assert_non_null(u);
@@ -1756,11 +1763,7 @@ static void assert_usage_cmd(cg_usage_batch_t *b, size_t i, const char *key, con
 static void test_usage_hint(void **state)
 {
     (void)state;
-    char err[128];
-    cg_store_cfg_t c = { .host = "127.0.0.1", .port = 1, .prefix = "certgate:",
-                         .timeout_ms = 100, .max_idle = 1 };
-    cg_store_t *st = cg_store_new(&c, err, sizeof(err));
-    assert_non_null(st);
+    cg_store_t *st = unreachable_store();
     flush_seen_t seen = { 0 };
     cg_usage_t *u = cg_usage_new(st, 4, 100, record_flush, &seen);
     cg_usage_t *u2 = cg_usage_new(st, 4, 100, record_flush, &seen);
@@ -1818,11 +1821,7 @@ static void test_usage_hint(void **state)
 static void test_usage_hint_address(void **state)
 {
     (void)state;
-    char err[128];
-    cg_store_cfg_t c = { .host = "127.0.0.1", .port = 1, .prefix = "certgate:",
-                         .timeout_ms = 100, .max_idle = 1 };
-    cg_store_t *st = cg_store_new(&c, err, sizeof(err));
-    assert_non_null(st);
+    cg_store_t *st = unreachable_store();
     flush_seen_t seen = { 0 };
     cg_usage_t *u = cg_usage_new(st, 4, 100, record_flush, &seen);
     assert_non_null(u);
