@@ -105,3 +105,14 @@ def raw_get(stack, ctx, path, session=None):
             data += chunk
         status = int(data.split(b" ", 2)[1])
         return status, s.session_reused, s.session
+
+
+def usage_when_counted(stack, reg_id, count, timeout=10.0):
+    """The registration's usage hash once its count is `count` (the gateway
+    flushes in the background), or what it holds at the timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        usage = stack.r.hgetall("certgate:usage:" + reg_id)
+        if usage.get(b"count") == str(count).encode() or time.monotonic() > deadline:
+            return usage
+        time.sleep(0.05)

@@ -10,7 +10,7 @@ import time
 import pytest
 
 import harness
-from clients import get, reason_of, session
+from clients import get, reason_of, session, usage_when_counted
 from conftest import Stack, make_workdir
 from harness import Redis, flush_store, register
 
@@ -96,13 +96,7 @@ def test_usage_is_recorded_in_batches(stack, pki):
     s = session(stack, pki.leaf_b)
     for _ in range(7):
         assert s.get(stack.server.url(GATED)).status_code == 200
-    deadline = time.monotonic() + 5
-    usage = {}
-    while time.monotonic() < deadline:
-        usage = stack.r.hgetall("certgate:usage:" + reg_id)
-        if usage.get(b"count") == b"7":
-            break
-        time.sleep(0.1)
+    usage = usage_when_counted(stack, reg_id, 7, timeout=5)
     assert usage.get(b"count") == b"7", usage
     assert usage.get(b"last_ip") == b"127.0.0.1"
     assert abs(int(usage[b"last_seen"]) - time.time()) < 10

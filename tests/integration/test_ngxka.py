@@ -3,11 +3,10 @@ the precontent handler is installed only where some certgate_app_from
 variable is). No such variable in this configuration: the precontent handler
 is absent, so whatever is checked here is checked in the rewrite phase."""
 import os
-import time
 
 import pytest
 
-from clients import get, session
+from clients import get, session, usage_when_counted
 from conftest import Stack
 from harness import flush_store, register
 
@@ -98,12 +97,6 @@ def test_usage_records_each_requests_address_across_connections(stack, pki):
     for s, ip in [(one, None)] * 4 + [(two, "192.0.2.33"), (one, None)]:
         resp = s.get(url, headers={"X-Real-IP": ip} if ip else {}, timeout=10)
         assert resp.status_code == 200, resp.text
-    deadline = time.monotonic() + 10
-    usage = {}
-    while time.monotonic() < deadline:
-        usage = stack.r.hgetall("certgate:usage:" + reg_id)
-        if usage.get(b"count") == b"6":
-            break
-        time.sleep(0.1)
+    usage = usage_when_counted(stack, reg_id, 6)
     assert usage.get(b"count") == b"6", usage
     assert usage.get(b"last_ip") == b"127.0.0.1", usage

@@ -8,9 +8,8 @@ import threading
 import time
 
 import pytest
-import requests
 
-from clients import files_for, session
+from clients import files_for, session, usage_when_counted
 from conftest import Stack
 from harness import flush_store, free_port, register
 
@@ -277,13 +276,7 @@ def test_usage_names_each_requests_address_on_one_connection(stack, pki):
                          headers={"X-Real-IP": ip} if ip else {}, timeout=10)
             assert resp.status_code == 200
         total += len(burst)
-        deadline = time.monotonic() + 10
-        usage = {}
-        while time.monotonic() < deadline:
-            usage = stack.r.hgetall("certgate:usage:" + reg_id)
-            if usage.get(b"count") == str(total).encode():
-                break
-            time.sleep(0.05)
+        usage = usage_when_counted(stack, reg_id, total)
         assert usage.get(b"count") == str(total).encode(), usage
         assert usage.get(b"last_ip") == expected(burst[-1]).encode(), (burst, usage)
 
