@@ -23,7 +23,7 @@ counted, the flush that wakes by the clock is not (nginx runs it on the
 worker's event loop, inside what is counted).
 
   /usr/bin/python3 bench/callgrind.py [--servers httpd,nginx] [--modes keepalive,handshake]
-      [--configs a0,a,b] [--n-keepalive 500] [--n-handshake 50] [--centres]
+      [--configs a0,a,b] [--n-keepalive 2000] [--n-handshake 50] [--centres]
 
 CERTGATE_BENCH_KEEP=1 keeps the work directory and the callgrind files;
 CERTGATE_BENCH_VALGRIND adds valgrind options (e.g. --dump-instr=yes).
@@ -335,7 +335,7 @@ def add_args(ap):
     ap.add_argument("--servers", default="httpd,nginx")
     ap.add_argument("--modes", default="keepalive,handshake")
     ap.add_argument("--configs", default="a0,a,b")
-    ap.add_argument("--n-keepalive", type=int, default=500)
+    ap.add_argument("--n-keepalive", type=int, default=2000)
     ap.add_argument("--n-handshake", type=int, default=50)
     ap.add_argument("--centres", action="store_true")
 
