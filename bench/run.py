@@ -244,6 +244,7 @@ def main():
     if args.quick:
         args.seconds, args.rounds, args.revocations = 2, 1, 3
         args.n_keepalive, args.n_handshake, args.uploads = 50, 3, 20
+        args.repeat_keepalive = 1
 
     from conftest import make_workdir
     work = make_workdir()
