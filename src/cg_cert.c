@@ -21,8 +21,7 @@ static void say(char *err, size_t errlen, const char *msg)
         snprintf(err, errlen, "%s", msg);
 }
 
-/* DER that must be consumed whole: trailing bytes mean a broken upload. */
-static X509 *der_cert(const unsigned char *p, size_t len)
+X509 *cg_cert_d2i(const unsigned char *p, size_t len)
 {
     const unsigned char *q = p;
     if (len == 0 || len > CG_CERT_MAX_INPUT)
@@ -38,7 +37,7 @@ static X509 *der_cert(const unsigned char *p, size_t len)
 /* The certificate at index `at` of a read: through the kept ones from keep_from on. */
 static X509 *der_cert_at(const unsigned char *p, size_t len, int at, int keep_from)
 {
-    return at >= keep_from ? cg_cert_d2i_kept(p, len) : der_cert(p, len);
+    return at >= keep_from ? cg_cert_d2i_kept(p, len) : cg_cert_d2i(p, len);
 }
 
 static int push_pkcs7(STACK_OF(X509) *out, const unsigned char *p, size_t len)

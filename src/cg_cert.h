@@ -34,8 +34,11 @@ STACK_OF(X509) *cg_cert_read_all(const unsigned char *buf, size_t len, int *from
 STACK_OF(X509) *cg_cert_read_all_kept(const unsigned char *buf, size_t len, int *from_pkcs7,
                                       int keep_from, char *err, size_t errlen);
 
-/* One DER certificate, whole (no trailing bytes), from the kept ones when the
- * same bytes were decoded before; a new reference, or NULL. */
+/* One DER certificate that must be consumed whole: trailing bytes mean a
+ * broken upload. A new certificate, or NULL. */
+X509 *cg_cert_d2i(const unsigned char *der, size_t len);
+/* The same, from the kept ones when the same bytes were decoded before; a new
+ * reference, or NULL. */
 X509 *cg_cert_d2i_kept(const unsigned char *der, size_t len);
 /* Whether child's signature was verified with issuer's key before, both kept
  * objects; and remember that it was. */

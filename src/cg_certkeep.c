@@ -47,23 +47,12 @@ static size_t slot_of(const unsigned char *der, size_t len)
     return (size_t)(h & (SLOTS - 1));
 }
 
-static X509 *decode(const unsigned char *der, size_t len)
-{
-    const unsigned char *q = der;
-    X509 *x = d2i_X509(NULL, &q, (long)len);
-    if (x != NULL && q != der + len) {     /* trailing bytes: a broken upload */
-        X509_free(x);
-        return NULL;
-    }
-    return x;
-}
-
 X509 *cg_cert_d2i_kept(const unsigned char *der, size_t len)
 {
-    if (der == NULL || len == 0 || len > CG_CERT_MAX_INPUT)
+    if (der == NULL)
         return NULL;
-    if (len > KEEP_MAX)
-        return decode(der, len);
+    if (len == 0 || len > KEEP_MAX)
+        return cg_cert_d2i(der, len);     /* refused, or decoded and not kept */
     size_t i = slot_of(der, len);
     X509 *x = NULL;
     pthread_mutex_lock(&lock);
@@ -76,7 +65,7 @@ X509 *cg_cert_d2i_kept(const unsigned char *der, size_t len)
         return x;
     }
     atomic_fetch_add_explicit(&n_misses, 1, memory_order_relaxed);
-    x = decode(der, len);           /* outside the lock: this is the slow part */
+    x = cg_cert_d2i(der, len);       /* outside the lock: this is the slow part */
     if (x == NULL)
         return NULL;
     unsigned char *copy = malloc(len);
