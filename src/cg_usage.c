@@ -42,7 +42,6 @@ void cg_usage_hit(cg_usage_t *u, const char *reg_id, int64_t now_s, const char *
     cg_usage_hit_hint(u, reg_id, now_s, client_ip, NULL);
 }
 
-/* cg_usage_hit_hint with the table locked; unlocks it. */
 /* The record's address from this hit, noted in hint; then unlocks the table.
  * Most hits repeat the record's address: copied only when it differs (a
  * longer one than the record holds always does). */
